@@ -1,0 +1,259 @@
+"""Summarise a tree of run folders into the paper's table: test mAP mean ± std over seeds.
+
+    python scripts/summarize.py runs/repro
+    python scripts/summarize.py runs/sweep --out table.md --csv table.csv
+
+A run folder is any folder holding config.json. Finished runs (results.json present) are grouped by
+(dataset, train_mode, method, Δrel); each group reports test mAP mean ± sample std (ddof=1; "—" for a
+single seed), the seeds, mean best-val epoch, the paper's number (SPEC §7: E2E for end_to_end, LI for
+linear_init) and ours − paper. Where one method has several Δrel, an extra line gives the Δrel with the
+best mean *val* mAP ("chosen Δrel"): that is the protocol's choice, never the best test mAP.
+
+Unfinished runs (no results.json) and failed ones (error.txt, or unreadable files) are listed below the
+table with their last epoch, never dropped. Exit 0 even then; exit 2 when RUNS_DIR has no run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python scripts/summarize.py` puts scripts/, not the root, on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts.paper_numbers import LL_SCHEMES, METHODS, PAPER_DATASETS, paper_map  # noqa: E402
+
+DATASET_ORDER = PAPER_DATASETS + ("digits",)
+TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
+CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
+              "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
+              "paper", "diff")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("runs_dir", help="folder searched recursively for run folders (with config.json)")
+    parser.add_argument("--out", help="also write the Markdown report to this file")
+    parser.add_argument("--csv", help="write one row per group (and chosen-Δrel line) to this CSV file")
+    return parser
+
+
+def find_run_dirs(root: str) -> list[str]:
+    """Folders under `root` (itself included) that hold config.json, sorted; not searched below them."""
+    run_dirs = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        if "config.json" in files:
+            run_dirs.append(folder)
+            subfolders.clear()
+    return sorted(run_dirs)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The metrics.jsonl rows; a torn last line (a run killed while writing) is skipped."""
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def error_line(path: str) -> str:
+    """First line of error.txt; for a Python traceback the last line, which carries the message."""
+    with open(path, errors="replace") as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    if not lines:
+        return "(error.txt is empty)"
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def method_of(config: dict) -> str | None:
+    if config.get("method"):
+        return config["method"]
+    scheme = config.get("mod_scheme")
+    if config.get("loss") == "an" and scheme not in (None, "none"):
+        return scheme
+    return config.get("loss")
+
+
+def load_run(run_dir: str) -> dict:
+    """One run: status finished / unfinished / failed, its group key, and its results."""
+    run = {"folder": run_dir, "status": "unfinished", "error": "", "results": None, "key": None}
+    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    last = metrics[-1] if metrics else None
+    run["last_epoch"] = f"{last.get('phase', '?')} {last.get('epoch', '?')}" if last else "none"
+    try:
+        with open(os.path.join(run_dir, "config.json")) as handle:
+            config = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        run.update(status="failed", error=f"config.json unreadable: {error}")
+        return run
+    results_path = os.path.join(run_dir, "results.json")
+    if os.path.isfile(results_path):
+        try:
+            with open(results_path) as handle:
+                results = json.load(handle)
+            float(results["test_map"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            run.update(status="failed", error=f"results.json unreadable: {error!r}")
+        else:
+            run.update(status="finished", results=results)
+    elif os.path.isfile(os.path.join(run_dir, "error.txt")):
+        run.update(status="failed", error=error_line(os.path.join(run_dir, "error.txt")))
+
+    def value(name):
+        return config.get(name, (run["results"] or {}).get(name))
+
+    method = method_of(config) or (run["results"] or {}).get("method")
+    delta_rel = value("delta_rel") if method in LL_SCHEMES else None  # Δrel means nothing elsewhere
+    run["key"] = (value("dataset"), value("train_mode"), method,
+                  None if delta_rel is None else float(delta_rel))
+    run["seed"] = value("seed")
+    return run
+
+
+def _order(key: tuple) -> tuple:
+    dataset, train_mode, method, delta_rel = key
+
+    def rank(item, order):
+        return (order.index(item), "") if item in order else (len(order), str(item))
+
+    return (rank(dataset, DATASET_ORDER), rank(train_mode, TRAIN_MODE_ORDER), rank(method, METHODS),
+            -1.0 if delta_rel is None else delta_rel)
+
+
+def _seed_order(seed: str) -> tuple:
+    return (0, int(seed), "") if seed.isdigit() else (1, 0, seed)
+
+
+def summarize_groups(runs: list[dict]) -> list[dict]:
+    """One row per (dataset, train_mode, method, Δrel) of finished runs, in table order."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        if run["status"] == "finished":
+            groups.setdefault(run["key"], []).append(run["results"])
+    rows = []
+    for key in sorted(groups, key=_order):
+        results = groups[key]
+        dataset, train_mode, method, delta_rel = key
+        test_maps = [float(r["test_map"]) for r in results]
+        val_maps = [float(r["val_map"]) for r in results if r.get("val_map") is not None]
+        best_epochs = [float(r["best_epoch"]) for r in results if r.get("best_epoch") is not None]
+        paper = paper_map(dataset, method, train_mode)
+        test_mean = statistics.fmean(test_maps)
+        rows.append({
+            "dataset": dataset, "train_mode": train_mode, "method": method, "delta_rel": delta_rel,
+            "chosen_delta_rel": False, "n": len(results),
+            "seeds": ",".join(sorted((str(r.get("seed", "?")) for r in results), key=_seed_order)),
+            "test_map_mean": test_mean,
+            "test_map_std": statistics.stdev(test_maps) if len(test_maps) > 1 else None,
+            "val_map_mean": statistics.fmean(val_maps) if val_maps else None,
+            "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
+            "stopped_early": sum(bool(r.get("stopped_early")) for r in results),
+            "paper": paper, "diff": None if paper is None else test_mean - paper,
+        })
+    return rows
+
+
+def add_chosen_delta_rel(rows: list[dict]) -> list[dict]:
+    """After the rows of each method with several Δrel, a copy of the row with the best mean val mAP.
+
+    Ties go to the smaller Δrel. Groups without val mAP cannot be chosen.
+    """
+    by_method: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by_method.setdefault((row["dataset"], row["train_mode"], row["method"]), []).append(row)
+    out = []
+    for method_rows in by_method.values():
+        out.extend(method_rows)
+        candidates = [r for r in method_rows if r["delta_rel"] is not None and r["val_map_mean"] is not None]
+        if len({r["delta_rel"] for r in candidates}) > 1:
+            best = max(candidates, key=lambda r: (r["val_map_mean"], -r["delta_rel"]))
+            out.append({**best, "chosen_delta_rel": True})
+    return out
+
+
+def _number(value, digits: int, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> str:
+    lines = [f"# Test mAP: {runs_dir}", "",
+             "mean ± sample std (ddof=1) over seeds, 0-100; paper: SPEC §7 (E2E for end_to_end, LI for "
+             "linear_init); chosen Δrel: best mean val mAP.", "",
+             "| dataset | setting | method | Δrel | n | seeds | test mAP | val mAP | best epoch "
+             "| early stops | paper | ours − paper |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        delta = "—" if row["delta_rel"] is None else f"{row['delta_rel']:g}"
+        if row["chosen_delta_rel"]:
+            delta += " (chosen Δrel)"
+        test = f"{_number(row['test_map_mean'], 2)} ± {_number(row['test_map_std'], 2)}"
+        cells = [row["dataset"], row["train_mode"], row["method"], delta, row["n"], row["seeds"], test,
+                 _number(row["val_map_mean"], 2), _number(row["best_epoch_mean"], 1),
+                 row["stopped_early"], _number(row["paper"], 1), _number(row["diff"], 2, signed=True)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if not rows:
+        lines.append("| (no finished run) |  |  |  |  |  |  |  |  |  |  |  |")
+    if incomplete:
+        lines += ["", f"## Unfinished and failed runs ({len(incomplete)})", "",
+                  "| status | folder | last epoch | error |", "|---|---|---|---|"]
+        for run in incomplete:
+            cells = [run["status"], run["folder"], run["last_epoch"], run["error"] or "—"]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    return round(value, 6) if isinstance(value, float) else value  # drop float noise like 70.39999999999999
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({name: _csv_value(row[name]) for name in CSV_FIELDS})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    run_dirs = find_run_dirs(args.runs_dir) if os.path.isdir(args.runs_dir) else []
+    if not run_dirs:
+        print(f"summarize: no run folder (a folder with config.json) under {args.runs_dir!r}",
+              file=sys.stderr)
+        return 2
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    rows = add_chosen_delta_rel(summarize_groups(runs))
+    incomplete = [run for run in runs if run["status"] != "finished"]
+    report = format_markdown(args.runs_dir, rows, incomplete)
+    sys.stdout.write(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    if args.csv:
+        write_csv(args.csv, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
