@@ -1,0 +1,104 @@
+r"""Format an official dataset archive into a Cole folder (SPEC §2), or redraw its observed labels.
+
+    python scripts/prepare_data.py --dataset pascal --raw_dir RAW --out_dir data/pascal
+    python scripts/prepare_data.py --dataset coco --raw_dir RAW --out_dir data/coco \
+        --num_pos 1 --num_neg 0 --seed 1200
+    python scripts/prepare_data.py --dataset cub --obs_only --out_dir data/cub \
+        --num_pos 1 --num_neg 1
+
+Writes formatted_{train,val}_{images,labels,labels_obs}.npy, class_names.txt and, where the source
+has boxes (pascal, coco), formatted_{train,val}_boxes.json. data/README.md says where each archive
+comes from and what layout RAW must have.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import numpy as np  # noqa: E402
+
+import formats  # noqa: E402
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line; see the module docstring for examples."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(formats.FORMATTERS),
+                        help="which official dataset to format")
+    parser.add_argument("--raw_dir", type=Path,
+                        help="folder holding the extracted official files (layout in "
+                             "data/README.md); not needed with --obs_only")
+    parser.add_argument("--out_dir", type=Path,
+                        help="Cole folder to write (default: data/<dataset>)")
+    parser.add_argument("--obs_only", action="store_true",
+                        help="only redraw formatted_{train,val}_labels_obs.npy from the clean "
+                             "label files already in --out_dir")
+    parser.add_argument("--num_pos", type=non_negative_int, default=1,
+                        help="observed positives kept per image (paper: 1)")
+    parser.add_argument("--num_neg", type=non_negative_int, default=0,
+                        help="observed negatives kept per image (paper: 0; iu needs > 0)")
+    parser.add_argument("--seed", type=int, default=formats.SPLIT_SEED,
+                        help="RandomState seed of the observed-label draw, fresh per phase "
+                             "(paper: 1200)")
+    return parser
+
+
+def mean_per_row(mask: np.ndarray) -> float:
+    """Mean number of True entries per row of an N×L mask (0 when N = 0)."""
+    return float(mask.sum(axis=1).mean()) if len(mask) else 0.0
+
+
+def print_summary(out_dir: Path, true_labels: dict[str, np.ndarray],
+                  observed: dict[str, np.ndarray]) -> None:
+    """Rows × classes and positives per image for each official phase, then the project's
+    train/val/test sizes (SPEC §2 split of the official train phase)."""
+    for phase, labels in true_labels.items():
+        print(f"{phase}: {labels.shape[0]} rows × {labels.shape[1]} classes; per image "
+              f"{mean_per_row(labels == 1):.2f} positives (clean), "
+              f"{mean_per_row(observed[phase] == 1):.2f} observed positives, "
+              f"{mean_per_row(observed[phase] == -1):.2f} observed negatives; "
+              f"{int((labels.sum(axis=1) == 0).sum())} rows with no positive")
+    train_rows, val_rows = formats.train_val_split(true_labels["train"].shape[0])
+    print(f"project split: {len(train_rows)} train / {len(val_rows)} val / "
+          f"{true_labels['val'].shape[0]} test rows; files in {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Format (or with --obs_only redraw the observed labels), write, check, summarise."""
+    args = get_args_parser().parse_args(argv)
+    out_dir = args.out_dir or Path("data") / args.dataset
+    if args.obs_only:
+        true_labels = {phase: formats.load_true_labels(out_dir, phase) for phase in formats.PHASES}
+        observed = formats.write_observed_labels(out_dir, true_labels, args.num_pos, args.num_neg,
+                                                 args.seed)
+    else:
+        if args.raw_dir is None:
+            get_args_parser().error("--raw_dir is required unless --obs_only is given")
+        formatted = formats.FORMATTERS[args.dataset](args.raw_dir)
+        observed = formats.write_cole_folder(out_dir, formatted, args.num_pos, args.num_neg,
+                                             args.seed)
+        true_labels = {phase: content.true_labels for phase, content in formatted.phases.items()}
+        if formatted.class_names is None:
+            print(f"note: the source names no classes; no {formats.CLASS_NAMES_FILE} written")
+    formats.load_cole_folder(out_dir)  # read back what was written, with the trainer's checks
+    print_summary(out_dir, true_labels, observed)
+    image_dir = out_dir / formats.IMAGE_DIRS[args.dataset]
+    if not image_dir.is_dir():
+        print(f"note: the trainer reads images from {image_dir}, which does not exist yet "
+              f"(see data/README.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
