@@ -77,7 +77,7 @@ def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
         return 0
     epochs_of_growth = 1 if scheme == "LL-Cp" else epoch - 1
     fraction_of_entries = batch_size * num_classes * epochs_of_growth * delta_rel / 100
-    return min(math.ceil(round(fraction_of_entries, 9)), batch_size * num_classes)
+    return math.ceil(round(fraction_of_entries, 9))
 
 
 def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -88,15 +88,17 @@ def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tup
         candidates: B×L bool, the unobserved entries.
         k: entries to modify; when fewer candidates exist, all of them are modified.
     Returns:
-        modified: candidates with loss ≥ R, R the k-th largest candidate loss;
+        modified: candidates with loss ≥ R, R the min(k, #candidates)-th largest candidate loss;
         above: candidates with loss > R (LL-Cp's permanent relabels).
-    No host synchronisation: the cap at the number of candidates happens because R is −inf then.
+    No host synchronisation: non-candidates rank at −inf, and R is the smallest finite value
+    among the k largest, which caps k at the number of candidates.
     """
     if k == 0:
         nothing = torch.zeros_like(candidates)
         return nothing, nothing
     ranked = negative_losses.detach().masked_fill(~candidates, -math.inf).flatten()
-    threshold = torch.topk(ranked, k, sorted=False).values.min()
+    largest = torch.topk(ranked, min(k, ranked.numel()), sorted=False).values
+    threshold = largest.masked_fill(largest == -math.inf, math.inf).min()
     return candidates & (negative_losses >= threshold), candidates & (negative_losses > threshold)
 
 

@@ -1,0 +1,298 @@
+"""Command-line flags, paper defaults per dataset, and the resolved, frozen run configuration.
+
+Precedence: explicit flag > `--config FILE` (JSON) > the dataset's paper default (SPEC §6) > built-in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from losses import BASELINES, LL_SCHEMES
+
+DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features")
+PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
+TRAIN_MODES = ("end_to_end", "linear_init", "linear")
+
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    """The authors' best end-to-end hyper-parameters (SPEC §6) or ours for the other datasets."""
+    optimizer: str
+    lr: float
+    delta_rel: dict[str, float]      # best Δrel (percent per epoch) per LL scheme
+    expected_num_pos: float | None   # None: mean of the clean training label sums
+    arch: str = "resnet50"
+    image_size: int = 448
+    epochs: int = 10
+    batch_size: int = 16
+
+
+DATASET_DEFAULTS = {
+    "pascal": DatasetDefaults("sgd", 5e-3, {"LL-R": 0.2, "LL-Ct": 0.2, "LL-Cp": 0.1}, 1.5),
+    "coco": DatasetDefaults("adam", 1e-5, {"LL-R": 0.4, "LL-Ct": 0.2, "LL-Cp": 0.2}, 2.9),
+    "nuswide": DatasetDefaults("adam", 1e-5, {"LL-R": 0.4, "LL-Ct": 0.2, "LL-Cp": 0.2}, 1.9),
+    "cub": DatasetDefaults("adam", 7.5e-5, {"LL-R": 0.4, "LL-Ct": 0.4, "LL-Cp": 0.2}, 31.4),
+    "custom": DatasetDefaults("adam", 1e-5, {"LL-R": 0.2, "LL-Ct": 0.2, "LL-Cp": 0.2}, None),
+    "features": DatasetDefaults("adam", 1e-4, {"LL-R": 0.2, "LL-Ct": 0.2, "LL-Cp": 0.2}, None,
+                                arch="linear", image_size=0),
+    "digits": DatasetDefaults("adam", 1e-3, {"LL-R": 1.0, "LL-Ct": 1.0, "LL-Cp": 1.0}, None,
+                              arch="small_cnn", image_size=48, epochs=12, batch_size=16),
+}
+
+# Cole et al.'s LinearInit phase-1 settings per loss (SPEC §6); other losses use an_ls's.
+LINEAR_DEFAULTS = {"role": (1e-3, 16)}
+LINEAR_DEFAULT = (1e-4, 8)
+
+
+@dataclass(frozen=True)
+class Config:
+    # data
+    dataset: str
+    data_root: str
+    image_dir: str | None
+    image_size: int
+    num_workers: int
+    expected_num_pos: float
+    digits_train_size: int
+    # method
+    loss: str
+    mod_scheme: str
+    method: str
+    delta_rel: float
+    # model
+    arch: str
+    weights: str
+    # optimisation
+    train_mode: str
+    optimizer: str
+    lr: float
+    head_lr_mult: float
+    weight_decay: float
+    momentum: float
+    batch_size: int
+    epochs: int
+    early_stop_drop: float
+    linear_epochs: int
+    linear_lr: float
+    linear_batch_size: int
+    # engineering
+    seed: int
+    device: str
+    amp: str
+    channels_last: bool
+    compile: bool
+    out_dir: str
+    resume: str | None
+    eval_only: str | None
+    stop_after: int | None
+    log_every: int
+    # analyses
+    track_train: bool
+    pointing_game: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Weakly supervised multi-label classification: the large-loss schemes of Kim et "
+                    "al. (CVPR 2022) and the single-positive baselines of Cole et al. (CVPR 2021).",
+        epilog="Examples:\n  python main.py                                   # digits demo, AN + LL-R\n"
+               "  python main.py --dataset coco --mod_scheme LL-Ct   # a paper cell, authors' defaults\n"
+               "  python main.py --loss role --dataset pascal        # a baseline",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE",
+                        help="JSON file of flag defaults (keys = flag names); explicit flags override it")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="digits",
+                      help="digits is generated offline (no download); pascal/coco/nuswide/cub read "
+                           "the Cole-format folder written by scripts/prepare_data.py (default: digits)")
+    data.add_argument("--data_root", metavar="DIR",
+                      help="dataset folder (default: data/<dataset>)")
+    data.add_argument("--image_dir", metavar="DIR",
+                      help="folder the image paths are relative to (default: the dataset's usual place "
+                           "under --data_root)")
+    data.add_argument("--image_size", type=int,
+                      help="square input size in pixels, Resize((S, S)) without crop (paper: 448)")
+    data.add_argument("--num_workers", type=int, default=4,
+                      help="decoding processes; they return uint8 images, all else happens on the "
+                           "device (default: 4; 0 decodes in the main process)")
+    data.add_argument("--expected_num_pos", type=float,
+                      help="expected positives per image for epr/role (paper: pascal 1.5, coco 2.9, "
+                           "nuswide 1.9, cub 31.4; otherwise the mean clean label count)")
+    data.add_argument("--digits_train_size", type=int, default=2000,
+                      help="training images of the generated digits dataset (default: 2000)")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--loss", choices=BASELINES, default="an",
+                        help="base loss; bce, bce_ls and iun use clean labels (upper bounds), iu needs "
+                             "observed negatives (default: an)")
+    method.add_argument("--mod_scheme", choices=("none",) + LL_SCHEMES,
+                        help="large-loss scheme on top of --loss an: LL-R rejects, LL-Ct corrects, "
+                             "LL-Cp corrects permanently (default: LL-R for an, none otherwise)")
+    method.add_argument("--delta_rel", type=float,
+                        help="Δrel in percent per epoch: from epoch 2 on, LL-R/LL-Ct modify "
+                             "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
+                             "authors' best per dataset and scheme)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits), or any timm "
+                                      "model name when timm is installed (default per dataset)")
+    model.add_argument("--weights", default="imagenet_v1",
+                       help="imagenet_v1 (the papers' torchvision weights), imagenet_v2, none, or a "
+                            "PATH to a local ImageNet state dict of --arch whose 1000-class "
+                            "classifier is dropped (default: imagenet_v1; ignored by small_cnn)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_mode", choices=TRAIN_MODES, default="end_to_end",
+                       help="end_to_end (all layers from the start), linear_init (Cole et al.: a "
+                            "linear head on frozen cached features first, then end-to-end from it; "
+                            "the LL epoch count restarts in each phase), linear (head only on cached "
+                            "features) (default: end_to_end)")
+    optim.add_argument("--optimizer", choices=("adam", "sgd"),
+                       help="adam (no weight decay) or sgd (momentum 0.9, weight decay 1e-3) "
+                            "(default per dataset)")
+    optim.add_argument("--lr", type=float, help="backbone learning rate (default per dataset)")
+    optim.add_argument("--head_lr_mult", type=float, default=10.0,
+                       help="head learning rate = this × --lr; ROLE's estimator uses it too "
+                            "(default: 10, as the authors)")
+    optim.add_argument("--weight_decay", type=float,
+                       help="default: 0 for adam, 1e-3 for sgd")
+    optim.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default: 0.9)")
+    optim.add_argument("--batch_size", type=int, help="default: 16 (paper)")
+    optim.add_argument("--epochs", type=int, help="default: 10 (paper), 12 for digits")
+    optim.add_argument("--early_stop_drop", type=float, default=3.0,
+                       help="stop when val mAP falls this many points below the best; 0 disables "
+                            "(default: 3, as the authors)")
+    optim.add_argument("--linear_epochs", type=int, default=25,
+                       help="LinearInit phase 1 / linear mode epochs (default: 25, Cole et al.)")
+    optim.add_argument("--linear_lr", type=float,
+                       help="LinearInit phase-1 learning rate (default: 1e-3 for role, 1e-4 otherwise)")
+    optim.add_argument("--linear_batch_size", type=int,
+                       help="LinearInit phase-1 batch size (default: 16 for role, 8 otherwise)")
+
+    engineering = parser.add_argument_group("engineering (no flag here changes the maths)")
+    engineering.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the data order")
+    engineering.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                             help="auto = cuda when available")
+    engineering.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                             help="autocast dtype for the forward pass; losses and scores stay float32")
+    engineering.add_argument("--channels_last", action="store_true", help="NHWC memory format")
+    engineering.add_argument("--compile", action="store_true", help="torch.compile the model")
+    engineering.add_argument("--out_dir", metavar="DIR",
+                             help="run folder (default: runs/<dataset>_<method>_seed<seed>)")
+    engineering.add_argument("--resume", metavar="CHECKPOINT",
+                             help="continue from a last.pt, in its run folder")
+    engineering.add_argument("--eval_only", metavar="CHECKPOINT",
+                             help="evaluate a best.pt/last.pt on the test split and exit")
+    engineering.add_argument("--stop_after", type=int, metavar="EPOCH",
+                             help="leave after this epoch as if interrupted (for time-limited jobs; "
+                                  "continue with --resume RUN/last.pt)")
+    engineering.add_argument("--log_every", type=int, default=50,
+                             help="steps between progress updates and NaN checks (each is one host "
+                                  "sync) (default: 50)")
+
+    analyses = parser.add_argument_group("analyses (off by default; they cost time)")
+    analyses.add_argument("--track_train", action="store_true",
+                          help="each epoch, the training loss of observed positives, true negatives "
+                               "and false negatives, the precision of LL modifications and the "
+                               "training mAP against clean labels (needs clean training labels)")
+    analyses.add_argument("--pointing_game", action="store_true",
+                          help="CAM pointing game on test images with boxes, into results.json")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Parse flags (with an optional --config file under them) into a resolved Config."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        parser.set_defaults(**read_config_file(parser, args.config))
+        args = parser.parse_args(argv)
+    return resolve(args, parser)
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Flag defaults from a JSON file; unknown keys are an error naming the file."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        parser.error(f"--config: file {path} does not exist")
+    except json.JSONDecodeError as error:
+        parser.error(f"--config: {path} is not valid JSON ({error})")
+    if not isinstance(values, dict):
+        parser.error(f"--config: {path} must hold a JSON object of flag names")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"--config: {path} has unknown keys {unknown}")
+    return values
+
+
+def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    """Fill every unset value from the dataset defaults and check the combinations."""
+    defaults = DATASET_DEFAULTS[args.dataset]
+    mod_scheme = args.mod_scheme or ("LL-R" if args.loss == "an" else "none")
+    if mod_scheme != "none" and args.loss != "an":
+        parser.error(f"--mod_scheme {mod_scheme} applies to --loss an only, not --loss {args.loss} "
+                     f"(use --mod_scheme none for the plain {args.loss} baseline)")
+    method = mod_scheme if mod_scheme != "none" else args.loss
+    delta_rel = args.delta_rel
+    if delta_rel is None:
+        delta_rel = defaults.delta_rel[mod_scheme] if mod_scheme != "none" else 0.0
+    if delta_rel < 0:
+        parser.error(f"--delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
+    optimizer = args.optimizer or defaults.optimizer
+    weight_decay = args.weight_decay
+    if weight_decay is None:
+        weight_decay = 1e-3 if optimizer == "sgd" else 0.0
+    linear_lr, linear_batch_size = LINEAR_DEFAULTS.get(args.loss, LINEAR_DEFAULT)
+    arch = args.arch or defaults.arch
+    if args.dataset == "features" and args.train_mode != "linear":
+        parser.error("--dataset features holds vectors, not images: use --train_mode linear")
+    for flag in ("batch_size", "epochs", "image_size", "linear_epochs", "log_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be >= 1, got {value}")
+    if args.num_workers < 0:
+        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.resume and args.eval_only:
+        parser.error("--resume and --eval_only exclude each other")
+    seed_part = f"_d{delta_rel:g}" if mod_scheme != "none" else ""
+    out_dir = args.out_dir or f"runs/{args.dataset}_{method}{seed_part}_seed{args.seed}"
+    return Config(
+        dataset=args.dataset,
+        data_root=args.data_root or f"data/{args.dataset}",
+        image_dir=args.image_dir,
+        image_size=args.image_size or defaults.image_size,
+        num_workers=args.num_workers,
+        expected_num_pos=args.expected_num_pos if args.expected_num_pos is not None
+        else defaults.expected_num_pos,
+        digits_train_size=args.digits_train_size,
+        loss=args.loss, mod_scheme=mod_scheme, method=method, delta_rel=delta_rel,
+        arch=arch, weights=args.weights,
+        train_mode=args.train_mode, optimizer=optimizer,
+        lr=args.lr if args.lr is not None else defaults.lr,
+        head_lr_mult=args.head_lr_mult, weight_decay=weight_decay, momentum=args.momentum,
+        batch_size=args.batch_size or defaults.batch_size,
+        epochs=args.epochs or defaults.epochs,
+        early_stop_drop=args.early_stop_drop,
+        linear_epochs=args.linear_epochs,
+        linear_lr=args.linear_lr if args.linear_lr is not None else linear_lr,
+        linear_batch_size=args.linear_batch_size or linear_batch_size,
+        seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile, out_dir=out_dir, resume=args.resume, eval_only=args.eval_only,
+        stop_after=args.stop_after, log_every=args.log_every,
+        track_train=args.track_train, pointing_game=args.pointing_game,
+    )
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a Config saved in a checkpoint or config.json (extra keys such as git_sha ignored)."""
+    names = {field.name for field in fields(Config)}
+    return Config(**{name: value for name, value in values.items() if name in names})

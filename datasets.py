@@ -1,0 +1,326 @@
+"""Datasets: the embedded digits set, Cole-format folders, custom CSV folders; loaders and the
+on-device image pipeline.
+
+Workers only decode and resize to uint8 (3×S×S); flip and normalisation run on the training
+device (`DevicePreprocess`). Labels never travel through the workers: every dataset yields
+`(image_uint8, sample_index)` and the main process looks the labels up by index, so LL-Cp relabels
+and ROLE estimates survive persistent workers.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms.v2 import functional as TF
+
+import formats
+from formats import LabelledSplit
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputError(ValueError):
+    """Bad user input (a file, a flag, a label value): reported without a traceback."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split, labels held by the main process.
+
+    images: a Dataset yielding (uint8 3×S×S tensor, sample index).
+    observed: N×L int8 in {-1, 0, +1}; training supervision, or the known entries of an
+        evaluation split that has no clean labels.
+    true_labels: N×L uint8 in {0, 1}, or None when unknown.
+    boxes: per row a list of (class_index, x0, y0, x1, y1) in [0, 1] image coordinates, or None.
+    """
+    images: Dataset
+    observed: np.ndarray
+    true_labels: np.ndarray | None
+    boxes: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.observed)
+
+    def eval_targets(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(targets N×L in {0,1}, known-mask N×L bool or None) for the metric."""
+        if self.true_labels is not None:
+            return self.true_labels, None
+        return (self.observed == 1).astype(np.uint8), self.observed != 0
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# --- image datasets (run in the workers) ---------------------------------------------------------
+
+class ImageFileDataset(Dataset):
+    """Decodes image files to RGB, resizes to (S, S) (aspect not kept, no crop, SPEC §2), uint8."""
+
+    def __init__(self, image_dir: Path, image_paths: list[str], image_size: int):
+        self.image_dir = Path(image_dir)
+        self.image_paths = list(image_paths)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path = self.image_dir / self.image_paths[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB").resize((self.image_size, self.image_size),
+                                                    Image.BILINEAR)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise InputError(f"cannot read image {path} (row {index}): {error}") from None
+        return TF.pil_to_tensor(image), index
+
+
+class TensorImageDataset(Dataset):
+    """Images already in memory: N×3×S×S uint8."""
+
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], index
+
+
+# --- the embedded digits dataset ----------------------------------------------------------------
+
+DIGIT_CELL = 16          # a digit is drawn in a 16×16 cell of a 3×3 grid on a 48×48 canvas
+DIGIT_GRID = 3
+DIGIT_COUNTS = (1, 2, 3, 4)
+DIGIT_COUNT_PROBS = (0.15, 0.35, 0.3, 0.2)
+DIGITS_SEED = 2022       # the dataset is fixed; --seed changes the run, not the data
+
+
+def make_digit_canvases(source_images: np.ndarray, source_labels: np.ndarray, num_images: int,
+                        rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray, list]:
+    """Place 1–4 digits of distinct classes in random cells of a 3×3 grid.
+
+    Args:
+        source_images: M×8×8 in [0, 16] (scikit-learn digits); source_labels: M.
+    Returns:
+        images N×3×48×48 uint8 (coloured digits on a noisy dark background), labels N×10 uint8,
+        boxes: per image a list of (class, x0, y0, x1, y1) in [0, 1] coordinates.
+    """
+    size = DIGIT_CELL * DIGIT_GRID
+    images = np.zeros((num_images, 3, size, size), dtype=np.float32)
+    labels = np.zeros((num_images, 10), dtype=np.uint8)
+    boxes = []
+    by_class = [np.nonzero(source_labels == digit)[0] for digit in range(10)]
+    for image_index in range(num_images):
+        count = rng.choice(DIGIT_COUNTS, p=DIGIT_COUNT_PROBS)
+        classes = rng.choice(10, size=count, replace=False)
+        cells = rng.choice(DIGIT_GRID * DIGIT_GRID, size=count, replace=False)
+        image_boxes = []
+        for digit, cell in zip(classes, cells):
+            glyph = source_images[rng.choice(by_class[digit])] / 16.0
+            glyph = np.kron(glyph, np.ones((2, 2)))                      # 16×16
+            colour = rng.uniform(0.5, 1.0, size=3)
+            top, left = (cell // DIGIT_GRID) * DIGIT_CELL, (cell % DIGIT_GRID) * DIGIT_CELL
+            images[image_index, :, top:top + DIGIT_CELL, left:left + DIGIT_CELL] = \
+                np.maximum(images[image_index, :, top:top + DIGIT_CELL, left:left + DIGIT_CELL],
+                           colour[:, None, None] * glyph[None])
+            labels[image_index, digit] = 1
+            image_boxes.append((int(digit), left / size, top / size,
+                                (left + DIGIT_CELL) / size, (top + DIGIT_CELL) / size))
+        boxes.append(image_boxes)
+    images += rng.uniform(0, 0.15, size=images.shape)
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8), labels, boxes
+
+
+def load_digits_data(train_size: int, image_size: int) -> ExperimentData:
+    """The embedded dataset: scikit-learn's bundled digits (no download), deterministic.
+
+    Train, val and test canvases draw from disjoint pools (60/20/20 %) of the 1,797 source digits.
+    Training observed labels keep one positive per image (SPEC §2 procedure).
+    """
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    rng = np.random.RandomState(DIGITS_SEED)
+    pools = np.split(rng.permutation(len(digits.target)), [1078, 1437])
+    sizes = (train_size, max(train_size // 4, 50), max(train_size // 2, 100))
+    splits = []
+    for pool, num_images in zip(pools, sizes):
+        images, labels, boxes = make_digit_canvases(digits.images[pool], digits.target[pool],
+                                                    num_images, rng)
+        images = torch.from_numpy(images)
+        if image_size != images.shape[-1]:
+            images = TF.resize(images, [image_size, image_size], antialias=True)
+        splits.append((TensorImageDataset(images), labels, boxes))
+    (train_images, train_labels, train_boxes), val, test = splits
+    observed = formats.make_observed_labels(train_labels).astype(np.int8)
+    return ExperimentData(
+        train=Split(train_images, observed, train_labels, train_boxes),
+        val=Split(val[0], val[1].astype(np.int8), val[1], val[2]),
+        test=Split(test[0], test[1].astype(np.int8), test[1], test[2]),
+        class_names=[str(digit) for digit in range(10)],
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+# --- folders on disk ----------------------------------------------------------------------------
+
+def load_cole_data(dataset: str, data_root: Path, image_dir: Path | None,
+                   image_size: int) -> ExperimentData:
+    """A paper dataset in Cole format (SPEC §2): official train split 80/20 into train/val with
+    RandomState(1200), official val = test; model selection on clean val labels."""
+    if not data_root.is_dir():
+        raise InputError(f"dataset folder {data_root} does not exist; prepare it with "
+                         f"`python scripts/prepare_data.py --dataset {dataset} --raw_dir RAW "
+                         f"--out_dir {data_root}` (see data/README.md)")
+    try:
+        phases = formats.load_cole_folder(data_root)
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    image_dir = image_dir or data_root / formats.IMAGE_DIRS[dataset]
+    official_train, official_val = phases["train"], phases["val"]
+    class_names = formats.class_names_for(data_root, dataset, official_train.observed.shape[1])
+    train_rows, val_rows = formats.train_val_split(len(official_train.observed))
+    train_boxes, test_boxes = (formats.load_boxes(data_root, phase) for phase in ("train", "val"))
+
+    def split_of(labelled: LabelledSplit, rows: np.ndarray | None, boxes, clean_supervision: bool):
+        rows = np.arange(len(labelled.observed)) if rows is None else rows
+        true = labelled.true_labels[rows] if labelled.true_labels is not None else None
+        observed = true.astype(np.int8) if clean_supervision else labelled.observed[rows]
+        return Split(ImageFileDataset(image_dir, [labelled.image_paths[r] for r in rows], image_size),
+                     observed, true, normalised_boxes(boxes, rows))
+
+    return ExperimentData(
+        train=split_of(official_train, train_rows, train_boxes, clean_supervision=False),
+        val=split_of(official_train, val_rows, train_boxes, clean_supervision=True),
+        test=split_of(official_val, None, test_boxes, clean_supervision=True),
+        class_names=class_names)
+
+
+def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -> ExperimentData:
+    """The user's own data (data/README.md): CSV files with observed labels, optional clean ones."""
+    if not data_root.is_dir():
+        raise InputError(f"dataset folder {data_root} does not exist (see data/README.md, "
+                         f"'Your own data')")
+    try:
+        class_names, splits = formats.load_custom_folder(data_root)
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    image_dir = image_dir or data_root / "images"
+
+    def split_of(labelled: LabelledSplit, rows: np.ndarray):
+        true = labelled.true_labels[rows] if labelled.true_labels is not None else None
+        return Split(ImageFileDataset(image_dir, [labelled.image_paths[r] for r in rows], image_size),
+                     labelled.observed[rows], true)
+
+    train = splits["train"]
+    if "val" in splits:
+        train_rows, val_rows = np.arange(len(train.observed)), None
+        val = split_of(splits["val"], np.arange(len(splits["val"].observed)))
+    else:
+        train_rows, val_rows = formats.train_val_split(len(train.observed))
+        val = split_of(train, val_rows)
+    test = splits["test"]
+    return ExperimentData(train=split_of(train, train_rows), val=val,
+                          test=split_of(test, np.arange(len(test.observed))),
+                          class_names=class_names)
+
+
+def normalised_boxes(boxes: list[dict] | None, rows: np.ndarray) -> list | None:
+    """Boxes of the chosen rows in [0, 1] coordinates (the image is resized without keeping aspect)."""
+    if boxes is None:
+        return None
+    selected = []
+    for row in rows:
+        width, height = boxes[row]["width"], boxes[row]["height"]
+        selected.append([(int(c), x0 / width, y0 / height, x1 / width, y1 / height)
+                         for c, x0, y0, x1, y1 in boxes[row]["boxes"]])
+    return selected
+
+
+def load_data(dataset: str, data_root: str, image_dir: str | None, image_size: int,
+              digits_train_size: int = 2000) -> ExperimentData:
+    """Every split of `dataset`, validated; see the loaders above."""
+    root = Path(data_root)
+    image_dir = Path(image_dir) if image_dir else None
+    if dataset == "digits":
+        return load_digits_data(digits_train_size, image_size)
+    if dataset == "custom":
+        return load_custom_data(root, image_dir, image_size)
+    if dataset == "features":
+        raise InputError("--dataset features needs --train_mode linear")
+    return load_cole_data(dataset, root, image_dir, image_size)
+
+
+def mean_label_count(data: ExperimentData) -> float:
+    """Expected positives per image from the clean training labels, else from clean val labels."""
+    for split in (data.train, data.val):
+        if split.true_labels is not None:
+            return float(split.true_labels.sum(axis=1).mean())
+    raise InputError("--expected_num_pos is needed: no clean labels to estimate it from")
+
+
+def check_supervision(data: ExperimentData, loss: str) -> None:
+    """Refuse loss/data combinations that cannot train, with the reason."""
+    if loss in ("bce", "bce_ls", "iun") and data.train.true_labels is None:
+        raise InputError(f"--loss {loss} needs clean training labels (train_clean.csv)")
+    if loss == "iu" and not (data.train.observed == -1).any():
+        raise InputError("--loss iu needs observed negatives, and the training labels have none "
+                         "(prepare them with --num_neg > 0)")
+    positives_per_class = (data.train.observed == 1).sum(axis=0)
+    for name, count in zip(data.class_names, positives_per_class):
+        if count == 0:
+            warnings.warn(f"class {name!r} has no observed positive in the training set")
+
+
+# --- loaders and the on-device pipeline ---------------------------------------------------------
+
+def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+                pin_memory: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A loader of (uint8 images, sample indices).
+
+    Shuffling uses a DistributedSampler (also with one process): call `loader.sampler.set_epoch(t)`
+    so the order is a pure function of (seed, epoch), which makes --resume exact.
+    """
+    sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=False)
+    return DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
+
+
+class DevicePreprocess:
+    """uint8 B×3×S×S on the device → normalised float, with a random horizontal flip (p = 0.5)
+    per image when training. The flip draws from the device's torch generator (seeded, saved in
+    checkpoints)."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: Tensor, train: bool) -> Tensor:
+        images = images.float()
+        if train:
+            flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
+            images = torch.where(flip, images.flip(3), images)
+        images = (images - self.mean) / self.std
+        return images.contiguous(memory_format=self.memory_format)

@@ -1,0 +1,134 @@
+"""Models: a backbone that returns a feature map, global average pooling, and a linear head.
+
+Keeping the feature map explicit gives class activation maps (CAM = head weights applied to the
+last feature map) and cached pooled features (LinearInit) from the same module for every arch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tv_models
+
+from datasets import IMAGENET_MEAN, IMAGENET_STD, InputError
+
+TORCHVISION_ARCHS = {
+    "resnet50": (tv_models.resnet50, tv_models.ResNet50_Weights),
+    "resnet101": (tv_models.resnet101, tv_models.ResNet101_Weights),
+}
+WEIGHT_VERSIONS = {"imagenet_v1": "IMAGENET1K_V1", "imagenet_v2": "IMAGENET1K_V2"}
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.fc.", "head.")
+
+
+class MultiLabelNet(nn.Module):
+    """backbone (B×3×S×S → B×C×h×w) → global average pool → Linear(C, L)."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(num_features, num_classes)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+    def pooled_features(self, images: Tensor) -> Tensor:
+        """B×C pooled features (what LinearInit caches)."""
+        return self.feature_map(images).mean(dim=(2, 3))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """B×L logits."""
+        return self.head(self.pooled_features(images))
+
+    def class_activation_maps(self, images: Tensor) -> Tensor:
+        """B×L×h×w: the head applied at every position of the feature map (Zhou et al. 2016).
+        Its spatial mean equals the logits."""
+        feature_map = self.feature_map(images)
+        return (torch.einsum("bchw,lc->blhw", feature_map, self.head.weight)
+                + self.head.bias.view(1, -1, 1, 1))
+
+
+def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+def small_cnn() -> tuple[nn.Module, int]:
+    """A 5-layer CNN for the 48-px digits set: 48 → 12×12×128 feature map (CAM-ready)."""
+    layers = (conv_block(3, 32) + conv_block(32, 32) + [nn.MaxPool2d(2)]
+              + conv_block(32, 64) + conv_block(64, 64) + [nn.MaxPool2d(2)]
+              + conv_block(64, 128))
+    return nn.Sequential(*layers), 128
+
+
+def torchvision_backbone(arch: str, weights: str) -> tuple[nn.Module, int]:
+    """ResNet without avgpool and fc; imagenet_v1/v2 download through torchvision's weight enums."""
+    constructor, weight_enum = TORCHVISION_ARCHS[arch]
+    enum_value = weight_enum[WEIGHT_VERSIONS[weights]] if weights in WEIGHT_VERSIONS else None
+    net = constructor(weights=enum_value)
+    if is_local_path(weights):
+        load_local_weights(net, Path(weights), arch)
+    return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
+
+
+class TimmFeatureMap(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net.forward_features(images)
+
+
+def timm_backbone(arch: str, weights: str):
+    """A timm model's forward_features, with its own normalisation constants."""
+    try:
+        import timm
+    except ImportError:
+        raise InputError(f"--arch {arch} is not resnet50/resnet101/small_cnn; other "
+                         f"architectures need timm (pip install timm)") from None
+    if arch not in timm.list_models():
+        raise InputError(f"--arch {arch}: unknown architecture (torchvision: "
+                         f"{sorted(TORCHVISION_ARCHS)}, small_cnn, or a timm model name)")
+    net = timm.create_model(arch, pretrained=weights in WEIGHT_VERSIONS, num_classes=0,
+                            global_pool="")
+    if is_local_path(weights):
+        load_local_weights(net, Path(weights), arch)
+    config = net.pretrained_cfg or {}
+    return (TimmFeatureMap(net), net.num_features,
+            config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD))
+
+
+def is_local_path(weights: str) -> bool:
+    return weights not in WEIGHT_VERSIONS and weights != "none"
+
+
+def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
+    """Load an ImageNet state dict of `arch` from a file; its 1000-class classifier is dropped
+    (and the model's own classifier, if any, is left as initialised)."""
+    if not path.is_file():
+        raise InputError(f"--weights {path}: no such file (expected imagenet_v1, imagenet_v2, none "
+                         f"or a state-dict file)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {key: value for key, value in state.items() if not key.startswith(CLASSIFIER_PREFIXES)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.startswith(CLASSIFIER_PREFIXES)]
+    if missing or unexpected:
+        raise InputError(f"--weights {path} does not fit --arch {arch}: missing keys "
+                         f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def build_model(arch: str, weights: str, num_classes: int) -> MultiLabelNet:
+    """`arch` in resnet50, resnet101, small_cnn or a timm name; `weights` imagenet_v1 (the papers'),
+    imagenet_v2, none, or a path to a local ImageNet state dict of that arch."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if arch == "small_cnn":
+        backbone, num_features = small_cnn()
+        mean = std = (0.5, 0.5, 0.5)
+    elif arch in TORCHVISION_ARCHS:
+        backbone, num_features = torchvision_backbone(arch, weights)
+    else:
+        backbone, num_features, mean, std = timm_backbone(arch, weights)
+    return MultiLabelNet(backbone, num_features, num_classes, mean, std)

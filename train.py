@@ -1,0 +1,366 @@
+"""Training and evaluation: build_*, train_one_epoch, evaluate, fit, evaluate_checkpoint.
+
+The training step never synchronises with the host: labels are looked up on the device by sample
+index, the loss and the LL counts are accumulated as device tensors and read once per epoch (plus
+one NaN check every --log_every steps).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+import datasets
+from config import Config, config_from_dict
+from datasets import DevicePreprocess, ExperimentData, InputError, Split
+from losses import LabelEstimator, ObservedLabelStore, compute_loss
+from metrics import average_precisions
+from models import MultiLabelNet, build_model
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for the forward pass, or a no-op when --amp off."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def build_optimizer(model: MultiLabelNet, estimator: LabelEstimator | None, config: Config,
+                    lr: float) -> torch.optim.Optimizer:
+    """Backbone at `lr`, head and ROLE estimator at head_lr_mult × lr (the authors' recipe)."""
+    groups = [{"params": list(model.backbone.parameters()), "lr": lr},
+              {"params": list(model.head.parameters()), "lr": lr * config.head_lr_mult}]
+    if estimator is not None:
+        groups.append({"params": list(estimator.parameters()), "lr": lr * config.head_lr_mult,
+                       "weight_decay": 0.0})
+    groups = [group for group in groups if group["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=config.weight_decay)
+
+
+class TrainState:
+    """Everything that outlives a batch and goes into last.pt."""
+
+    def __init__(self, model: MultiLabelNet, optimizer, store: ObservedLabelStore,
+                 estimator: LabelEstimator | None, scaler: torch.amp.GradScaler):
+        self.model, self.optimizer, self.store = model, optimizer, store
+        self.estimator, self.scaler = estimator, scaler
+        self.epoch = 0
+        self.best_val_map = -math.inf
+        self.best_epoch = 0
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "store": self.store.state_dict(),
+            "estimator": None if self.estimator is None else self.estimator.state_dict(),
+            "epoch": self.epoch, "best_val_map": self.best_val_map, "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.store.load_state_dict(state["store"])
+        if self.estimator is not None:
+            self.estimator.load_state_dict(state["estimator"])
+        self.epoch, self.best_epoch = state["epoch"], state["best_epoch"]
+        self.best_val_map, self.history = state["best_val_map"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def save_atomically(payload: dict, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+
+def train_one_epoch(state: TrainState, forward: nn.Module, loader, preprocess: DevicePreprocess,
+                    config: Config, epoch: int, true_labels: Tensor | None,
+                    device: torch.device) -> dict:
+    """One pass over the training set. Returns train_loss, modified, seconds, images_per_s.
+
+    forward: the model to call (state.model, or its torch.compile wrapper).
+    true_labels: N×L on the device, or None; only the full-label baselines and IUN read them.
+    """
+    store, estimator = state.store, state.estimator
+    forward.train()
+    loader.sampler.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=device)
+    modified_count = torch.zeros((), dtype=torch.long, device=device)
+    num_steps = num_images = 0
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
+    for step, (images, sample_ids) in enumerate(progress, start=1):
+        images = preprocess(images.to(device, non_blocking=True), train=True)
+        sample_ids = sample_ids.to(device, non_blocking=True)
+        with autocast(device, config.amp):
+            logits = forward(images)
+        output = compute_loss(
+            config.method, logits, store.rows(sample_ids),
+            true_labels=None if true_labels is None else true_labels[sample_ids],
+            epoch=epoch, delta_rel=config.delta_rel, expected_num_pos=config.expected_num_pos,
+            estimator_logits=None if estimator is None else estimator(sample_ids),
+            check_values=False)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(output.loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if config.method == "LL-Cp":
+            store.apply_relabel(sample_ids, output.relabel)
+        loss_sum += output.loss.detach()
+        modified_count += output.modified.sum()
+        num_steps += 1
+        num_images += len(sample_ids)
+        if step % config.log_every == 0:  # one host sync every log_every steps
+            check_finite(loss_sum, epoch, step)
+            progress.set_postfix(loss=f"{loss_sum.item() / num_steps:.4f}")
+    check_finite(loss_sum, epoch, num_steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"train_loss": loss_sum.item() / max(num_steps, 1), "modified": int(modified_count),
+            "seconds": seconds, "images_per_s": num_images / seconds}
+
+
+def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"the training loss became {loss_sum.item()} in epoch {epoch} "
+                               f"(by step {step}); lower --lr or try --amp off")
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader, preprocess: DevicePreprocess, device: torch.device,
+            amp: str) -> np.ndarray:
+    """N×L float32 logits in dataset order (one host transfer at the end)."""
+    model.eval()
+    batches, order = [], []
+    for images, sample_ids in loader:
+        images = preprocess(images.to(device, non_blocking=True), train=False)
+        with autocast(device, amp):
+            batches.append(model(images).float())
+        order.append(sample_ids)
+    logits = torch.cat(batches).cpu().numpy()
+    result = np.empty_like(logits)
+    result[torch.cat(order).numpy()] = logits
+    return result
+
+
+def evaluate(model: nn.Module, split: Split, loader, preprocess: DevicePreprocess,
+             device: torch.device, amp: str) -> dict:
+    """mAP (0–100) and per-class AP of `split`; the same function for val and test."""
+    scores = predict(model, loader, preprocess, device, amp)
+    targets, known = split.eval_targets()
+    aps = average_precisions(scores, targets, known)
+    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores}
+
+
+# --- the run folder -----------------------------------------------------------------------------
+
+def git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def library_versions() -> dict:
+    import PIL
+    import sklearn
+    import torchvision
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "pillow": PIL.__version__}
+
+
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl and metrics.csv, rewritten whole each epoch (so a resume truncates them)."""
+    write_text_atomically(out_dir / "metrics.jsonl",
+                          "".join(json.dumps(row) + "\n" for row in history))
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns)
+                                   for row in history]
+    write_text_atomically(out_dir / "metrics.csv", "\n".join(lines) + "\n")
+
+
+def epoch_summary(row: dict, epochs: int, best_val_map: float, best_epoch: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
+            f"val mAP {row['val_map']:6.2f} (best {best_val_map:.2f} @ {best_epoch})  "
+            f"modified {row['modified']} ({100 * row['modified_fraction']:.2f} %)  "
+            f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s")
+
+
+# --- fit ----------------------------------------------------------------------------------------
+
+def setup(config: Config, device: torch.device):
+    """Data, model, label state and loaders of a run (shared by fit and evaluate_checkpoint)."""
+    data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
+                              config.image_size, config.digits_train_size)
+    if config.expected_num_pos is None:
+        config = dataclasses.replace(config, expected_num_pos=datasets.mean_label_count(data))
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, config.weights, data.num_classes).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
+    return config, data, model, preprocess
+
+
+def make_loaders(data: ExperimentData, config: Config, device: torch.device) -> dict:
+    pin = device.type == "cuda"
+    return {"train": datasets.make_loader(data.train.images, config.batch_size, True,
+                                          config.num_workers, config.seed, pin),
+            "val": datasets.make_loader(data.val.images, config.batch_size * 2, False,
+                                        config.num_workers, config.seed, pin),
+            "test": datasets.make_loader(data.test.images, config.batch_size * 2, False,
+                                         config.num_workers, config.seed, pin)}
+
+
+def fit(config: Config) -> dict:
+    """Train with per-epoch val mAP, keep the best-val weights, report their test mAP."""
+    device = resolve_device(config.device)
+    out_dir = Path(config.out_dir)
+    config, data, model, preprocess = setup(config, device)
+    datasets.check_supervision(data, config.loss)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out_dir / "config.json", json.dumps(
+        {**config.to_dict(), "git_sha": git_sha(), "versions": library_versions(),
+         "num_classes": data.num_classes, "train_size": len(data.train)}, indent=2))
+    print(f"run folder {out_dir}  method {config.method}  dataset {config.dataset} "
+          f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}, "
+          f"{data.num_classes} classes)  device {device}", flush=True)
+
+    store = ObservedLabelStore(data.train.observed, device)
+    estimator = (LabelEstimator(data.train.observed, config.seed).to(device)
+                 if config.method == "role" else None)
+    optimizer = build_optimizer(model, estimator, config, config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    state = TrainState(model, optimizer, store, estimator, scaler)
+    if config.resume:
+        state.load_state_dict(torch.load(config.resume, map_location=device, weights_only=True))
+        print(f"resumed from {config.resume} after epoch {state.epoch}", flush=True)
+    forward = torch.compile(model) if config.compile else model
+    loaders = make_loaders(data, config, device)
+    true_labels = (torch.as_tensor(data.train.true_labels, device=device)
+                   if data.train.true_labels is not None and config.loss in ("bce", "bce_ls", "iun")
+                   else None)
+    num_unobserved = max(int((data.train.observed == 0).sum()), 1)
+
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        row = {"phase": "end_to_end", "epoch": epoch}
+        row.update(train_one_epoch(state, forward, loaders["train"], preprocess, config, epoch,
+                                   true_labels, device))
+        row["modified_fraction"] = row["modified"] / num_unobserved
+        row["relabeled"] = store.num_relabeled if config.method == "LL-Cp" else 0
+        row["val_map"] = evaluate(model, data.val, loaders["val"], preprocess, device,
+                                  config.amp)["map"]
+        state.epoch = epoch
+        state.history.append(row)
+        improved = row["val_map"] > state.best_val_map
+        if improved:
+            state.best_val_map, state.best_epoch = row["val_map"], epoch
+            save_atomically({"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                             "val_map": row["val_map"]}, out_dir / "best.pt")
+        save_atomically({"config": config.to_dict(), **state.state_dict()}, out_dir / "last.pt")
+        write_metrics(out_dir, state.history)
+        print(epoch_summary(row, config.epochs, state.best_val_map, state.best_epoch), flush=True)
+        if config.early_stop_drop > 0 and row["val_map"] < state.best_val_map - config.early_stop_drop:
+            print(f"early stop: val mAP {row['val_map']:.2f} is more than "
+                  f"{config.early_stop_drop:g} points below the best", flush=True)
+            break
+        if config.stop_after is not None and epoch >= config.stop_after and epoch < config.epochs:
+            print(f"stopping after epoch {epoch} (--stop_after); continue with "
+                  f"--resume {out_dir / 'last.pt'}", flush=True)
+            return {"status": "interrupted", "epoch": epoch}
+
+    best = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    test = evaluate(model, data.test, loaders["test"], preprocess, device, config.amp)
+    results = {"status": "finished", "dataset": config.dataset, "method": config.method,
+               "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
+               "seed": config.seed, "train_mode": config.train_mode,
+               "best_epoch": state.best_epoch, "val_map": state.best_val_map,
+               "test_map": test["map"], "test_ap": test["ap"], "class_names": data.class_names,
+               "epochs_run": state.epoch,
+               "stopped_early": state.epoch < config.epochs}
+    write_text_atomically(out_dir / "results.json", json.dumps(results, indent=2))
+    print(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
+          f"test mAP {test['map']:.2f}  ({out_dir / 'results.json'})", flush=True)
+    return results
+
+
+def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int) -> dict:
+    """--eval_only: test mAP of a best.pt / last.pt with the configuration saved inside it."""
+    if not Path(checkpoint_path).is_file():
+        raise InputError(f"--eval_only {checkpoint_path}: no such file")
+    device = resolve_device(device_name)
+    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
+                                 num_workers=num_workers, weights="none")
+    config, data, model, preprocess = setup(config, device)
+    model.load_state_dict(checkpoint["model"])
+    loaders = make_loaders(data, config, device)
+    test = evaluate(model, data.test, loaders["test"], preprocess, device, config.amp)
+    print(f"{checkpoint_path} (epoch {checkpoint['epoch']}): test mAP {test['map']:.2f}", flush=True)
+    return {"epoch": checkpoint["epoch"], "test_map": test["map"], "test_ap": test["ap"]}
+
+
+def resume_config(checkpoint_path: str, override: Config) -> Config:
+    """The saved configuration of a run, with this invocation's engineering flags."""
+    if not Path(checkpoint_path).is_file():
+        raise InputError(f"--resume {checkpoint_path}: no such file")
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["config"]
+    return dataclasses.replace(config_from_dict(saved), resume=checkpoint_path,
+                               device=override.device, num_workers=override.num_workers,
+                               stop_after=override.stop_after, log_every=override.log_every,
+                               out_dir=str(Path(checkpoint_path).parent))
