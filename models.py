@@ -56,10 +56,12 @@ def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
 
 
 def small_cnn() -> tuple[nn.Module, int]:
-    """A 5-layer CNN for the 48-px digits set: 48 → 12×12×128 feature map (CAM-ready)."""
-    layers = (conv_block(3, 32) + conv_block(32, 32) + [nn.MaxPool2d(2)]
-              + conv_block(32, 64) + conv_block(64, 64) + [nn.MaxPool2d(2)]
-              + conv_block(64, 128))
+    """A 5-layer CNN for the 48-px digits set: a stride-2 stem, then 24 → 12, ending in a
+    12×12×128 feature map (CAM-ready)."""
+    stem = [nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True)]
+    layers = (stem + conv_block(32, 64) + [nn.MaxPool2d(2)]
+              + conv_block(64, 128) + conv_block(128, 128))
     return nn.Sequential(*layers), 128
 
 

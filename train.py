@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from tqdm import tqdm
 import datasets
 from config import Config, config_from_dict
 from datasets import DevicePreprocess, ExperimentData, InputError, Split
-from losses import LabelEstimator, ObservedLabelStore, compute_loss
+from losses import NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore, compute_loss
 from metrics import average_precisions
 from models import MultiLabelNet, build_model
 
@@ -77,6 +78,7 @@ class TrainState:
         self.epoch = 0
         self.best_val_map = -math.inf
         self.best_epoch = 0
+        self.stopped_early = False
         self.history: list[dict] = []
 
     def state_dict(self) -> dict:
@@ -87,7 +89,7 @@ class TrainState:
             "store": self.store.state_dict(),
             "estimator": None if self.estimator is None else self.estimator.state_dict(),
             "epoch": self.epoch, "best_val_map": self.best_val_map, "best_epoch": self.best_epoch,
-            "history": self.history,
+            "stopped_early": self.stopped_early, "history": self.history,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
@@ -101,6 +103,7 @@ class TrainState:
             self.estimator.load_state_dict(state["estimator"])
         self.epoch, self.best_epoch = state["epoch"], state["best_epoch"]
         self.best_val_map, self.history = state["best_val_map"], state["history"]
+        self.stopped_early = state["stopped_early"]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -241,8 +244,24 @@ def epoch_summary(row: dict, epochs: int, best_val_map: float, best_epoch: int) 
 
 # --- fit ----------------------------------------------------------------------------------------
 
-def setup(config: Config, device: torch.device):
-    """Data, model, label state and loaders of a run (shared by fit and evaluate_checkpoint)."""
+@dataclass
+class Run:
+    """What a run holds besides its training state."""
+    config: Config
+    device: torch.device
+    data: ExperimentData
+    model: MultiLabelNet
+    preprocess: DevicePreprocess
+    loaders: dict
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+
+def start_run(config: Config) -> Run:
+    """Data, model and loaders (shared by fit and evaluate_checkpoint). Seeds torch."""
+    device = resolve_device(config.device)
     data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
                               config.image_size, config.digits_train_size)
     if config.expected_num_pos is None:
@@ -252,7 +271,7 @@ def setup(config: Config, device: torch.device):
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
-    return config, data, model, preprocess
+    return Run(config, device, data, model, preprocess, make_loaders(data, config, device))
 
 
 def make_loaders(data: ExperimentData, config: Config, device: torch.device) -> dict:
@@ -265,92 +284,118 @@ def make_loaders(data: ExperimentData, config: Config, device: torch.device) -> 
                                          config.num_workers, config.seed, pin)}
 
 
-def fit(config: Config) -> dict:
-    """Train with per-epoch val mAP, keep the best-val weights, report their test mAP."""
-    device = resolve_device(config.device)
-    out_dir = Path(config.out_dir)
-    config, data, model, preprocess = setup(config, device)
-    datasets.check_supervision(data, config.loss)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out_dir / "config.json", json.dumps(
+def write_run_header(run: Run) -> None:
+    """config.json (resolved config, git SHA, library versions) and the first stdout line."""
+    config, data = run.config, run.data
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(run.out_dir / "config.json", json.dumps(
         {**config.to_dict(), "git_sha": git_sha(), "versions": library_versions(),
          "num_classes": data.num_classes, "train_size": len(data.train)}, indent=2))
-    print(f"run folder {out_dir}  method {config.method}  dataset {config.dataset} "
+    print(f"run folder {run.out_dir}  method {config.method}  dataset {config.dataset} "
           f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}, "
-          f"{data.num_classes} classes)  device {device}", flush=True)
+          f"{data.num_classes} classes)  device {run.device}", flush=True)
 
-    store = ObservedLabelStore(data.train.observed, device)
-    estimator = (LabelEstimator(data.train.observed, config.seed).to(device)
+
+def new_train_state(run: Run, lr: float) -> TrainState:
+    config, data = run.config, run.data
+    store = ObservedLabelStore(data.train.observed, run.device)
+    estimator = (LabelEstimator(data.train.observed, config.seed).to(run.device)
                  if config.method == "role" else None)
-    optimizer = build_optimizer(model, estimator, config, config.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    state = TrainState(model, optimizer, store, estimator, scaler)
-    if config.resume:
-        state.load_state_dict(torch.load(config.resume, map_location=device, weights_only=True))
-        print(f"resumed from {config.resume} after epoch {state.epoch}", flush=True)
-    forward = torch.compile(model) if config.compile else model
-    loaders = make_loaders(data, config, device)
-    true_labels = (torch.as_tensor(data.train.true_labels, device=device)
-                   if data.train.true_labels is not None and config.loss in ("bce", "bce_ls", "iun")
-                   else None)
-    num_unobserved = max(int((data.train.observed == 0).sum()), 1)
+    optimizer = build_optimizer(run.model, estimator, config, lr)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=config.amp == "fp16")
+    return TrainState(run.model, optimizer, store, estimator, scaler)
 
-    while state.epoch < config.epochs:
+
+def train_epochs(run: Run, state: TrainState, forward: nn.Module, phase: str, epochs: int) -> bool:
+    """Epochs state.epoch+1 … `epochs` with val mAP, checkpoints and early stopping.
+
+    Returns False when --stop_after left early (the run continues with --resume).
+    """
+    config, data = run.config, run.data
+    true_labels = (torch.as_tensor(data.train.true_labels, device=run.device)
+                   if config.loss in NEEDS_TRUE_LABELS else None)
+    num_unobserved = max(int((data.train.observed == 0).sum()), 1)
+    while state.epoch < epochs:
         epoch = state.epoch + 1
-        row = {"phase": "end_to_end", "epoch": epoch}
-        row.update(train_one_epoch(state, forward, loaders["train"], preprocess, config, epoch,
-                                   true_labels, device))
+        row = {"phase": phase, "epoch": epoch}
+        row.update(train_one_epoch(state, forward, run.loaders["train"], run.preprocess, config,
+                                   epoch, true_labels, run.device))
         row["modified_fraction"] = row["modified"] / num_unobserved
-        row["relabeled"] = store.num_relabeled if config.method == "LL-Cp" else 0
-        row["val_map"] = evaluate(model, data.val, loaders["val"], preprocess, device,
-                                  config.amp)["map"]
-        state.epoch = epoch
-        state.history.append(row)
-        improved = row["val_map"] > state.best_val_map
-        if improved:
-            state.best_val_map, state.best_epoch = row["val_map"], epoch
-            save_atomically({"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                             "val_map": row["val_map"]}, out_dir / "best.pt")
-        save_atomically({"config": config.to_dict(), **state.state_dict()}, out_dir / "last.pt")
-        write_metrics(out_dir, state.history)
-        print(epoch_summary(row, config.epochs, state.best_val_map, state.best_epoch), flush=True)
+        row["relabeled"] = state.store.num_relabeled if config.method == "LL-Cp" else 0
+        row["val_map"] = evaluate(run.model, data.val, run.loaders["val"], run.preprocess,
+                                  run.device, config.amp)["map"]
+        record_epoch(run, state, row)
         if config.early_stop_drop > 0 and row["val_map"] < state.best_val_map - config.early_stop_drop:
             print(f"early stop: val mAP {row['val_map']:.2f} is more than "
                   f"{config.early_stop_drop:g} points below the best", flush=True)
-            break
-        if config.stop_after is not None and epoch >= config.stop_after and epoch < config.epochs:
+            state.stopped_early = True
+            return True
+        if config.stop_after is not None and config.stop_after <= epoch < epochs:
             print(f"stopping after epoch {epoch} (--stop_after); continue with "
-                  f"--resume {out_dir / 'last.pt'}", flush=True)
-            return {"status": "interrupted", "epoch": epoch}
+                  f"--resume {run.out_dir / 'last.pt'}", flush=True)
+            return False
+    return True
 
-    best = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
-    model.load_state_dict(best["model"])
-    test = evaluate(model, data.test, loaders["test"], preprocess, device, config.amp)
+
+def record_epoch(run: Run, state: TrainState, row: dict) -> None:
+    """Update the best model, write best.pt / last.pt / metrics, print the summary line."""
+    state.epoch = row["epoch"]
+    state.history.append(row)
+    if row["val_map"] > state.best_val_map:
+        state.best_val_map, state.best_epoch = row["val_map"], row["epoch"]
+        save_atomically({"config": run.config.to_dict(), "epoch": row["epoch"],
+                         "model": run.model.state_dict(), "val_map": row["val_map"]},
+                        run.out_dir / "best.pt")
+    save_atomically({"config": run.config.to_dict(), **state.state_dict()}, run.out_dir / "last.pt")
+    write_metrics(run.out_dir, state.history)
+    print(epoch_summary(row, run.config.epochs, state.best_val_map, state.best_epoch), flush=True)
+
+
+def test_best_model(run: Run, state: TrainState) -> dict:
+    """Load best.pt, evaluate the test split, write results.json."""
+    config = run.config
+    best = torch.load(run.out_dir / "best.pt", map_location=run.device, weights_only=True)
+    run.model.load_state_dict(best["model"])
+    test = evaluate(run.model, run.data.test, run.loaders["test"], run.preprocess, run.device,
+                    config.amp)
     results = {"status": "finished", "dataset": config.dataset, "method": config.method,
                "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
                "seed": config.seed, "train_mode": config.train_mode,
                "best_epoch": state.best_epoch, "val_map": state.best_val_map,
-               "test_map": test["map"], "test_ap": test["ap"], "class_names": data.class_names,
-               "epochs_run": state.epoch,
-               "stopped_early": state.epoch < config.epochs}
-    write_text_atomically(out_dir / "results.json", json.dumps(results, indent=2))
+               "test_map": test["map"], "test_ap": test["ap"], "class_names": run.data.class_names,
+               "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+    write_text_atomically(run.out_dir / "results.json", json.dumps(results, indent=2))
     print(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
-          f"test mAP {test['map']:.2f}  ({out_dir / 'results.json'})", flush=True)
+          f"test mAP {test['map']:.2f}  ({run.out_dir / 'results.json'})", flush=True)
     return results
+
+
+def fit(config: Config) -> dict:
+    """Train with per-epoch val mAP, keep the best-val weights, report their test mAP."""
+    run = start_run(config)
+    datasets.check_supervision(run.data, run.config.loss)
+    write_run_header(run)
+    state = new_train_state(run, run.config.lr)
+    if config.resume:
+        state.load_state_dict(torch.load(config.resume, map_location=run.device, weights_only=True))
+        print(f"resumed from {config.resume} after epoch {state.epoch}", flush=True)
+    forward = torch.compile(run.model) if config.compile else run.model
+    if not train_epochs(run, state, forward, "end_to_end", config.epochs):
+        return {"status": "interrupted", "epoch": state.epoch}
+    return test_best_model(run, state)
 
 
 def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int) -> dict:
     """--eval_only: test mAP of a best.pt / last.pt with the configuration saved inside it."""
     if not Path(checkpoint_path).is_file():
         raise InputError(f"--eval_only {checkpoint_path}: no such file")
-    device = resolve_device(device_name)
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
                                  num_workers=num_workers, weights="none")
-    config, data, model, preprocess = setup(config, device)
-    model.load_state_dict(checkpoint["model"])
-    loaders = make_loaders(data, config, device)
-    test = evaluate(model, data.test, loaders["test"], preprocess, device, config.amp)
+    run = start_run(config)
+    run.model.load_state_dict(checkpoint["model"])
+    test = evaluate(run.model, run.data.test, run.loaders["test"], run.preprocess, run.device,
+                    run.config.amp)
     print(f"{checkpoint_path} (epoch {checkpoint['epoch']}): test mAP {test['map']:.2f}", flush=True)
     return {"epoch": checkpoint["epoch"], "test_map": test["map"], "test_ap": test["ap"]}
 
