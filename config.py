@@ -91,6 +91,7 @@ class Config:
     # analyses
     track_train: bool
     pointing_game: bool
+    track_images: int
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "training mAP against clean labels (needs clean training labels)")
     analyses.add_argument("--pointing_game", action="store_true",
                           help="CAM pointing game on test images with boxes, into results.json")
+    analyses.add_argument("--track_images", type=int, default=8, metavar="N",
+                          help="with --track_train and an LL scheme: the classes modified each epoch "
+                               "in the first N training images that have a false negative, written "
+                               "to corrections.json (default: 8)")
     return parser
 
 
@@ -261,6 +266,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
             parser.error(f"--{flag} must be >= 1, got {value}")
     if args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.track_images < 0:
+        parser.error(f"--track_images must be >= 0, got {args.track_images}")
     if args.resume and args.eval_only:
         parser.error("--resume and --eval_only exclude each other")
     seed_part = f"_d{delta_rel:g}" if mod_scheme != "none" else ""
@@ -289,6 +296,7 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         compile=args.compile, out_dir=out_dir, resume=args.resume, eval_only=args.eval_only,
         stop_after=args.stop_after, log_every=args.log_every,
         track_train=args.track_train, pointing_game=args.pointing_game,
+        track_images=args.track_images,
     )
 
 

@@ -22,10 +22,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import analysis
 import datasets
 from config import Config, config_from_dict
 from datasets import DevicePreprocess, ExperimentData, InputError, Split
-from losses import NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore, compute_loss
+from losses import LL_SCHEMES, NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore, compute_loss
 from metrics import average_precisions
 from models import MultiLabelNet, build_model
 
@@ -80,6 +81,7 @@ class TrainState:
         self.best_epoch = 0
         self.stopped_early = False
         self.history: list[dict] = []
+        self.tracker: analysis.TrainingTracker | None = None  # --track_train only
 
     def state_dict(self) -> dict:
         return {
@@ -90,6 +92,7 @@ class TrainState:
             "estimator": None if self.estimator is None else self.estimator.state_dict(),
             "epoch": self.epoch, "best_val_map": self.best_val_map, "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early, "history": self.history,
+            "tracker": None if self.tracker is None else self.tracker.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
@@ -104,6 +107,8 @@ class TrainState:
         self.epoch, self.best_epoch = state["epoch"], state["best_epoch"]
         self.best_val_map, self.history = state["best_val_map"], state["history"]
         self.stopped_early = state["stopped_early"]
+        if self.tracker is not None and state.get("tracker") is not None:
+            self.tracker.load_state_dict(state["tracker"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -132,7 +137,9 @@ def train_one_epoch(state: TrainState, forward: nn.Module, loader, preprocess: D
     forward: the model to call (state.model, or its torch.compile wrapper).
     true_labels: N×L on the device, or None; only the full-label baselines and IUN read them.
     """
-    store, estimator = state.store, state.estimator
+    store, estimator, tracker = state.store, state.estimator, state.tracker
+    if tracker is not None:
+        tracker.begin_epoch(store.observed)
     forward.train()
     loader.sampler.set_epoch(epoch)
     loss_sum = torch.zeros((), device=device)
@@ -155,6 +162,8 @@ def train_one_epoch(state: TrainState, forward: nn.Module, loader, preprocess: D
         state.scaler.scale(output.loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        if tracker is not None:
+            tracker.record_step(sample_ids, output.modified)
         if config.method == "LL-Cp":
             store.apply_relabel(sample_ids, output.relabel)
         loss_sum += output.loss.detach()
@@ -230,8 +239,8 @@ def write_metrics(out_dir: Path, history: list[dict]) -> None:
     write_text_atomically(out_dir / "metrics.jsonl",
                           "".join(json.dumps(row) + "\n" for row in history))
     columns = list(dict.fromkeys(key for row in history for key in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns)
-                                   for row in history]
+    lines = [",".join(columns)] + [",".join("" if row.get(key) is None else str(row[key])
+                                            for key in columns) for row in history]
     write_text_atomically(out_dir / "metrics.csv", "\n".join(lines) + "\n")
 
 
@@ -239,7 +248,9 @@ def epoch_summary(row: dict, epochs: int, best_val_map: float, best_epoch: int) 
     return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
             f"val mAP {row['val_map']:6.2f} (best {best_val_map:.2f} @ {best_epoch})  "
             f"modified {row['modified']} ({100 * row['modified_fraction']:.2f} %)  "
-            f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s")
+            f"{row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
+            + "".join(f"  {label} {row[key]:.3f}" for key, label in analysis.SUMMARY_FIELDS
+                      if row.get(key) is not None))
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -276,12 +287,16 @@ def start_run(config: Config) -> Run:
 
 def make_loaders(data: ExperimentData, config: Config, device: torch.device) -> dict:
     pin = device.type == "cuda"
-    return {"train": datasets.make_loader(data.train.images, config.batch_size, True,
-                                          config.num_workers, config.seed, pin),
-            "val": datasets.make_loader(data.val.images, config.batch_size * 2, False,
-                                        config.num_workers, config.seed, pin),
-            "test": datasets.make_loader(data.test.images, config.batch_size * 2, False,
-                                         config.num_workers, config.seed, pin)}
+    loaders = {"train": datasets.make_loader(data.train.images, config.batch_size, True,
+                                             config.num_workers, config.seed, pin),
+               "val": datasets.make_loader(data.val.images, config.batch_size * 2, False,
+                                           config.num_workers, config.seed, pin),
+               "test": datasets.make_loader(data.test.images, config.batch_size * 2, False,
+                                            config.num_workers, config.seed, pin)}
+    if config.track_train:  # the training set in order, evaluated without flip (SPEC §8)
+        loaders["train_eval"] = datasets.make_loader(data.train.images, config.batch_size * 2,
+                                                     False, config.num_workers, config.seed, pin)
+    return loaders
 
 
 def write_run_header(run: Run) -> None:
@@ -303,7 +318,12 @@ def new_train_state(run: Run, lr: float) -> TrainState:
                  if config.method == "role" else None)
     optimizer = build_optimizer(run.model, estimator, config, lr)
     scaler = torch.amp.GradScaler(run.device.type, enabled=config.amp == "fp16")
-    return TrainState(run.model, optimizer, store, estimator, scaler)
+    state = TrainState(run.model, optimizer, store, estimator, scaler)
+    if config.track_train:
+        num_images = config.track_images if config.method in LL_SCHEMES else 0
+        state.tracker = analysis.TrainingTracker(data.train.true_labels, data.train.observed,
+                                                 num_images, run.device)
+    return state
 
 
 def train_epochs(run: Run, state: TrainState, forward: nn.Module, phase: str, epochs: int) -> bool:
@@ -322,6 +342,8 @@ def train_epochs(run: Run, state: TrainState, forward: nn.Module, phase: str, ep
                                    epoch, true_labels, run.device))
         row["modified_fraction"] = row["modified"] / num_unobserved
         row["relabeled"] = state.store.num_relabeled if config.method == "LL-Cp" else 0
+        if state.tracker is not None:
+            row.update(track_training_set(run, state, epoch))
         row["val_map"] = evaluate(run.model, data.val, run.loaders["val"], run.preprocess,
                                   run.device, config.amp)["map"]
         record_epoch(run, state, row)
@@ -335,6 +357,21 @@ def train_epochs(run: Run, state: TrainState, forward: nn.Module, phase: str, ep
                   f"--resume {run.out_dir / 'last.pt'}", flush=True)
             return False
     return True
+
+
+def track_training_set(run: Run, state: TrainState, epoch: int) -> dict:
+    """--track_train (SPEC §8): loss groups and clean mAP from one extra eval pass over the
+    training set, this epoch's precision of modification, and corrections.json."""
+    train = run.data.train
+    logits = predict(run.model, run.loaders["train_eval"], run.preprocess, run.device,
+                     run.config.amp)
+    metrics = analysis.training_set_metrics(logits, state.store.observed.cpu().numpy(),
+                                            train.true_labels)
+    metrics.update(state.tracker.end_epoch(epoch))
+    if len(state.tracker.samples):
+        write_text_atomically(run.out_dir / "corrections.json", json.dumps(
+            state.tracker.corrections(run.data.class_names, train), indent=1))
+    return metrics
 
 
 def record_epoch(run: Run, state: TrainState, row: dict) -> None:
@@ -364,6 +401,13 @@ def test_best_model(run: Run, state: TrainState) -> dict:
                "best_epoch": state.best_epoch, "val_map": state.best_val_map,
                "test_map": test["map"], "test_ap": test["ap"], "class_names": run.data.class_names,
                "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+    if config.track_train:
+        results["highest_loss_epoch"] = analysis.highest_loss_epochs(state.history)
+    if config.pointing_game:
+        results.update(analysis.pointing_game_on_split(run.model, run.data.test, run.loaders["test"],
+                                                       run.preprocess, run.device,
+                                                       run.data.class_names))
+        print(f"pointing game (best model, test): {results['pointing_game']:.2f}", flush=True)
     write_text_atomically(run.out_dir / "results.json", json.dumps(results, indent=2))
     print(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
           f"test mAP {test['map']:.2f}  ({run.out_dir / 'results.json'})", flush=True)
@@ -374,6 +418,7 @@ def fit(config: Config) -> dict:
     """Train with per-epoch val mAP, keep the best-val weights, report their test mAP."""
     run = start_run(config)
     datasets.check_supervision(run.data, run.config.loss)
+    analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
     write_run_header(run)
     state = new_train_state(run, run.config.lr)
     if config.resume:

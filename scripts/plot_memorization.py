@@ -1,0 +1,129 @@
+"""The memorisation figure (LL paper, Fig. 1) from runs trained with --track_train.
+
+    python scripts/plot_memorization.py runs/digits_an runs/digits_LL-R --labels AN LL-R \
+        --out memorization.png
+
+One panel per run: the mean training loss of observed positives, unobserved true negatives and false
+negatives (unobserved true positives) per epoch, a dot at each group's highest loss. Then, when the
+runs logged them, a panel of the LL schemes' precision of modification against the false-negative
+base rate (what modifying unobserved entries at random would achieve), and a panel of the
+training-set mAP against the clean labels (label recovery).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python scripts/...` puts scripts/ on the path, not the root
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts.plot_curves import LOSS_GROUPS, default_label, series  # noqa: E402
+from scripts.summarize import read_metrics  # noqa: E402
+
+GROUP_COLORS = {"loss_observed_pos": "tab:green", "loss_true_neg": "tab:blue",
+                "loss_false_neg": "tab:red"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run folders trained with --track_train")
+    parser.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
+    parser.add_argument("--labels", nargs="+", help="one title per RUN_DIR, in order")
+    parser.add_argument("--title", help="figure title")
+    return parser
+
+
+def has(runs: list[tuple[str, list[dict]]], name: str) -> bool:
+    return any(row.get(name) is not None for _, metrics in runs for row in metrics)
+
+
+def plot_group_losses(axis, label: str, metrics: list[dict]) -> None:
+    epochs = [row["epoch"] for row in metrics]
+    for name, text, _ in LOSS_GROUPS:
+        values = series(metrics, name)
+        axis.plot(epochs, values, "o-", color=GROUP_COLORS[name], label=text, markersize=3)
+        measured = [(value, epoch) for value, epoch in zip(values, epochs) if not math.isnan(value)]
+        if measured:
+            value, epoch = max(measured)
+            axis.plot([epoch], [value], "o", color=GROUP_COLORS[name], markersize=9, alpha=0.35)
+    axis.set_title(f"{label}: training loss by entry group", fontsize="medium")
+    axis.set_ylabel("mean BCE against the AN target")
+
+
+def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = None) -> None:
+    """`runs` = [(label, metrics rows of the last phase)] into `out`."""
+    extra = [name for name in ("modification_precision", "train_map_clean") if has(runs, name)]
+    num_panels = len(runs) + len(extra)
+    figure, axes = plt.subplots(1, num_panels, figsize=(4.8 * num_panels, 3.9), squeeze=False)
+    axes = list(axes[0])
+    for axis, (label, metrics) in zip(axes, runs):
+        plot_group_losses(axis, label, metrics)
+    axes[0].legend(fontsize="small")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, name in zip(axes[len(runs):], extra):
+        for index, (label, metrics) in enumerate(runs):
+            epochs = [row["epoch"] for row in metrics]
+            color = colors[index % len(colors)]
+            if name == "modification_precision":
+                if not any(row.get(name) is not None for row in metrics):
+                    continue
+                axis.plot(epochs, series(metrics, name, 100.0), "o-", color=color, markersize=3,
+                          label=f"{label}: precision")
+                axis.plot(epochs, series(metrics, "false_negative_rate", 100.0), "--",
+                          color=color, label=f"{label}: false-negative base rate")
+            else:
+                axis.plot(epochs, series(metrics, name), "o-", color=color, markersize=3,
+                          label=label)
+        axis.set_title("precision of modification" if name == "modification_precision"
+                       else "label recovery: train mAP (clean labels)", fontsize="medium")
+        axis.set_ylabel("% of modified entries that are false negatives"
+                        if name == "modification_precision" else "mAP (0-100)")
+        axis.legend(fontsize="small")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.run_dirs):
+        print(f"plot_memorization: {len(args.labels)} labels for {len(args.run_dirs)} run folders",
+              file=sys.stderr)
+        return 2
+    runs = []
+    for index, run_dir in enumerate(args.run_dirs):
+        metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+        if metrics:  # the last phase only (linear_init logs a linear phase first)
+            metrics = [row for row in metrics if row.get("phase") == metrics[-1].get("phase")]
+        if not any(row.get("loss_false_neg") is not None or row.get("loss_true_neg") is not None
+                   for row in metrics):
+            print(f"plot_memorization: {run_dir} has no loss groups in metrics.jsonl (train it "
+                  f"with --track_train)", file=sys.stderr)
+            return 2
+        runs.append((args.labels[index] if args.labels else default_label(run_dir), metrics))
+    plot_runs(runs, args.out, args.title)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
