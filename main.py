@@ -14,7 +14,7 @@ from pathlib import Path
 
 from config import parse_args
 from datasets import InputError
-from train import evaluate_checkpoint, fit, resume_config
+from train import TrainingDiverged, evaluate_checkpoint, fit, resume_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         record_failure(config.out_dir, str(error))
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        record_failure(config.out_dir, str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except BaseException:
         record_failure(config.out_dir, traceback.format_exc())
         raise
