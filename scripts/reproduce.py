@@ -37,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "coco/nuswide Adam 1e-5, cub Adam 7.5e-5), per scheme and dataset the best Δrel, "
                     f"batch size {BATCH_SIZE}, {EPOCHS} epochs. The baselines (bce, an, wan, an_ls, epr, "
                     "role) have no tuned lr in the LL paper: they get the dataset's optimizer and lr. "
-                    "digits is the project's CPU demo (config.py's settings, 12 epochs), not in the "
+                    "digits is the project's CPU demo (config.py's settings, 20 epochs), not in the "
                     "paper (no paper number).",
         epilog="Example: python scripts/reproduce.py --dataset coco --method LL-Ct --dry_run")
     parser.add_argument("--dataset", required=True, choices=DATASETS)

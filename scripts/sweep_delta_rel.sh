@@ -15,8 +15,8 @@
 #   FORCE=1         run again where the folder already holds results.json (default: skip it, so an
 #                   interrupted sweep resumes)
 #
-# 5 Δrel × 3 schemes = 15 runs per seed. The optimizer, lr and epochs are the dataset's (SPEC §6, the
-# same table as scripts/paper_numbers.py; tests/test_scripts.py checks they agree). The first failed
+# 5 Δrel × 3 schemes = 15 runs per seed. The optimizer, lr, batch size and epochs are the CLI's
+# defaults for the dataset (SPEC §6; each run records them in its config.json). The first failed
 # run stops the sweep with its exit code. Then: python scripts/summarize.py RUNS_DIR picks, per scheme,
 # the Δrel with the best mean val mAP ("chosen Δrel").
 set -euo pipefail
@@ -31,12 +31,8 @@ first_seed=${FIRST_SEED:-0}
 read -r -a python <<< "${PYTHON:-python}"
 read -r -a extra <<< "${EXTRA_ARGS:-}"
 
-epochs=10
 case "$dataset" in
-  pascal)       optimizer=sgd;  lr=0.005 ;;
-  coco|nuswide) optimizer=adam; lr=1e-05 ;;
-  cub)          optimizer=adam; lr=7.5e-05 ;;
-  digits)       optimizer=adam; lr=0.001; epochs=12 ;;  # the CPU demo, not in the paper
+  pascal|coco|nuswide|cub|digits) ;;
   *) echo "sweep_delta_rel: unknown dataset '$dataset' (pascal, coco, nuswide, cub, digits)" >&2; exit 2 ;;
 esac
 if ! [[ "$seeds" =~ ^[1-9][0-9]*$ && "$first_seed" =~ ^[0-9]+$ ]]; then
@@ -56,8 +52,7 @@ for ((seed = first_seed; seed < first_seed + seeds; seed++)); do
       index=$((index + 1))
       out_dir="$runs_dir/$dataset/sweep/${scheme}_d${delta_rel}/seed${seed}"
       command=("${python[@]}" "$main_py" --dataset "$dataset" --loss an --mod_scheme "$scheme"
-               --delta_rel "$delta_rel" --optimizer "$optimizer" --lr "$lr" --batch_size 16
-               --epochs "$epochs" --train_mode end_to_end --seed "$seed" --out_dir "$out_dir"
+               --delta_rel "$delta_rel" --train_mode end_to_end --seed "$seed" --out_dir "$out_dir"
                ${extra[@]+"${extra[@]}"})
       line=$(printf '%q ' "${command[@]}")
       line=${line% }
