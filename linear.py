@@ -1,0 +1,692 @@
+"""LinearInit and linear training on cached features (Cole et al., CVPR 2021; SPEC §6).
+
+    python main.py --dataset coco --train_mode linear_init   # phase 1: the head on cached features
+                                                             # (25 epochs), phase 2: end-to-end from it
+    python main.py --dataset coco --train_mode linear        # phase 1 only: the head, tested
+    python main.py --dataset features --data_root DIR --train_mode linear    # your own vectors
+
+Feature cache. Pooled backbone features (`MultiLabelNet.pooled_features`) of the unflipped images
+(eval mode, the validation preprocessing, float32), extracted once and kept in `--feature_cache`
+(default `<data_root>/features/`; digits, which has no folder: `data/digits_cache/`). One
+`<name>.npy` per split (N×D float32, rows in the split's order) and beside it `<name>.json`, which
+records what produced it: dataset, data root, arch, weights (name; file path, size and mtime; or
+the seed of a random init), image size, split, rows and a sha256 of the image list. When the
+record disagrees with the run, the cache is rebuilt and a note says why; it is never used stale.
+Names follow Cole et al.: `{phase}_features_imagenet_resnet50.npy` (imagenet_v1 weights, 448 px;
+other weights, archs or sizes change the name). For a Cole folder the phases are the OFFICIAL
+ones, so the authors' published files fit: `train` holds the trainer's train and val rows (split
+by formats.train_val_split), `val` is the test set. A file without a sidecar, in the cache folder
+or in `<data_root>` where Cole's code keeps it, is used only as their published features: resnet50,
+imagenet_v1, 448 px and matching row counts (a note says so); otherwise it is refused, never
+overwritten.
+
+Features dataset (--dataset features). `<data_root>/features.npz`, or --data_root FILE.npz:
+    train_features  N×D float           required
+    train_labels    N×L in {0, 1}       clean labels; needed when train_observed or val_* is
+                                        absent, and by bce, bce_ls and iun
+    train_observed  N×L in {-1, 0, +1}  optional; default formats.make_observed_labels(train_labels)
+                                        (one positive per row, Cole et al.'s RandomState(1200))
+    val_features    M×D float           optional, together with val_labels (M×L in {0, 1}, clean);
+    val_labels                          default: 20 % of the train rows (formats.train_val_split)
+    test_features   T×D float           required
+    test_labels     T×L in {0, 1}       required (clean)
+    class_names     L strings           optional (default class_0, class_1, ...)
+
+Linear phase. The head, nn.Linear(D, L), trained on features held as one tensor on the device:
+batches are index slices of a permutation drawn from (seed + epoch), the loss is
+losses.compute_loss with the run's method, its LL epoch count starting at 1, LL-Cp relabels go to
+the run's ObservedLabelStore and ROLE trains its estimator at head_lr_mult × --linear_lr. Adam
+without weight decay (Cole et al.), --linear_epochs epochs (no early stop), val mAP every epoch;
+the best-val epoch's head, estimator and observed labels are kept. LinearInit's phase 2 starts
+from them (train.fit), with a fresh optimizer and the LL epoch count again at 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import re
+import time
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+import datasets
+import formats
+import train  # train imports this module inside its functions only: no cycle at load time
+from config import PAPER_DATASETS, Config, config_from_dict
+from datasets import (DevicePreprocess, ExperimentData, ImageFileDataset, InputError, Split,
+                      TensorImageDataset)
+from losses import (NEEDS_EXPECTED_NUM_POS, NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore,
+                    compute_loss)
+from metrics import average_precisions, ranked_average_precisions
+from models import MultiLabelNet, build_model, is_local_path
+
+PAPER_IMAGE_SIZE = 448
+COLE_FEATURE_DIM = 2048   # ResNet-50's pooled features
+FEATURES_FILE = "features.npz"
+NPZ_KEYS = ("train_features", "train_labels", "train_observed", "val_features", "val_labels",
+            "test_features", "test_labels", "class_names")
+SPLITS = ("train", "val", "test")
+
+Extractor = Callable[[], tuple[MultiLabelNet, DevicePreprocess]]
+
+
+class FeatureDataset(Dataset):
+    """Pre-computed vectors, one N×D float32 tensor; yields (vector, index) like the image sets."""
+
+    def __init__(self, features: Tensor):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.features[index], index
+
+
+def features_of(split: Split) -> Tensor:
+    """N×D features of a split whose images are a FeatureDataset."""
+    return split.images.features
+
+
+def with_features(data: ExperimentData, features: dict[str, Tensor]) -> ExperimentData:
+    """`data` with each split's images replaced by its features (labels unchanged)."""
+    return dataclasses.replace(data, **{
+        name: dataclasses.replace(getattr(data, name), images=FeatureDataset(features[name]))
+        for name in SPLITS})
+
+
+# --- the feature cache --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CacheUnit:
+    """One cached file and where its rows go.
+
+    name: the phase in the file name: for a Cole folder the OFFICIAL phase ("train" holds the
+        trainer's train and val rows, "val" is its test set), otherwise the trainer's split.
+    parts: (trainer split, the file rows it takes) pairs.
+    """
+    name: str
+    parts: tuple[tuple[str, np.ndarray], ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(len(rows) for _, rows in self.parts)
+
+
+def cache_units(dataset: str, data: ExperimentData) -> list[CacheUnit]:
+    if dataset in PAPER_DATASETS:  # SPEC §2: official train = train + val, official val = test
+        num_official_train = len(data.train) + len(data.val)
+        train_rows, val_rows = formats.train_val_split(num_official_train)
+        if len(train_rows) != len(data.train):
+            raise ValueError(f"{dataset}: train/val sizes {len(data.train)}/{len(data.val)} are "
+                             f"not formats.train_val_split({num_official_train})")
+        return [CacheUnit("train", (("train", train_rows), ("val", val_rows))),
+                CacheUnit("val", (("test", np.arange(len(data.test))),))]
+    return [CacheUnit(name, ((name, np.arange(len(getattr(data, name)))),)) for name in SPLITS]
+
+
+def feature_cache_dir(config: Config) -> Path:
+    if config.feature_cache:
+        return Path(config.feature_cache)
+    root = Path(config.data_root)
+    if config.dataset == "digits":  # generated in memory: no data folder to write into
+        return root.with_name(root.name + "_cache")
+    return root / "features"
+
+
+def random_init(config: Config) -> bool:
+    """The backbone starts from a seeded random init (small_cnn ignores --weights)."""
+    return config.arch == "small_cnn" or config.weights == "none"
+
+
+def weights_identity(config: Config) -> dict:
+    if random_init(config):
+        return {"name": "random_init", "seed": config.seed}
+    if is_local_path(config.weights):
+        path = Path(config.weights).resolve()
+        if not path.is_file():
+            raise InputError(f"--weights {config.weights}: no such file")
+        stat = path.stat()
+        return {"file": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"name": config.weights}
+
+
+def cache_file_name(config: Config, phase: str) -> str:
+    """`{phase}_features_{weights}_{arch}[_{size}px].npy`; Cole's name for imagenet_v1 at 448 px."""
+    if random_init(config):
+        weights = "random"
+    elif is_local_path(config.weights):
+        weights = "file-" + Path(config.weights).stem
+    else:
+        weights = {"imagenet_v1": "imagenet"}.get(config.weights, config.weights)
+    size = "" if config.image_size == PAPER_IMAGE_SIZE else f"_{config.image_size}px"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{phase}_features_{weights}_{config.arch}{size}") + ".npy"
+
+
+def images_digest(unit: CacheUnit, data: ExperimentData) -> str:
+    """sha256 of the unit's images in file order: their folder and relative paths, or the pixels
+    of in-memory images."""
+    digest = hashlib.sha256()
+    sources = [(getattr(data, name).images, rows) for name, rows in unit.parts]
+    if all(isinstance(images, ImageFileDataset) for images, _ in sources):
+        paths = np.empty(unit.num_rows, dtype=object)
+        for images, rows in sources:
+            folder = images.image_dir.resolve()
+            paths[rows] = [f"{folder}/{path}" for path in images.image_paths]
+        digest.update("\n".join(paths).encode())
+        return digest.hexdigest()
+    for images, rows in sources:
+        if not isinstance(images, TensorImageDataset):
+            raise TypeError(f"cannot identify the images of {type(images).__name__} for the cache")
+        digest.update(rows.astype(np.int64).tobytes())
+        digest.update(images.images.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_identity(config: Config, unit: CacheUnit, data: ExperimentData) -> dict:
+    """What a cached file must have been made from to be used by this run."""
+    return {"dataset": config.dataset,
+            "data_root": None if config.dataset == "digits" else str(Path(config.data_root).resolve()),
+            "arch": config.arch, "weights": weights_identity(config),
+            "image_size": config.image_size, "split": unit.name, "rows": unit.num_rows,
+            "images_sha256": images_digest(unit, data)}
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def read_feature_file(path: Path, num_rows: int, num_features: int | None = None) -> np.ndarray:
+    """An N×D float32 array from `path`, checked: rows, width, finite values."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"feature file {path} cannot be read: {error}") from None
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise InputError(f"feature file {path}: expected an N×D float array, got shape "
+                         f"{array.shape} dtype {array.dtype}")
+    if array.shape[0] != num_rows or (num_features is not None and array.shape[1] != num_features):
+        raise InputError(f"feature file {path} has shape {array.shape}, expected "
+                         f"({num_rows}, {num_features or 'D'})")
+    if not np.isfinite(array).all():
+        raise InputError(f"feature file {path} holds NaN or infinite values; delete it to rebuild")
+    return array.astype(np.float32, copy=False)
+
+
+def stale_fields(recorded: dict, identity: dict) -> list[str]:
+    return [f"{key} {recorded.get(key)!r} (this run: {value!r})"
+            for key, value in identity.items() if recorded.get(key) != value]
+
+
+def cole_published_features(path: Path, config: Config, num_rows: int) -> np.ndarray | None:
+    """A sidecar-less file taken as Cole et al.'s published features, or None when it cannot be."""
+    cole_setting = (config.dataset in PAPER_DATASETS and config.arch == "resnet50"
+                    and config.weights == "imagenet_v1" and config.image_size == PAPER_IMAGE_SIZE)
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError) as error:
+        raise InputError(f"feature file {path} cannot be read: {error}") from None
+    if not cole_setting or shape != (num_rows, COLE_FEATURE_DIM):
+        print(f"note: {path} has no sidecar and is not Cole et al.'s published features for this "
+              f"run (needs a paper dataset, resnet50, imagenet_v1, 448 px, shape "
+              f"({num_rows}, {COLE_FEATURE_DIM}); it has {shape})", flush=True)
+        return None
+    print(f"using {path}: no sidecar, taken as Cole et al.'s published features (resnet50, "
+          f"imagenet_v1, 448 px; its {num_rows} rows match)", flush=True)
+    return read_feature_file(path, num_rows, COLE_FEATURE_DIM)
+
+
+def load_or_extract(unit: CacheUnit, data: ExperimentData, config: Config, device: torch.device,
+                    get_extractor: Extractor) -> np.ndarray:
+    """The unit's features from the cache when it was made for this run, else extracted and cached."""
+    identity = cache_identity(config, unit, data)
+    name = cache_file_name(config, unit.name)
+    path = feature_cache_dir(config) / name
+    if path.is_file() and sidecar_of(path).is_file():
+        recorded = json.loads(sidecar_of(path).read_text())
+        stale = stale_fields(recorded, identity)
+        if not stale:
+            return read_feature_file(path, unit.num_rows, recorded.get("dim"))
+        print(f"feature cache {path} is stale, rebuilding: it was made for "
+              f"{'; '.join(stale)}", flush=True)
+    else:
+        for candidate in dict.fromkeys((path, Path(config.data_root) / name)):
+            if candidate.is_file() and not sidecar_of(candidate).is_file():
+                array = cole_published_features(candidate, config, unit.num_rows)
+                if array is not None:
+                    return array
+                if candidate == path:
+                    raise InputError(f"{path} has no sidecar {sidecar_of(path).name}, so its origin "
+                                     f"is unknown; it is never overwritten: move it away or pass "
+                                     f"another --feature_cache")
+    model, preprocess = get_extractor()
+    start = time.perf_counter()
+    array = extract_unit(unit, data, model, preprocess, device, config)
+    write_cache(path, array, {**identity, "dim": array.shape[1], "dtype": "float32",
+                              "seconds": round(time.perf_counter() - start, 1),
+                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return array
+
+
+def write_cache(path: Path, array: np.ndarray, record: dict) -> None:
+    """The array, then its sidecar (the old sidecar goes first: a crash leaves no false record)."""
+    sidecar_of(path).unlink(missing_ok=True)
+    formats.save_npy_atomic(path, array)
+    formats.save_text_atomic(sidecar_of(path), json.dumps(record, indent=2))
+    print(f"cached features {array.shape} in {path}", flush=True)
+
+
+def extract_unit(unit: CacheUnit, data: ExperimentData, model: MultiLabelNet,
+                 preprocess: DevicePreprocess, device: torch.device, config: Config) -> np.ndarray:
+    array = None
+    for split_name, rows in unit.parts:
+        images = getattr(data, split_name).images
+        print(f"extracting {config.arch} features of the {split_name} split ({len(images)} images)",
+              flush=True)
+        features = extract_features(model, images, preprocess, device, config.batch_size * 2,
+                                    config.num_workers)
+        if array is None:
+            array = np.empty((unit.num_rows, features.shape[1]), dtype=np.float32)
+        array[rows] = features
+    return array
+
+
+@torch.inference_mode()
+def extract_features(model: MultiLabelNet, images: Dataset, preprocess: DevicePreprocess,
+                     device: torch.device, batch_size: int, num_workers: int) -> np.ndarray:
+    """N×D float32 pooled features of the unflipped images (eval mode), in dataset order."""
+    model.eval()
+    loader = datasets.make_loader(images, batch_size, False, num_workers, 0, device.type == "cuda")
+    batches, order = [], []
+    for batch, sample_ids in loader:
+        batch = preprocess(batch.to(device, non_blocking=True), train=False)
+        batches.append(model.pooled_features(batch).float())
+        order.append(sample_ids)
+    features = torch.cat(batches).cpu().numpy()  # one host transfer
+    result = np.empty_like(features)
+    result[torch.cat(order).numpy()] = features
+    return result
+
+
+def cached_feature_data(config: Config, data: ExperimentData, device: torch.device,
+                        get_extractor: Extractor) -> ExperimentData:
+    """`data` with features in place of images, from the cache or extracted by get_extractor()'s
+    model (called only when something has to be extracted).
+
+    The global CPU RNG is left as found (an extraction's DataLoader draws a seed from it), so a
+    run does not depend on whether its features were cached.
+    """
+    features = {}
+    with torch.random.fork_rng(devices=[]):
+        for unit in cache_units(config.dataset, data):
+            array = load_or_extract(unit, data, config, device, get_extractor)
+            for split_name, rows in unit.parts:
+                features[split_name] = torch.from_numpy(np.ascontiguousarray(array[rows])).to(device)
+    return with_features(data, features)
+
+
+def backbone_extractor(config: Config, num_classes: int, device: torch.device) -> Extractor:
+    """Builds the run's model on first call, as train.start_run does (same seed, same weights)."""
+    @functools.cache
+    def build() -> tuple[MultiLabelNet, DevicePreprocess]:
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, config.weights, num_classes).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model, DevicePreprocess(model.mean, model.std, device, config.channels_last)
+    return build
+
+
+# --- the features dataset -----------------------------------------------------------------------
+
+def load_features_npz(data_root: Path) -> ExperimentData:
+    """--dataset features: the .npz layout of this module's docstring, validated; CPU tensors."""
+    path = data_root / FEATURES_FILE if data_root.is_dir() else data_root
+    if not path.is_file():
+        raise InputError(f"--dataset features: {path} does not exist (expected a .npz with keys "
+                         f"{', '.join(NPZ_KEYS)}; see linear.py)")
+    arrays = read_npz(path)
+    unknown = sorted(set(arrays) - set(NPZ_KEYS))
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; the layout has {list(NPZ_KEYS)}")
+    for key in ("train_features", "test_features", "test_labels"):
+        if key not in arrays:
+            raise InputError(f"{path}: missing key '{key}'")
+    for present, partner in (("val_features", "val_labels"), ("val_labels", "val_features")):
+        if present in arrays and partner not in arrays:
+            raise InputError(f"{path}: key '{present}' needs '{partner}' too")
+    if "train_observed" not in arrays and "train_labels" not in arrays:
+        raise InputError(f"{path}: needs 'train_observed' or 'train_labels' (missing key)")
+    if "val_features" not in arrays and "train_labels" not in arrays:
+        raise InputError(f"{path}: without 'val_features'/'val_labels' the val split comes from the "
+                         f"train rows, and needs their clean labels: missing key 'train_labels'")
+
+    features = {key: checked_features(path, key, arrays[key])
+                for key in ("train_features", "val_features", "test_features") if key in arrays}
+    widths = {key: value.shape[1] for key, value in features.items()}
+    if len(set(widths.values())) > 1:
+        raise InputError(f"{path}: the feature keys differ in width (columns): {widths}")
+    labels = {}
+    for key, allowed in (("train_labels", (0, 1)), ("train_observed", (-1, 0, 1)),
+                         ("val_labels", (0, 1)), ("test_labels", (0, 1))):
+        if key in arrays:
+            labels[key] = checked_labels(path, key, arrays[key], allowed,
+                                         features[key.split("_")[0] + "_features"])
+    classes = {key: value.shape[1] for key, value in labels.items()}
+    if len(set(classes.values())) > 1:
+        raise InputError(f"{path}: the label keys differ in number of classes (columns): {classes}")
+    num_classes = next(iter(classes.values()))
+    class_names = checked_class_names(path, arrays.get("class_names"), num_classes)
+
+    true_train = labels.get("train_labels")
+    observed = labels.get("train_observed")
+    if observed is None:
+        observed = formats.make_observed_labels(true_train)
+    observed = observed.astype(np.int8)
+    num_train = len(features["train_features"])
+    if "val_features" in features:
+        train_rows = np.arange(num_train)
+        val_features, val_labels = features["val_features"], labels["val_labels"]
+    else:
+        train_rows, val_rows = formats.train_val_split(num_train)
+        val_features, val_labels = features["train_features"][val_rows], true_train[val_rows]
+    if len(train_rows) == 0 or len(val_features) == 0:
+        raise InputError(f"{path}: too few train rows ({num_train}) for a train/val split")
+
+    def split(vectors: np.ndarray, split_observed: np.ndarray, true: np.ndarray | None) -> Split:
+        return Split(FeatureDataset(torch.from_numpy(np.ascontiguousarray(vectors))),
+                     split_observed, true)
+
+    return ExperimentData(
+        train=split(features["train_features"][train_rows], observed[train_rows],
+                    None if true_train is None else true_train[train_rows]),
+        val=split(val_features, val_labels.astype(np.int8), val_labels),
+        test=split(features["test_features"], labels["test_labels"].astype(np.int8),
+                   labels["test_labels"]),
+        class_names=class_names)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise InputError(f"{path}: not a readable .npz file ({error})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: expected a .npz archive of named arrays (np.savez), got a "
+                         f"single array")
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except (ValueError, OSError, zipfile.BadZipFile) as error:
+                raise InputError(f"{path}: key '{key}' is not a plain array ({error})") from None
+    return arrays
+
+
+def checked_features(path: Path, key: str, values: np.ndarray) -> np.ndarray:
+    """N×D float32, finite."""
+    if values.ndim != 2 or values.shape[0] == 0 or values.dtype.kind not in "fiu":
+        raise InputError(f"{path}: key '{key}' must be a non-empty N×D array of numbers, got shape "
+                         f"{values.shape} dtype {values.dtype}")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        row = int(np.argwhere(~np.isfinite(values))[0, 0])
+        raise InputError(f"{path}: key '{key}' holds NaN or infinite values (first at row {row})")
+    return values
+
+
+def checked_labels(path: Path, key: str, values: np.ndarray, allowed: tuple[int, ...],
+                   features: np.ndarray) -> np.ndarray:
+    """N×L in `allowed`, as many rows as the split's features."""
+    try:
+        formats.check_label_matrix(values, allowed, f"{path}: key '{key}'")
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    feature_key = key.split("_")[0] + "_features"
+    if len(values) != len(features):
+        raise InputError(f"{path}: key '{key}' has {len(values)} rows but '{feature_key}' has "
+                         f"{len(features)}")
+    return values.astype(np.int8 if -1 in allowed else np.uint8)
+
+
+def checked_class_names(path: Path, names: np.ndarray | None, num_classes: int) -> list[str]:
+    if names is None:
+        return [f"class_{index}" for index in range(num_classes)]
+    if names.ndim != 1 or names.dtype.kind not in "US" or len(names) != num_classes:
+        raise InputError(f"{path}: key 'class_names' must be {num_classes} strings (one per label "
+                         f"column), got shape {names.shape} dtype {names.dtype}")
+    return [str(name) for name in names.astype(str)]
+
+
+# --- the linear phase ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinearBest:
+    """The best-val epoch of a linear phase: the states phase 2 and the test start from."""
+    epoch: int = 0
+    val_map: float = -math.inf
+    head: dict | None = None
+    estimator: dict | None = None
+    store: dict | None = None
+
+
+def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
+    """nn.Linear(D, L) with PyTorch's default init drawn from `seed`, the global RNG untouched:
+    linear mode and LinearInit's phase 1 start from the same head."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(num_features, num_classes)
+
+
+def build_linear_optimizer(head: nn.Linear, estimator: LabelEstimator | None,
+                           config: Config) -> torch.optim.Optimizer:
+    """Adam without weight decay, as Cole et al.'s phase 1: the head at --linear_lr, ROLE's
+    estimator at head_lr_mult × --linear_lr."""
+    groups = [{"params": list(head.parameters()), "lr": config.linear_lr}]
+    if estimator is not None:
+        groups.append({"params": list(estimator.parameters()),
+                       "lr": config.linear_lr * config.head_lr_mult})
+    return torch.optim.Adam(groups, lr=config.linear_lr)
+
+
+def train_linear_epoch(head: nn.Linear, optimizer: torch.optim.Optimizer, features: Tensor,
+                       store: ObservedLabelStore, estimator: LabelEstimator | None, config: Config,
+                       epoch: int, true_labels: Tensor | None) -> dict:
+    """One pass over the N×D training features, in a permutation drawn from (seed + epoch).
+    Returns train_loss, modified, seconds, images_per_s. No host sync but the NaN checks."""
+    device = features.device
+    order = torch.randperm(len(features),
+                           generator=torch.Generator().manual_seed(config.seed + epoch)).to(device)
+    loss_sum = torch.zeros((), device=device)
+    modified_count = torch.zeros((), dtype=torch.long, device=device)
+    batch_size = config.linear_batch_size
+    num_steps = 0
+    start = time.perf_counter()
+    for first in range(0, len(order), batch_size):
+        sample_ids = order[first:first + batch_size]
+        logits = head(features.index_select(0, sample_ids))  # a row gather, 4× faster than [ ]
+        output = compute_loss(
+            config.method, logits, store.rows(sample_ids),
+            true_labels=None if true_labels is None else true_labels[sample_ids],
+            epoch=epoch, delta_rel=config.delta_rel, expected_num_pos=config.expected_num_pos,
+            estimator_logits=None if estimator is None else estimator(sample_ids),
+            check_values=False)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+        if config.method == "LL-Cp":
+            store.apply_relabel(sample_ids, output.relabel)
+        loss_sum += output.loss.detach()
+        modified_count += output.modified.sum()
+        num_steps += 1
+        if num_steps % config.log_every == 0:
+            train.check_finite(loss_sum, epoch, num_steps)
+    train.check_finite(loss_sum, epoch, num_steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"train_loss": loss_sum.item() / max(num_steps, 1), "modified": int(modified_count),
+            "seconds": seconds, "images_per_s": len(order) / seconds}
+
+
+@torch.inference_mode()
+def feature_logits(head: nn.Linear, features: Tensor, chunk_rows: int = 16384) -> np.ndarray:
+    """N×L float32 logits, computed in chunks (one host transfer)."""
+    return torch.cat([head(features[first:first + chunk_rows]).float()
+                      for first in range(0, len(features), chunk_rows)]).cpu().numpy()
+
+
+def evaluate_features(head: nn.Linear, split: Split) -> dict:
+    """mAP (0–100) and per-class AP of a features split (as train.evaluate for images)."""
+    scores = feature_logits(head, features_of(split))
+    targets, known = split.eval_targets()
+    aps = (ranked_average_precisions(scores, targets) if known is None
+           else average_precisions(scores, targets, known))
+    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores}
+
+
+def snapshot(epoch: int, val_map: float, head: nn.Linear, estimator: LabelEstimator | None,
+             store: ObservedLabelStore) -> LinearBest:
+    def copy(state: dict) -> dict:
+        return {key: value.detach().clone() for key, value in state.items()}
+    return LinearBest(epoch, val_map, copy(head.state_dict()),
+                      None if estimator is None else copy(estimator.state_dict()),
+                      copy(store.state_dict()))
+
+
+def train_linear_phase(head: nn.Linear, data: ExperimentData, store: ObservedLabelStore,
+                       estimator: LabelEstimator | None, config: Config, history: list[dict],
+                       out_dir: Path) -> LinearBest:
+    """--linear_epochs epochs of the head on `data`'s features; LL epochs count from 1.
+
+    Appends one row per epoch (phase "linear") to `history` and rewrites out_dir's metrics files.
+    The head, estimator and store are left at the last epoch; the best-val epoch is returned.
+    """
+    features = features_of(data.train)
+    optimizer = build_linear_optimizer(head, estimator, config)
+    true_labels = (torch.as_tensor(data.train.true_labels, device=features.device)
+                   if config.loss in NEEDS_TRUE_LABELS else None)
+    num_unobserved = max(int((data.train.observed == 0).sum()), 1)
+    best = LinearBest()
+    for epoch in range(1, config.linear_epochs + 1):
+        row = {"phase": "linear", "epoch": epoch}
+        row.update(train_linear_epoch(head, optimizer, features, store, estimator, config, epoch,
+                                      true_labels))
+        row["modified_fraction"] = row["modified"] / num_unobserved
+        row["relabeled"] = store.num_relabeled if config.method == "LL-Cp" else 0
+        row["val_map"] = evaluate_features(head, data.val)["map"]
+        if row["val_map"] > best.val_map:
+            best = snapshot(epoch, row["val_map"], head, estimator, store)
+        history.append(row)
+        train.write_metrics(out_dir, history)
+        print("linear " + train.epoch_summary(row, config.linear_epochs, best.val_map, best.epoch),
+              flush=True)
+    return best
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+def linear_init_phase(run: train.Run, state: train.TrainState) -> LinearBest:
+    """LinearInit's phase 1 inside train.fit: the head of run.model trained on cached features of
+    run.model's backbone; then run.model.head, state.estimator and state.store are set to the
+    best-val epoch (saved as linear_best.pt) and phase 2 trains end-to-end from there."""
+    config, head = run.config, run.model.head
+    data = cached_feature_data(config, run.data, run.device, lambda: (run.model, run.preprocess))
+    head.load_state_dict(new_linear_head(head.in_features, head.out_features,
+                                         config.seed).state_dict())
+    best = train_linear_phase(head, data, state.store, state.estimator, config, state.history,
+                              run.out_dir)
+    head.load_state_dict(best.head)
+    state.store.load_state_dict(best.store)
+    if state.estimator is not None:
+        state.estimator.load_state_dict(best.estimator)
+    train.save_atomically({"config": config.to_dict(), "epoch": best.epoch, "val_map": best.val_map,
+                           "head": best.head, "estimator": best.estimator, "store": best.store},
+                          run.out_dir / "linear_best.pt")
+    print(f"LinearInit phase 1: best val mAP {best.val_map:.2f} at linear epoch {best.epoch}; "
+          f"phase 2 trains end-to-end from that head, its LL epoch count restarting at 1",
+          flush=True)
+    return best
+
+
+def load_linear_data(config: Config, device: torch.device) -> ExperimentData:
+    """What a linear run trains on: the .npz of --dataset features, else cached features of
+    --dataset's images (extracting what is missing or stale)."""
+    if config.dataset == "features":
+        data = load_features_npz(Path(config.data_root))
+        return with_features(data, {name: features_of(getattr(data, name)).to(device)
+                                    for name in SPLITS})
+    data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
+                              config.image_size, config.digits_train_size)
+    return cached_feature_data(config, data, device,
+                               backbone_extractor(config, data.num_classes, device))
+
+
+def fit_linear(config: Config) -> dict:
+    """--train_mode linear: load (or extract) the features, then run_linear."""
+    if config.resume:
+        raise InputError("--resume: a --train_mode linear run writes no last.pt; run it again "
+                         "(its features are cached)")
+    if config.track_train or config.pointing_game:
+        raise InputError("--track_train and --pointing_game need images: not with --train_mode linear")
+    device = train.resolve_device(config.device)
+    return run_linear(config, load_linear_data(config, device), device)
+
+
+def run_linear(config: Config, data: ExperimentData, device: torch.device) -> dict:
+    """The head alone on `data`'s features (on `device`): config.json, metrics, best.pt (the head),
+    results.json with the best-val head's test mAP."""
+    if config.expected_num_pos is None and config.method in NEEDS_EXPECTED_NUM_POS:
+        config = dataclasses.replace(config, expected_num_pos=datasets.mean_label_count(data))
+    datasets.check_supervision(data, config.loss)
+    out_dir = Path(config.out_dir)
+    train.write_run_header(train.Run(config, device, data, model=None, preprocess=None, loaders={}))
+    head = new_linear_head(features_of(data.train).shape[1], data.num_classes, config.seed).to(device)
+    store = ObservedLabelStore(data.train.observed, device)
+    estimator = (LabelEstimator(data.train.observed, config.seed).to(device)
+                 if config.method == "role" else None)
+    history: list[dict] = []
+    best = train_linear_phase(head, data, store, estimator, config, history, out_dir)
+    head.load_state_dict(best.head)
+    train.save_atomically({"config": config.to_dict(), "epoch": best.epoch, "model": best.head,
+                           "val_map": best.val_map}, out_dir / "best.pt")
+    test = evaluate_features(head, data.test)
+    results = {"status": "finished", "dataset": config.dataset, "method": config.method,
+               "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
+               "seed": config.seed, "train_mode": config.train_mode,
+               "best_epoch": best.epoch, "val_map": best.val_map,
+               "linear_best_epoch": best.epoch, "linear_val_map": best.val_map,
+               "test_map": test["map"], "test_ap": test["ap"], "class_names": data.class_names,
+               "epochs_run": config.linear_epochs, "stopped_early": False}
+    train.write_text_atomically(out_dir / "results.json", json.dumps(results, indent=2))
+    print(f"best linear epoch {best.epoch}: val mAP {best.val_map:.2f}, test mAP {test['map']:.2f}"
+          f"  ({out_dir / 'results.json'})", flush=True)
+    return results
+
+
+def evaluate_linear_checkpoint(checkpoint_path: str, checkpoint: dict, device_name: str,
+                               num_workers: int) -> dict:
+    """--eval_only for a --train_mode linear best.pt: its head on the test features."""
+    config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
+                                 num_workers=num_workers)
+    device = train.resolve_device(device_name)
+    data = load_linear_data(config, device)
+    weight = checkpoint["model"]["weight"]
+    head = nn.Linear(weight.shape[1], weight.shape[0]).to(device)
+    head.load_state_dict(checkpoint["model"])
+    test = evaluate_features(head, data.test)
+    print(f"{checkpoint_path} (linear epoch {checkpoint['epoch']}): test mAP {test['map']:.2f}",
+          flush=True)
+    return {"epoch": checkpoint["epoch"], "test_map": test["map"], "test_ap": test["ap"]}
