@@ -23,6 +23,7 @@ from datasets import ExperimentData, InputError, Split
 from metrics import average_precisions
 
 LOSS_GROUP_KEYS = ("loss_observed_pos", "loss_true_neg", "loss_false_neg")
+BATCH_LOSS_GROUP_KEYS = tuple("batch_" + key for key in LOSS_GROUP_KEYS)
 # the --track_train values appended to the per-epoch summary line
 SUMMARY_FIELDS = (("loss_true_neg", "TN loss"), ("loss_false_neg", "FN loss"),
                   ("train_map_clean", "train mAP"), ("modification_precision", "mod. precision"))
@@ -78,28 +79,37 @@ def training_set_metrics(logits: np.ndarray, observed: np.ndarray,
     return metrics
 
 
-def highest_loss_epochs(history: list[dict]) -> dict[str, int | None]:
+def highest_loss_epochs(history: list[dict], keys=LOSS_GROUP_KEYS) -> dict[str, int | None]:
     """{group: the epoch with the group's largest loss} over the last training phase's rows
-    (the earliest epoch on a tie; None when the group was never measured)."""
-    if not history:
-        return {key.removeprefix("loss_"): None for key in LOSS_GROUP_KEYS}
-    rows = [row for row in history if row.get("phase") == history[-1].get("phase")]
+    (the earliest epoch on a tie; None when the group was never measured). Groups are named
+    observed_pos, true_neg, false_neg; `keys` picks the eval-pass or the during-training losses."""
+    rows = [row for row in history if row.get("phase") == history[-1].get("phase")] if history else []
     peaks = {}
-    for key in LOSS_GROUP_KEYS:
+    for key in keys:
         measured = [(row[key], row["epoch"]) for row in rows if row.get(key) is not None]
-        peaks[key.removeprefix("loss_")] = (max(measured, key=lambda pair: pair[0])[1]
-                                            if measured else None)
+        group = key.split("loss_", 1)[1]
+        peaks[group] = max(measured, key=lambda pair: pair[0])[1] if measured else None
     return peaks
+
+
+def highest_loss_phase(history: list[dict]) -> dict:
+    """results.json's "highest loss phase" table: `highest_loss_epoch` from the eval pass and
+    `highest_batch_loss_epoch` from the training batches, each {group: epoch}."""
+    return {"highest_loss_epoch": highest_loss_epochs(history, LOSS_GROUP_KEYS),
+            "highest_batch_loss_epoch": highest_loss_epochs(history, BATCH_LOSS_GROUP_KEYS)}
 
 
 # --- precision of modification and corrections ----------------------------------------------------
 
 class TrainingTracker:
-    """What the LL schemes modify, counted on the device during an epoch and read once at its end.
+    """What happens during an epoch, counted on the device and read once at its end.
 
     Per epoch: `modification_precision` = modified entries that are false negatives / modified
     entries (None when nothing was modified), and `false_negative_rate` = false negatives /
-    unobserved entries at the start of the epoch, the precision a random choice would get.
+    unobserved entries at the start of the epoch, the precision a random choice would get;
+    `batch_loss_*`: the loss groups of `loss_groups` measured on the training batches themselves
+    (train mode, flipped images, the weights changing over the epoch), the curve the optimiser
+    sees, free of the eval-mode BatchNorm statistics.
     For the first `num_images` training rows that have a false negative, the classes modified in
     each epoch (LL-R: rejected, LL-Ct/LL-Cp: corrected) are kept for corrections.json.
     """
@@ -127,23 +137,41 @@ class TrainingTracker:
         self._modified_false_negatives = torch.zeros((), dtype=torch.long, device=self.device)
         self._corrections = torch.zeros(len(self.samples) + 1, self.num_classes, dtype=torch.int32,
                                         device=self.device)
+        self._group_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._group_counts = torch.zeros(3, dtype=torch.long, device=self.device)
 
-    def record_step(self, sample_ids: Tensor, modified: Tensor) -> None:
-        """sample_ids: B on the device; modified: B×L bool from compute_loss. No host sync."""
+    def record_step(self, sample_ids: Tensor, modified: Tensor, logits: Tensor,
+                    observed: Tensor) -> None:
+        """sample_ids: B on the device; modified: B×L bool from compute_loss; logits: B×L of the
+        training forward pass; observed: B×L, the store's rows before this step's LL-Cp
+        relabels. No host sync."""
+        truly_positive = self.truly_positive[sample_ids]
+        per_entry = F.binary_cross_entropy_with_logits(
+            logits.detach().float(), observed.clamp(min=0).float(), reduction="none")
+        unobserved = observed == 0
+        groups = torch.stack([observed == 1, unobserved & ~truly_positive,
+                              unobserved & truly_positive])                      # 3×B×L
+        self._group_sums += (per_entry * groups).sum(dim=(1, 2))
+        self._group_counts += groups.sum(dim=(1, 2))
         self._modified += modified.sum()
-        self._modified_false_negatives += (modified & self.truly_positive[sample_ids]).sum()
+        self._modified_false_negatives += (modified & truly_positive).sum()
         self._corrections.index_put_((self.slot_of_sample[sample_ids],), modified.int(),
                                      accumulate=True)
 
     def end_epoch(self, epoch: int) -> dict[str, float | None]:
         """Read the counters (one host transfer) and keep the tracked images' modifications."""
-        modified, modified_fn, unobserved, false_negatives = torch.stack(
-            [self._modified, self._modified_false_negatives, self._unobserved,
-             self._false_negatives]).tolist()
+        counts = torch.stack([self._modified, self._modified_false_negatives, self._unobserved,
+                              self._false_negatives])
+        values = torch.cat([counts.double(), self._group_counts.double(), self._group_sums]).tolist()
+        modified, modified_fn, unobserved, false_negatives = values[:4]
+        group_counts, group_sums = values[4:7], values[7:]
         changed = (self._corrections[:-1] > 0).cpu().numpy()
         self.per_epoch[epoch] = [np.nonzero(row)[0].tolist() for row in changed]
-        return {"modification_precision": modified_fn / modified if modified else None,
-                "false_negative_rate": false_negatives / unobserved if unobserved else None}
+        metrics = {key: total / count if count else None
+                   for key, total, count in zip(BATCH_LOSS_GROUP_KEYS, group_sums, group_counts)}
+        metrics["modification_precision"] = modified_fn / modified if modified else None
+        metrics["false_negative_rate"] = false_negatives / unobserved if unobserved else None
+        return metrics
 
     def corrections(self, class_names: list[str], train: Split) -> list[dict]:
         """corrections.json: per tracked image its clean and observed positives and, per epoch,

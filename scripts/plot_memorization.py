@@ -4,7 +4,10 @@
         --out memorization.png
 
 One panel per run: the mean training loss of observed positives, unobserved true negatives and false
-negatives (unobserved true positives) per epoch, a dot at each group's highest loss. Then, when the
+negatives (unobserved true positives) per epoch, a dot at each group's highest loss; --losses eval
+(default) plots the end-of-epoch eval-mode pass over the training set (loss_*), --losses training
+the losses of the training batches themselves (batch_loss_*: train mode, as the optimiser sees
+them, during the epoch). Then, when the
 runs logged them, a panel of the LL schemes' precision of modification against the false-negative
 base rate (what modifying unobserved entries at random would achieve), and a panel of the
 training-set mAP against the clean labels (label recovery).
@@ -32,6 +35,7 @@ from scripts.summarize import read_metrics  # noqa: E402
 
 GROUP_COLORS = {"loss_observed_pos": "tab:green", "loss_true_neg": "tab:blue",
                 "loss_false_neg": "tab:red"}
+KEY_PREFIX = {"eval": "", "training": "batch_"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,6 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
     parser.add_argument("--labels", nargs="+", help="one title per RUN_DIR, in order")
     parser.add_argument("--title", help="figure title")
+    parser.add_argument("--losses", choices=sorted(KEY_PREFIX), default="eval",
+                        help="eval: the eval-mode pass over the training set after each epoch; "
+                             "training: the training batches during the epoch (default: eval)")
+    parser.add_argument("--log_y", action="store_true",
+                        help="logarithmic loss axis (the groups differ by orders of magnitude late)")
     return parser
 
 
@@ -50,27 +59,31 @@ def has(runs: list[tuple[str, list[dict]]], name: str) -> bool:
     return any(row.get(name) is not None for _, metrics in runs for row in metrics)
 
 
-def plot_group_losses(axis, label: str, metrics: list[dict]) -> None:
+def plot_group_losses(axis, label: str, metrics: list[dict], losses: str) -> None:
     epochs = [row["epoch"] for row in metrics]
     for name, text, _ in LOSS_GROUPS:
-        values = series(metrics, name)
+        values = series(metrics, KEY_PREFIX[losses] + name)
         axis.plot(epochs, values, "o-", color=GROUP_COLORS[name], label=text, markersize=3)
         measured = [(value, epoch) for value, epoch in zip(values, epochs) if not math.isnan(value)]
         if measured:
             value, epoch = max(measured)
             axis.plot([epoch], [value], "o", color=GROUP_COLORS[name], markersize=9, alpha=0.35)
-    axis.set_title(f"{label}: training loss by entry group", fontsize="medium")
+    where = "eval pass" if losses == "eval" else "training batches"
+    axis.set_title(f"{label}: training-set loss by group ({where})", fontsize="medium")
     axis.set_ylabel("mean BCE against the AN target")
 
 
-def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = None) -> None:
+def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = None,
+              losses: str = "eval", log_y: bool = False) -> None:
     """`runs` = [(label, metrics rows of the last phase)] into `out`."""
     extra = [name for name in ("modification_precision", "train_map_clean") if has(runs, name)]
     num_panels = len(runs) + len(extra)
     figure, axes = plt.subplots(1, num_panels, figsize=(4.8 * num_panels, 3.9), squeeze=False)
     axes = list(axes[0])
     for axis, (label, metrics) in zip(axes, runs):
-        plot_group_losses(axis, label, metrics)
+        plot_group_losses(axis, label, metrics, losses)
+        if log_y:
+            axis.set_yscale("log")
     axes[0].legend(fontsize="small")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, name in zip(axes[len(runs):], extra):
@@ -114,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         if metrics:  # the last phase only (linear_init logs a linear phase first)
             metrics = [row for row in metrics if row.get("phase") == metrics[-1].get("phase")]
-        if not any(row.get("loss_false_neg") is not None or row.get("loss_true_neg") is not None
-                   for row in metrics):
-            print(f"plot_memorization: {run_dir} has no loss groups in metrics.jsonl (train it "
-                  f"with --track_train)", file=sys.stderr)
+        prefix = KEY_PREFIX[args.losses]
+        if not any(row.get(prefix + name) is not None for row in metrics for name, _, _ in LOSS_GROUPS):
+            print(f"plot_memorization: {run_dir} has no {prefix}loss_* groups in metrics.jsonl "
+                  f"(train it with --track_train)", file=sys.stderr)
             return 2
         runs.append((args.labels[index] if args.labels else default_label(run_dir), metrics))
-    plot_runs(runs, args.out, args.title)
+    plot_runs(runs, args.out, args.title, args.losses, args.log_y)
     print(f"wrote {args.out}")
     return 0
 

@@ -28,7 +28,6 @@ if str(REPO_ROOT) not in sys.path:  # `python scripts/show_cam.py` puts scripts/
 
 import analysis  # noqa: E402
 import datasets  # noqa: E402
-from config import config_from_dict  # noqa: E402
 from datasets import DevicePreprocess, InputError  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -51,11 +50,11 @@ def load_model_and_test_split(checkpoint_path: str, data_root: str | None, image
     if not Path(checkpoint_path).is_file():
         raise InputError(f"{checkpoint_path}: no such file")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    config = config_from_dict(checkpoint["config"])
-    data = datasets.load_data(config.dataset, data_root or config.data_root,
-                              image_dir or config.image_dir, config.image_size,
-                              config.digits_train_size)
-    model = build_model(config.arch, "none", data.num_classes)
+    config = checkpoint["config"]  # the saved dict: only the data and model keys are needed
+    data = datasets.load_data(config["dataset"], data_root or config["data_root"],
+                              image_dir or config["image_dir"], config["image_size"],
+                              config["digits_train_size"])
+    model = build_model(config["arch"], "none", data.num_classes)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), data.test, data.class_names
 

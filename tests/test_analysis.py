@@ -26,6 +26,7 @@ TINY_RUN = ["--dataset", "digits", "--digits_train_size", "32", "--arch", "small
             "--image_size", "48", "--batch_size", "16", "--optimizer", "adam", "--lr", "1e-3",
             "--early_stop_drop", "0", "--num_workers", "0", "--device", "cpu", "--seed", "0"]
 ANALYSIS_KEYS = {"loss_observed_pos", "loss_true_neg", "loss_false_neg", "train_map_clean",
+                 "batch_loss_observed_pos", "batch_loss_true_neg", "batch_loss_false_neg",
                  "modification_precision", "false_negative_rate"}
 
 
@@ -83,26 +84,49 @@ def test_highest_loss_epochs_last_phase_earliest_tie_and_missing_group():
                {"phase": "end_to_end", "epoch": 3, "loss_true_neg": 0.5, "loss_false_neg": 0.1}]
     assert analysis.highest_loss_epochs(history) == {"observed_pos": None, "true_neg": 1,
                                                      "false_neg": 2}
+    history[2]["batch_loss_false_neg"] = 0.4
+    assert analysis.highest_loss_phase(history)["highest_batch_loss_epoch"] == {
+        "observed_pos": None, "true_neg": None, "false_neg": 2}
+    assert analysis.highest_loss_epochs([]) == {"observed_pos": None, "true_neg": None,
+                                                "false_neg": None}
 
 
 # --- precision of modification and corrections -----------------------------------------------------
 
-def test_tracker_precision_base_rate_and_corrections():
+def test_tracker_precision_batch_losses_and_corrections():
     true_labels = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1], [1, 0, 1]], dtype=np.uint8)
     observed = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=np.int8)
     # false negatives: (0,1), (2,2), (3,2): 3 of 8 unobserved entries; rows 0, 2, 3 have one
     tracker = analysis.TrainingTracker(true_labels, observed, num_images=2, device=torch.device("cpu"))
     assert tracker.samples.tolist() == [0, 2]
+
+    def step(ids, modified, logits):
+        ids = torch.tensor(ids)
+        tracker.record_step(ids, torch.tensor(modified), torch.tensor(logits),
+                            torch.as_tensor(observed)[ids])
+
     tracker.begin_epoch(torch.as_tensor(observed))
-    tracker.record_step(torch.tensor([2, 0]), torch.tensor([[False, False, True],   # sample 2: FN
-                                                            [False, True, True]]))  # 0: FN + TN
-    tracker.record_step(torch.tensor([1, 3]), torch.tensor([[False, True, False],   # sample 1: TN
-                                                            [False, False, False]]))
-    assert tracker.end_epoch(2) == {"modification_precision": pytest.approx(2 / 4),
-                                    "false_negative_rate": pytest.approx(3 / 8)}
-    tracker.begin_epoch(torch.as_tensor(observed))  # nothing modified (an LL warm-up epoch)
+    step([2, 0], [[False, False, True],     # sample 2: its false negative
+                  [False, True, True]],     # sample 0: its false negative and a true negative
+         [[1.0, 2.0, -1.0], [0.5, -0.5, 3.0]])
+    step([1, 3], [[False, True, False],     # sample 1: a true negative
+                  [False, False, False]],
+         [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # every entry: BCE = log 2
+    log2 = math.log(2)
+    assert tracker.end_epoch(2) == {
+        "modification_precision": pytest.approx(2 / 4),
+        "false_negative_rate": pytest.approx(3 / 8),
+        # observed positives (2,1), (0,0), (1,0), (3,0); BCE(x, 1) = softplus(−x)
+        "batch_loss_observed_pos": pytest.approx((softplus(-2.0) + softplus(-0.5) + 2 * log2) / 4),
+        # true negatives (2,0), (0,2), (1,1), (1,2), (3,1); BCE(x, 0) = softplus(x)
+        "batch_loss_true_neg": pytest.approx((softplus(1.0) + softplus(3.0) + 3 * log2) / 5),
+        # false negatives (2,2), (0,1), (3,2), against the AN target 0
+        "batch_loss_false_neg": pytest.approx((softplus(-1.0) + softplus(-0.5) + log2) / 3)}
+    tracker.begin_epoch(torch.as_tensor(observed))  # no step recorded: nothing to report
     assert tracker.end_epoch(3) == {"modification_precision": None,
-                                    "false_negative_rate": pytest.approx(3 / 8)}
+                                    "false_negative_rate": pytest.approx(3 / 8),
+                                    "batch_loss_observed_pos": None, "batch_loss_true_neg": None,
+                                    "batch_loss_false_neg": None}
     train_split = Split(None, observed, true_labels)
     corrections = tracker.corrections(["a", "b", "c"], train_split)
     assert corrections == [
@@ -192,7 +216,7 @@ def test_analyses_add_no_work_when_off(tmp_path, monkeypatch):
     for row in read_rows(run_dir):
         assert not ANALYSIS_KEYS & set(row)
     results = json.loads((run_dir / "results.json").read_text())
-    assert "highest_loss_epoch" not in results and "pointing_game" not in results
+    assert not {"highest_loss_epoch", "highest_batch_loss_epoch", "pointing_game"} & set(results)
     assert not (run_dir / "corrections.json").exists()
 
 
@@ -219,8 +243,9 @@ def test_tracked_run_writes_every_analysis(tracked_run):
     assert rows[0]["modified"] == 0 and rows[1]["modified"] > 0
     assert 0 <= rows[1]["modification_precision"] <= 1
     results = json.loads((tracked_run / "results.json").read_text())
-    assert set(results["highest_loss_epoch"]) == {"observed_pos", "true_neg", "false_neg"}
-    assert all(epoch in (1, 2, 3) for epoch in results["highest_loss_epoch"].values())
+    for key in ("highest_loss_epoch", "highest_batch_loss_epoch"):
+        assert set(results[key]) == {"observed_pos", "true_neg", "false_neg"}
+        assert all(epoch in (1, 2, 3) for epoch in results[key].values())
     assert 0 <= results["pointing_game"] <= 100
     assert list(results["pointing_game_per_class"]) == [str(digit) for digit in range(10)]
     assert results["pointing_game_trials"] > 0
@@ -236,8 +261,11 @@ def test_figure_scripts_write_pngs(tracked_run, tmp_path):
     plot_memorization = load_script("plot_memorization")
     show_cam = load_script("show_cam")
     figure = tmp_path / "memorization.png"
-    assert plot_memorization.main([str(tracked_run), "--labels", "LL-Ct", "--out", str(figure)]) == 0
-    assert figure.stat().st_size > 0
+    for losses, extra in (("eval", []), ("training", ["--log_y"])):
+        assert plot_memorization.main([str(tracked_run), "--labels", "LL-Ct", "--losses", losses,
+                                       "--out", str(figure)] + extra) == 0
+        assert figure.stat().st_size > 0
+        figure.unlink()
     cams = tmp_path / "cams.png"
     assert show_cam.main([str(tracked_run / "best.pt"), "--images", "0", "3", "--out", str(cams)]) == 0
     assert cams.stat().st_size > 0
