@@ -107,6 +107,20 @@ class TensorImageDataset(Dataset):
         return self.images[index], index
 
 
+def cache_images(images: Dataset, num_workers: int, batch_size: int = 64) -> TensorImageDataset:
+    """Decode and resize every image once (in `num_workers` processes) into one N×3×S×S uint8
+    tensor, so that later epochs read memory instead of JPEGs. The pixels are the same, so the
+    maths is too. Costs N·3·S² bytes of RAM: Pascal's 5,717 training images at 448 px take 3.4 GB,
+    COCO's 82,081 take 49 GB (too many)."""
+    if isinstance(images, TensorImageDataset) or len(images) == 0:
+        return images
+    first_image, _ = images[0]
+    cached = torch.empty((len(images), *first_image.shape), dtype=first_image.dtype)
+    for batch, sample_ids in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+        cached[sample_ids] = batch
+    return TensorImageDataset(cached)
+
+
 # --- the embedded digits dataset ----------------------------------------------------------------
 
 DIGIT_CELL = 16          # a digit is drawn in a 16×16 cell of a 3×3 grid on a 48×48 canvas
@@ -257,7 +271,7 @@ def normalised_boxes(boxes: list[dict] | None, rows: np.ndarray) -> list | None:
 
 
 def load_data(dataset: str, data_root: str, image_dir: str | None, image_size: int,
-              digits_train_size: int = 2000) -> ExperimentData:
+              digits_train_size: int = 1000) -> ExperimentData:
     """Every split of `dataset`, validated; see the loaders above."""
     root = Path(data_root)
     image_dir = Path(image_dir) if image_dir else None

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ import analysis
 import datasets
 from config import Config, config_from_dict
 from datasets import DevicePreprocess, ExperimentData, InputError, Split
-from losses import LL_SCHEMES, NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore, compute_loss
+from losses import (LL_SCHEMES, NEEDS_EXPECTED_NUM_POS, NEEDS_TRUE_LABELS, LabelEstimator,
+                    ObservedLabelStore, compute_loss, ll_num_modified)
 from metrics import average_precisions
 from models import MultiLabelNet, build_model
 
@@ -163,7 +165,7 @@ def train_one_epoch(state: TrainState, forward: nn.Module, loader, preprocess: D
         state.scaler.step(state.optimizer)
         state.scaler.update()
         if tracker is not None:
-            tracker.record_step(sample_ids, output.modified)
+            tracker.record_step(sample_ids, output.modified, logits, store.rows(sample_ids))
         if config.method == "LL-Cp":
             store.apply_relabel(sample_ids, output.relabel)
         loss_sum += output.loss.detach()
@@ -275,7 +277,12 @@ def start_run(config: Config) -> Run:
     device = resolve_device(config.device)
     data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
                               config.image_size, config.digits_train_size)
-    if config.expected_num_pos is None:
+    if config.cache_images:  # decode once; every later epoch reads memory
+        data = dataclasses.replace(data, **{
+            name: dataclasses.replace(split, images=datasets.cache_images(split.images,
+                                                                          config.num_workers))
+            for name, split in (("train", data.train), ("val", data.val), ("test", data.test))})
+    if config.expected_num_pos is None and config.method in NEEDS_EXPECTED_NUM_POS:
         config = dataclasses.replace(config, expected_num_pos=datasets.mean_label_count(data))
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.weights, data.num_classes).to(device)
@@ -363,8 +370,9 @@ def track_training_set(run: Run, state: TrainState, epoch: int) -> dict:
     """--track_train (SPEC §8): loss groups and clean mAP from one extra eval pass over the
     training set, this epoch's precision of modification, and corrections.json."""
     train = run.data.train
-    logits = predict(run.model, run.loaders["train_eval"], run.preprocess, run.device,
-                     run.config.amp)
+    with torch.random.fork_rng(devices=[]):  # a loader pass draws a seed from the CPU generator:
+        logits = predict(run.model, run.loaders["train_eval"], run.preprocess, run.device,
+                         run.config.amp)  # restore it, so tracking leaves training unchanged
     metrics = analysis.training_set_metrics(logits, state.store.observed.cpu().numpy(),
                                             train.true_labels)
     metrics.update(state.tracker.end_epoch(epoch))
@@ -401,8 +409,13 @@ def test_best_model(run: Run, state: TrainState) -> dict:
                "best_epoch": state.best_epoch, "val_map": state.best_val_map,
                "test_map": test["map"], "test_ap": test["ap"], "class_names": run.data.class_names,
                "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+    linear_rows = [row for row in state.history if row.get("phase") == "linear"]
+    if linear_rows:  # LinearInit's phase 1: its best-val epoch (the first of equal ones)
+        best_linear = max(linear_rows, key=lambda row: row["val_map"])
+        results.update(linear_best_epoch=best_linear["epoch"],
+                       linear_val_map=best_linear["val_map"])
     if config.track_train:
-        results["highest_loss_epoch"] = analysis.highest_loss_epochs(state.history)
+        results.update(analysis.highest_loss_phase(state.history))
     if config.pointing_game:
         results.update(analysis.pointing_game_on_split(run.model, run.data.test, run.loaders["test"],
                                                        run.preprocess, run.device,
@@ -414,16 +427,36 @@ def test_best_model(run: Run, state: TrainState) -> dict:
     return results
 
 
+def warn_if_llcp_cannot_relabel(config: Config, num_classes: int) -> None:
+    """LL-Cp relabels the candidates strictly above the k-th largest loss: with k = 1 per batch
+    (e.g. pascal's B=16, L=20, Δrel=0.1) nothing is ever relabeled and LL-Cp acts as LL-Ct."""
+    if config.method != "LL-Cp":
+        return
+    k = ll_num_modified("LL-Cp", 2, config.delta_rel, config.batch_size, num_classes)
+    if k <= 1:
+        warnings.warn(f"LL-Cp with --delta_rel {config.delta_rel:g}, batch {config.batch_size} and "
+                      f"{num_classes} classes modifies k = {k} entry per batch; only entries "
+                      f"strictly above the k-th largest loss are relabeled, so none will be and "
+                      f"LL-Cp behaves like LL-Ct (raise --delta_rel to get k >= 2)")
+
+
 def fit(config: Config) -> dict:
-    """Train with per-epoch val mAP, keep the best-val weights, report their test mAP."""
+    """Train with per-epoch val mAP, keep the best-val weights, report their test mAP.
+    linear_init runs linear.linear_init_phase first; linear runs linear.fit_linear instead."""
+    import linear  # it builds on this module, so it is imported here, not at load time
+    if config.train_mode == "linear":
+        return linear.fit_linear(config)
     run = start_run(config)
     datasets.check_supervision(run.data, run.config.loss)
+    warn_if_llcp_cannot_relabel(run.config, run.data.num_classes)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
     write_run_header(run)
     state = new_train_state(run, run.config.lr)
     if config.resume:
         state.load_state_dict(torch.load(config.resume, map_location=run.device, weights_only=True))
         print(f"resumed from {config.resume} after epoch {state.epoch}", flush=True)
+    elif config.train_mode == "linear_init":  # phase 1; a resumed run is already in phase 2
+        linear.linear_init_phase(run, state)
     forward = torch.compile(run.model) if config.compile else run.model
     if not train_epochs(run, state, forward, "end_to_end", config.epochs):
         return {"status": "interrupted", "epoch": state.epoch}
@@ -435,6 +468,10 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     if not Path(checkpoint_path).is_file():
         raise InputError(f"--eval_only {checkpoint_path}: no such file")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if checkpoint["config"]["train_mode"] == "linear":  # a head for cached features
+        import linear  # it builds on this module, so it is imported here, not at load time
+        return linear.evaluate_linear_checkpoint(checkpoint_path, checkpoint, device_name,
+                                                 num_workers)
     config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
                                  num_workers=num_workers, weights="none")
     run = start_run(config)
