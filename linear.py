@@ -66,8 +66,7 @@ import train  # train imports this module inside its functions only: no cycle at
 from config import PAPER_DATASETS, Config, config_from_dict
 from datasets import (DevicePreprocess, ExperimentData, ImageFileDataset, InputError, Split,
                       TensorImageDataset)
-from losses import (NEEDS_EXPECTED_NUM_POS, NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore,
-                    compute_loss)
+from losses import NEEDS_EXPECTED_NUM_POS, NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore
 from metrics import average_precisions, ranked_average_precisions
 from models import MultiLabelNet, build_model, is_local_path
 
@@ -517,12 +516,7 @@ def train_linear_epoch(head: nn.Linear, optimizer: torch.optim.Optimizer, featur
     for first in range(0, len(order), batch_size):
         sample_ids = order[first:first + batch_size]
         logits = head(features.index_select(0, sample_ids))  # a row gather, 4× faster than [ ]
-        output = compute_loss(
-            config.method, logits, store.rows(sample_ids),
-            true_labels=None if true_labels is None else true_labels[sample_ids],
-            epoch=epoch, delta_rel=config.delta_rel, expected_num_pos=config.expected_num_pos,
-            estimator_logits=None if estimator is None else estimator(sample_ids),
-            check_values=False)
+        output = train.batch_loss(config, logits, sample_ids, store, estimator, true_labels, epoch)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()

@@ -28,7 +28,7 @@ import datasets
 from config import Config, config_from_dict
 from datasets import DevicePreprocess, ExperimentData, InputError, Split
 from losses import (LL_SCHEMES, NEEDS_EXPECTED_NUM_POS, NEEDS_TRUE_LABELS, LabelEstimator,
-                    ObservedLabelStore, compute_loss, ll_num_modified)
+                    LossOutput, ObservedLabelStore, compute_loss, ll_num_modified)
 from metrics import average_precisions
 from models import MultiLabelNet, build_model
 
@@ -131,6 +131,19 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 # --- one epoch ----------------------------------------------------------------------------------
 
+def batch_loss(config: Config, logits: Tensor, sample_ids: Tensor, store: ObservedLabelStore,
+               estimator: LabelEstimator | None, true_labels: Tensor | None,
+               epoch: int) -> LossOutput:
+    """The configured method's loss on a batch whose labels are looked up by sample id (B on the
+    device); encodings were validated at load time, so no host sync here."""
+    return compute_loss(
+        config.method, logits, store.rows(sample_ids),
+        true_labels=None if true_labels is None else true_labels[sample_ids],
+        epoch=epoch, delta_rel=config.delta_rel, expected_num_pos=config.expected_num_pos,
+        estimator_logits=None if estimator is None else estimator(sample_ids),
+        check_values=False)
+
+
 def train_one_epoch(state: TrainState, forward: nn.Module, loader, preprocess: DevicePreprocess,
                     config: Config, epoch: int, true_labels: Tensor | None,
                     device: torch.device) -> dict:
@@ -154,12 +167,7 @@ def train_one_epoch(state: TrainState, forward: nn.Module, loader, preprocess: D
         sample_ids = sample_ids.to(device, non_blocking=True)
         with autocast(device, config.amp):
             logits = forward(images)
-        output = compute_loss(
-            config.method, logits, store.rows(sample_ids),
-            true_labels=None if true_labels is None else true_labels[sample_ids],
-            epoch=epoch, delta_rel=config.delta_rel, expected_num_pos=config.expected_num_pos,
-            estimator_logits=None if estimator is None else estimator(sample_ids),
-            check_values=False)
+        output = batch_loss(config, logits, sample_ids, store, estimator, true_labels, epoch)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(output.loss).backward()
         state.scaler.step(state.optimizer)
