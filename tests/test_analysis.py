@@ -279,3 +279,13 @@ def test_plot_memorization_refuses_runs_without_groups(tmp_path, capsys):
     (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.3}) + "\n")
     assert load_script("plot_memorization").main([str(run_dir), "--out", str(tmp_path / "x.png")]) == 2
     assert "--track_train" in capsys.readouterr().err
+
+
+def test_tracking_leaves_training_unchanged(tmp_path):
+    """The extra pass over the training set must not shift the random flips of later epochs."""
+    flags = TINY_RUN + ["--mod_scheme", "LL-R", "--delta_rel", "5", "--epochs", "3"]
+    assert cli.main(flags + ["--out_dir", str(tmp_path / "off")]) == 0
+    assert cli.main(flags + ["--track_train", "--out_dir", str(tmp_path / "on")]) == 0
+    kept = ("epoch", "train_loss", "modified", "val_map")
+    assert ([{key: row[key] for key in kept} for row in read_rows(tmp_path / "on")]
+            == [{key: row[key] for key in kept} for row in read_rows(tmp_path / "off")])
