@@ -108,7 +108,7 @@ def write_coco_tree(raw_dir: Path) -> None:
         "val": ([42], [(42, 2, [1, 1, 1, 1])]),
     }
     (raw_dir / "annotations").mkdir(parents=True)
-    for phase, (image_ids, annotations) in phases.items():
+    for phase, (image_ids, phase_annotations) in phases.items():
         instances = {
             "categories": categories,
             "images": [{"id": image_id, "width": 600 + image_id, "height": 400,
@@ -116,7 +116,7 @@ def write_coco_tree(raw_dir: Path) -> None:
                        for image_id in image_ids],
             "annotations": [{"id": index, "image_id": image_id, "category_id": category_id,
                              "bbox": bbox, "iscrowd": 0}
-                            for index, (image_id, category_id, bbox) in enumerate(annotations)],
+                            for index, (image_id, category_id, bbox) in enumerate(phase_annotations)],
         }
         (raw_dir / "annotations" / f"instances_{phase}2014.json").write_text(json.dumps(instances))
 
