@@ -254,6 +254,7 @@ def hit_rates(hits: np.ndarray, trials: np.ndarray) -> tuple[list[float | None],
 
 
 @torch.inference_mode()
+@torch.inference_mode()
 def pointing_game_on_split(model: nn.Module, split: Split, loader, preprocess,
                            device: torch.device, class_names: list[str]) -> dict:
     """The pointing game of `model` on `split` (CAMs upsampled to the input size), for results.json:

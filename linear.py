@@ -301,21 +301,11 @@ def extract_unit(unit: CacheUnit, data: ExperimentData, model: MultiLabelNet,
     return array
 
 
-@torch.inference_mode()
 def extract_features(model: MultiLabelNet, images: Dataset, preprocess: DevicePreprocess,
                      device: torch.device, batch_size: int, num_workers: int) -> np.ndarray:
     """N×D float32 pooled features of the unflipped images (eval mode), in dataset order."""
-    model.eval()
     loader = datasets.make_loader(images, batch_size, False, num_workers, 0, device.type == "cuda")
-    batches, order = [], []
-    for batch, sample_ids in loader:
-        batch = preprocess(batch.to(device, non_blocking=True), train=False)
-        batches.append(model.pooled_features(batch).float())
-        order.append(sample_ids)
-    features = torch.cat(batches).cpu().numpy()  # one host transfer
-    result = np.empty_like(features)
-    result[torch.cat(order).numpy()] = features
-    return result
+    return train.predict(model, loader, preprocess, device, "off", outputs=model.pooled_features)
 
 
 def cached_feature_data(config: Config, data: ExperimentData, device: torch.device,

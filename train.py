@@ -201,14 +201,16 @@ def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader, preprocess: DevicePreprocess, device: torch.device,
-            amp: str) -> np.ndarray:
-    """N×L float32 logits in dataset order (one host transfer at the end)."""
+            amp: str, outputs=None) -> np.ndarray:
+    """N×L float32 logits in dataset order (one host transfer at the end); `outputs` replaces
+    model.forward (e.g. model.pooled_features for N×D features)."""
     model.eval()
+    outputs = outputs or model
     batches, order = [], []
     for images, sample_ids in loader:
         images = preprocess(images.to(device, non_blocking=True), train=False)
         with autocast(device, amp):
-            batches.append(model(images).float())
+            batches.append(outputs(images).float())
         order.append(sample_ids)
     logits = torch.cat(batches).cpu().numpy()
     result = np.empty_like(logits)
