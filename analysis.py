@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets import ExperimentData, InputError, Split
+from datasets import ExperimentData, Split
+from errors import InputError
 from metrics import average_precisions
 
 LOSS_GROUP_KEYS = ("loss_observed_pos", "loss_true_neg", "loss_false_neg")
@@ -253,7 +254,6 @@ def hit_rates(hits: np.ndarray, trials: np.ndarray) -> tuple[list[float | None],
     return per_class, float(np.mean(measured)) if measured else math.nan
 
 
-@torch.inference_mode()
 @torch.inference_mode()
 def pointing_game_on_split(model: nn.Module, split: Split, loader, preprocess,
                            device: torch.device, class_names: list[str]) -> dict:

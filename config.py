@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from losses import BASELINES, LL_SCHEMES
+import methods
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features")
 PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
@@ -44,6 +44,9 @@ DATASET_DEFAULTS = {
                               arch="small_cnn", image_size=48, epochs=20, batch_size=16,
                               early_stop_drop=0.0),  # its 250-image val set is too noisy for it
 }
+
+# The scheme a loss gets when --mod_scheme is not given: the LL paper's AN runs LL-R.
+DEFAULT_SCHEME = {"an": "LL-R"}
 
 # Cole et al.'s LinearInit phase-1 settings per loss (SPEC §6); other losses use an_ls's.
 LINEAR_DEFAULTS = {"role": (1e-3, 16)}
@@ -147,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training images of the generated digits dataset (default: 1000)")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--loss", choices=BASELINES, default="an",
+    method.add_argument("--loss", choices=methods.base_losses(), default="an",
                         help="base loss; bce, bce_ls and iun use clean labels (upper bounds), iu needs "
                              "observed negatives (default: an)")
-    method.add_argument("--mod_scheme", choices=("none",) + LL_SCHEMES,
+    method.add_argument("--mod_scheme", choices=("none",) + methods.schemes(),
                         help="large-loss scheme on top of --loss an: LL-R rejects, LL-Ct corrects, "
                              "LL-Cp corrects permanently (default: LL-R for an, none otherwise)")
     method.add_argument("--delta_rel", type=float,
@@ -267,25 +270,8 @@ def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
     return values
 
 
-def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
-    """Fill every unset value from the dataset defaults and check the combinations."""
-    defaults = DATASET_DEFAULTS[args.dataset]
-    mod_scheme = args.mod_scheme or ("LL-R" if args.loss == "an" else "none")
-    if mod_scheme != "none" and args.loss != "an":
-        parser.error(f"--mod_scheme {mod_scheme} applies to --loss an only, not --loss {args.loss} "
-                     f"(use --mod_scheme none for the plain {args.loss} baseline)")
-    method = mod_scheme if mod_scheme != "none" else args.loss
-    delta_rel = args.delta_rel
-    if delta_rel is None:
-        delta_rel = defaults.delta_rel[mod_scheme] if mod_scheme != "none" else 0.0
-    if delta_rel < 0:
-        parser.error(f"--delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
-    optimizer = args.optimizer or defaults.optimizer
-    weight_decay = args.weight_decay
-    if weight_decay is None:
-        weight_decay = 1e-3 if optimizer == "sgd" else 0.0
-    linear_lr, linear_batch_size = LINEAR_DEFAULTS.get(args.loss, LINEAR_DEFAULT)
-    arch = args.arch or defaults.arch
+def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse flag values and combinations that cannot run (argparse's exit 2 and message)."""
     if args.dataset == "features" and args.train_mode != "linear":
         parser.error("--dataset features holds vectors, not images: use --train_mode linear")
     for flag in ("batch_size", "epochs", "image_size", "linear_epochs", "linear_batch_size",
@@ -295,15 +281,38 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
             parser.error(f"--{flag} must be >= 1, got {value}")
     if args.linear_lr is not None and args.linear_lr <= 0:
         parser.error(f"--linear_lr must be > 0, got {args.linear_lr}")
-    num_workers = args.num_workers
-    if num_workers is None:
-        num_workers = 0 if args.dataset == "digits" else 4
-    if num_workers < 0:
-        parser.error(f"--num_workers must be >= 0, got {num_workers}")
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.track_images < 0:
         parser.error(f"--track_images must be >= 0, got {args.track_images}")
     if args.resume and args.eval_only:
         parser.error("--resume and --eval_only exclude each other")
+
+
+def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    """Fill every unset value from the dataset defaults and check the combinations."""
+    defaults = DATASET_DEFAULTS[args.dataset]
+    mod_scheme = args.mod_scheme or DEFAULT_SCHEME.get(args.loss, "none")
+    if mod_scheme != "none" and args.loss != methods.method_class(mod_scheme).base_loss:
+        base_loss = methods.method_class(mod_scheme).base_loss
+        parser.error(f"--mod_scheme {mod_scheme} applies to --loss {base_loss} only, not --loss "
+                     f"{args.loss} (use --mod_scheme none for the plain {args.loss} baseline)")
+    method = mod_scheme if mod_scheme != "none" else args.loss
+    delta_rel = args.delta_rel
+    if delta_rel is None:
+        delta_rel = defaults.delta_rel.get(mod_scheme, 0.0)
+    if delta_rel < 0:
+        parser.error(f"--delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
+    optimizer = args.optimizer or defaults.optimizer
+    weight_decay = args.weight_decay
+    if weight_decay is None:
+        weight_decay = 1e-3 if optimizer == "sgd" else 0.0
+    linear_lr, linear_batch_size = LINEAR_DEFAULTS.get(args.loss, LINEAR_DEFAULT)
+    arch = args.arch or defaults.arch
+    check_flags(args, parser)
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = 0 if args.dataset == "digits" else 4
     seed_part = f"_d{delta_rel:g}" if mod_scheme != "none" else ""
     mode_part = "" if args.train_mode == "end_to_end" else f"_{args.train_mode}"
     out_dir = args.out_dir or f"runs/{args.dataset}_{method}{seed_part}{mode_part}_seed{args.seed}"

@@ -9,7 +9,7 @@ and ROLE estimates survive persistent workers.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +20,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 import formats
+from errors import InputError
 from formats import LabelledSplit
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class InputError(ValueError):
-    """Bad user input (a file, a flag, a label value): reported without a traceback."""
-
 
 @dataclass(frozen=True)
 class Split:
@@ -61,9 +54,6 @@ class ExperimentData:
     val: Split
     test: Split
     class_names: list[str]
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -191,8 +181,7 @@ def load_digits_data(train_size: int, image_size: int) -> ExperimentData:
         train=Split(train_images, observed, train_labels, train_boxes),
         val=Split(val[0], val[1].astype(np.int8), val[1], val[2]),
         test=Split(test[0], test[1].astype(np.int8), test[1], test[2]),
-        class_names=[str(digit) for digit in range(10)],
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        class_names=[str(digit) for digit in range(10)])
 
 
 # --- folders on disk ----------------------------------------------------------------------------
@@ -292,13 +281,8 @@ def mean_label_count(data: ExperimentData) -> float:
     raise InputError("--expected_num_pos is needed: no clean labels to estimate it from")
 
 
-def check_supervision(data: ExperimentData, loss: str) -> None:
-    """Refuse loss/data combinations that cannot train, with the reason."""
-    if loss in ("bce", "bce_ls", "iun") and data.train.true_labels is None:
-        raise InputError(f"--loss {loss} needs clean training labels (train_clean.csv)")
-    if loss == "iu" and not (data.train.observed == -1).any():
-        raise InputError("--loss iu needs observed negatives, and the training labels have none "
-                         "(prepare them with --num_neg > 0)")
+def warn_classes_without_positives(data: ExperimentData) -> None:
+    """A class that no training image shows as positive cannot be learnt: say so before training."""
     positives_per_class = (data.train.observed == 1).sum(axis=0)
     for name, count in zip(data.class_names, positives_per_class):
         if count == 0:

@@ -13,15 +13,15 @@ Three kinds of folders enter the program here, each validated once:
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
 import warnings
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+import atomic
 
 SPLIT_SEED = 1200  # Cole et al.'s seed for the train/val split and the observed labels
 PHASES = ("train", "val")  # the official phases of a Cole folder; "val" is the project's test set
@@ -751,28 +751,14 @@ FORMATTERS = {"pascal": format_pascal, "coco": format_coco, "nuswide": format_nu
 # Writing a Cole folder (atomic: a reader never sees a half-written file)
 # ---------------------------------------------------------------------------------------------
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Write `payload` to a temporary file beside `path`, then os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(payload)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """np.save `array` to `path` atomically."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    _write_atomic(path, buffer.getvalue())
+    atomic.save_npy(path, array)
 
 
 def save_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 `text` to `path` atomically."""
-    _write_atomic(path, text.encode("utf-8"))
+    atomic.save_text(path, text)
 
 
 def write_observed_labels(out_dir: Path, true_labels: dict[str, np.ndarray], num_pos: int,

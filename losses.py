@@ -104,7 +104,7 @@ def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tup
 
 # --- per-method losses: each returns (per-entry B×L, regulariser scalar or None) ----------------
 
-def _full_label_loss(logits, observed, true_labels, smoothing):
+def _full_label_loss(logits, true_labels, smoothing):
     return (smoothed_bce(logits, true_labels) if smoothing else bce(logits, true_labels)), None
 
 
@@ -194,7 +194,7 @@ def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: 
     if method in LL_SCHEMES:
         per_entry, modified, relabel = _large_loss(logits, observed, method, epoch, delta_rel)
     elif method in ("bce", "bce_ls"):
-        per_entry, regulariser = _full_label_loss(logits, observed, true_labels.float(),
+        per_entry, regulariser = _full_label_loss(logits, true_labels.float(),
                                                   smoothing=method == "bce_ls")
     elif method == "iun":
         per_entry, regulariser = _iun_loss(logits, observed, true_labels)
@@ -289,6 +289,7 @@ class ObservedLabelStore:
     def __init__(self, observed, device: torch.device | str = "cpu"):
         self.observed = torch.as_tensor(observed).to(device=device, dtype=torch.int8)
         self._initial_positives = (self.observed == 1).sum()
+        self.num_unobserved = int((self.observed == 0).sum())  # before any relabel
 
     def rows(self, sample_ids: Tensor) -> Tensor:
         """B×L int8 observed labels of the batch."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 import traceback
-from pathlib import Path
 
 from config import parse_args
-from datasets import InputError
-from train import TrainingDiverged, evaluate_checkpoint, fit, resume_config
+from errors import InputError, TrainingDiverged
+from run_folder import RunFolder
+from train import evaluate_checkpoint, fit, resume_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,23 +31,17 @@ def main(argv: list[str] | None = None) -> int:
             config = resume_config(config.resume, config)
         fit(config)
     except InputError as error:  # bad input: a clear message, no traceback, non-zero exit
-        record_failure(config.out_dir, str(error))
+        RunFolder(config.out_dir).record_failure(str(error))
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
-        record_failure(config.out_dir, str(error))
+        RunFolder(config.out_dir).record_failure(str(error))
         print(f"error: {error}", file=sys.stderr)
         return 3
     except BaseException:
-        record_failure(config.out_dir, traceback.format_exc())
+        RunFolder(config.out_dir).record_failure(traceback.format_exc())
         raise
     return 0
-
-
-def record_failure(out_dir: str, message: str) -> None:
-    """error.txt in the run folder (if it exists), so sweeps and summaries see failed runs."""
-    if Path(out_dir).is_dir():
-        (Path(out_dir) / "error.txt").write_text(message)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,6 @@ def average_precisions(scores: np.ndarray, targets: np.ndarray,
     return aps
 
 
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray,
-                           known: np.ndarray | None = None) -> float:
-    """mAP on the 0–100 scale."""
-    return 100.0 * float(average_precisions(scores, targets, known).mean())
-
-
 def ranked_average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-class AP in [0, 1], equal to `average_precisions(scores, targets)` (to rounding), for
     every class at once: one sort per class instead of one scikit-learn call per class. The

@@ -1,17 +1,25 @@
-"""Models: a backbone that returns a feature map, global average pooling, and a linear head.
+"""Models: a backbone that returns a feature map, global average pooling, and a linear head; and
+`predict`, which runs a model (or a part of it) over a loader.
 
 Keeping the feature map explicit gives class activation maps (CAM = head weights applied to the
 last feature map) and cached pooled features (LinearInit) from the same module for every arch.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision import models as tv_models
 
-from datasets import IMAGENET_MEAN, IMAGENET_STD, InputError
+from errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 TORCHVISION_ARCHS = {
     "resnet50": (tv_models.resnet50, tv_models.ResNet50_Weights),
@@ -131,6 +139,13 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
                          f"{missing[:5]}, unexpected keys {unexpected[:5]}")
 
 
+def build_image_model(arch: str, weights: str, num_classes: int, device: torch.device,
+                      channels_last: bool) -> MultiLabelNet:
+    """build_model on `device`, in channels_last memory format when asked."""
+    model = build_model(arch, weights, num_classes).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def build_model(arch: str, weights: str, num_classes: int) -> MultiLabelNet:
     """`arch` in resnet50, resnet101, small_cnn or a timm name; `weights` imagenet_v1 (the papers'),
     imagenet_v2, none, or a path to a local ImageNet state dict of that arch."""
@@ -143,3 +158,33 @@ def build_model(arch: str, weights: str, num_classes: int) -> MultiLabelNet:
     else:
         backbone, num_features, mean, std = timm_backbone(arch, weights)
     return MultiLabelNet(backbone, num_features, num_classes, mean, std)
+
+
+# --- running a model ------------------------------------------------------------------------------
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for the forward pass, or a no-op when --amp off."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+@torch.inference_mode()
+def predict(model: Callable[[Tensor], Tensor], loader, preprocess: Callable, device: torch.device,
+            amp: str) -> np.ndarray:
+    """N×K float32 outputs of `model` (an nn.Module or one of its methods, e.g.
+    MultiLabelNet.pooled_features) over a loader of (inputs, sample ids), in dataset order; one
+    host transfer at the end. Modules are put in eval mode."""
+    module = getattr(model, "__self__", model)
+    if isinstance(module, nn.Module):
+        module.eval()
+    batches, order = [], []
+    for inputs, sample_ids in loader:
+        inputs = preprocess(inputs.to(device, non_blocking=True), train=False)
+        with autocast(device, amp):
+            batches.append(model(inputs).float())
+        order.append(sample_ids)
+    outputs = torch.cat(batches).cpu().numpy()
+    result = np.empty_like(outputs)
+    result[torch.cat(order).numpy()] = outputs
+    return result

@@ -8,7 +8,7 @@ sample photos), with the same model, batch size, image size and number of loader
              fp32, `loss.item()` after every step (a host sync), as the authors' code does.
   fast       datasets.ImageFileDataset (uint8 from the workers) + datasets.make_loader (persistent
              workers, pinned memory on cuda) + datasets.DevicePreprocess (flip and normalisation on
-             the device) + the real train.train_one_epoch and train.predict, with --amp,
+             the device) + the real train.train_one_epoch and models.predict, with --amp,
              --channels_last and optionally --compile.
 
     python scripts/benchmark.py --device cpu     # small_cnn, 128 px, batch 16, channels_last:
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -50,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datasets  # noqa: E402
 import train  # noqa: E402
 from config import parse_args  # noqa: E402
-from losses import ObservedLabelStore, compute_loss  # noqa: E402
-from models import build_model  # noqa: E402
+import methods  # noqa: E402
+from losses import compute_loss  # noqa: E402
+from models import autocast, build_model, predict  # noqa: E402
 
 DEVICE_DEFAULTS = {
     "cpu": {"arch": "small_cnn", "image_size": 128, "num_images": 256, "num_workers": 2,
@@ -328,13 +330,21 @@ def run_benchmark(args: argparse.Namespace, image_dir: Path, image_paths: list[s
     forward = torch.compile(fast_model) if config.compile else fast_model
     mean, std = reference_model.mean, reference_model.std
     preprocess = datasets.DevicePreprocess(mean, std, device, config.channels_last)
-    state = train.TrainState(fast_model, train.build_optimizer(fast_model, None, config, config.lr),
-                             ObservedLabelStore(observed, device), None,
-                             torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"))
+    timed_method, an_method = (methods.build(name, observed, device=device,
+                                             delta_rel=config.delta_rel)
+                               for name in (METHOD, "an"))
+    optimizer = train.build_optimizer(train.image_model_groups(fast_model, config.lr,
+                                                               config.head_lr_mult),
+                                      None, config.optimizer, config.lr, config.momentum,
+                                      config.weight_decay)
+    phase = train.Phase("end_to_end", fast_model, forward, {}, preprocess, optimizer, epochs=1,
+                        amp=config.amp,
+                        scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"))
 
-    def fast_epoch(loader, epoch_config=config):
-        return lambda: train.train_one_epoch(state, forward, loader, preprocess, epoch_config,
-                                             TIMED_EPOCH, None, device)
+    def fast_epoch(loader, method=timed_method):
+        loader_phase = dataclasses.replace(phase, loaders={"train": loader})
+        return lambda: train.train_one_epoch(loader_phase, method, TIMED_EPOCH, device,
+                                             config.log_every)
 
     def reference_images(flip_probability):
         return ReferenceImageDataset(image_dir, image_paths, observed, args.image_size, mean, std,
@@ -342,7 +352,9 @@ def run_benchmark(args: argparse.Namespace, image_dir: Path, image_paths: list[s
 
     reference_train = reference_loader(reference_images(0.5), args.batch_size, True, args.num_workers)
     reference_eval = reference_loader(reference_images(0.0), args.batch_size, False, args.num_workers)
-    reference_optimizer = train.build_optimizer(reference_model, None, config, config.lr)
+    reference_optimizer = train.build_optimizer(
+        train.image_model_groups(reference_model, config.lr, config.head_lr_mult), None,
+        config.optimizer, config.lr, config.momentum, config.weight_decay)
     file_images = datasets.ImageFileDataset(image_dir, image_paths, args.image_size)
     start = time.perf_counter()
     cached_images = datasets.cache_images(file_images, args.num_workers)
@@ -361,7 +373,7 @@ def run_benchmark(args: argparse.Namespace, image_dir: Path, image_paths: list[s
     print("timing evaluation ...", flush=True)
     results["eval"] = time_alternating({
         "reference": lambda: reference_predict(reference_model, reference_eval, device),
-        "fast": lambda: train.predict(fast_model, fast_eval, preprocess, device, config.amp)},
+        "fast": lambda: predict(fast_model, fast_eval, preprocess, device, config.amp)},
         args.repeats, device)
     print("timing the loaders alone ...", flush=True)
     results["loader"] = time_alternating({
@@ -373,12 +385,12 @@ def run_benchmark(args: argparse.Namespace, image_dir: Path, image_paths: list[s
     sample_ids = torch.arange(args.batch_size, device=device)
     batch_images = cached_images.images[:args.batch_size].to(device)
     batch = PreloadedBatches(batch_images, sample_ids, args.steps)
-    results["steps"] = time_alternating({"AN": fast_epoch(batch, fast_config(args, "an")),
+    results["steps"] = time_alternating({"AN": fast_epoch(batch, an_method),
                                          METHOD: fast_epoch(batch)}, args.repeats, device)
-    with torch.no_grad(), train.autocast(device, config.amp):
+    with torch.no_grad(), autocast(device, config.amp):
         logits = forward(preprocess(batch_images, train=True))
     results["loss_only"] = time_alternating(
-        loss_passes(logits, state.store.rows(sample_ids), LOSS_ITERATIONS), max(args.repeats, 5),
+        loss_passes(logits, timed_method.labels.rows(sample_ids), LOSS_ITERATIONS), max(args.repeats, 5),
         device)
     if device.type == "cuda":
         results["host_syncs"] = count_host_syncs(fast_epoch(batch))

@@ -11,7 +11,7 @@ protocol), and non-negative features that carry the labels (a prototype per clas
 low-rank component and noise. They are generated in memory (seeded), not timed.
 
 Each run is what `main.py --dataset features --train_mode linear` does after loading the .npz
-(linear.run_linear: run folder, --linear_epochs epochs with val mAP each, best-val head, test mAP),
+(train.fit with the features in memory: run folder, --linear_epochs epochs with val mAP each, best-val head, test mAP),
 for Δrel ∈ {0.1, …, 0.5} × {LL-R, LL-Ct, LL-Cp}; the total is the sum of the 15 runs' wall times.
 The batch size and learning rate are this script's flags: the sweep's default batch (1024) is
 faster than Cole et al.'s 8 and is another protocol; `--batch_size 8 --lr 1e-4` times theirs.
@@ -35,7 +35,8 @@ if str(REPO_ROOT) not in sys.path:  # `python scripts/...` puts scripts/, not th
     sys.path.insert(0, str(REPO_ROOT))
 
 import formats  # noqa: E402
-import linear  # noqa: E402
+import features  # noqa: E402
+import train  # noqa: E402
 from config import parse_args  # noqa: E402
 from datasets import ExperimentData, Split  # noqa: E402
 
@@ -108,7 +109,7 @@ def build_data(args: argparse.Namespace) -> ExperimentData:
 
     def split(rows: slice, split_observed: np.ndarray) -> Split:
         vectors = torch.from_numpy(np.ascontiguousarray(features[rows])).to(args.device)
-        return Split(linear.FeatureDataset(vectors), split_observed, labels[rows])
+        return Split(features.FeatureDataset(vectors), split_observed, labels[rows])
 
     return ExperimentData(train=split(train, observed), val=split(val, labels[val].astype(np.int8)),
                           test=split(test, labels[test].astype(np.int8)),
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 run_start, cpu_start = time.perf_counter(), time.process_time()
                 with open(out_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
-                    results = linear.run_linear(config, data, torch.device(args.device))
+                    results = train.fit(config, data)
                 seconds = time.perf_counter() - run_start
                 cpu_seconds = time.process_time() - cpu_start
                 total += seconds

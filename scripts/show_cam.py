@@ -28,7 +28,8 @@ if str(REPO_ROOT) not in sys.path:  # `python scripts/show_cam.py` puts scripts/
 
 import analysis  # noqa: E402
 import datasets  # noqa: E402
-from datasets import DevicePreprocess, InputError  # noqa: E402
+from datasets import DevicePreprocess  # noqa: E402
+from errors import InputError  # noqa: E402
 from models import build_model  # noqa: E402
 
 

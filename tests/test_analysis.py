@@ -20,7 +20,8 @@ import analysis  # noqa: E402
 import datasets  # noqa: E402
 import main as cli  # noqa: E402
 import train  # noqa: E402
-from datasets import ExperimentData, InputError, Split  # noqa: E402
+from datasets import ExperimentData, Split  # noqa: E402
+from errors import InputError  # noqa: E402
 
 TINY_RUN = ["--dataset", "digits", "--digits_train_size", "32", "--arch", "small_cnn",
             "--image_size", "48", "--batch_size", "16", "--optimizer", "adam", "--lr", "1e-3",

@@ -17,6 +17,7 @@ import torch
 import config
 import formats
 import main
+import methods
 import train
 
 RUN_KEYS = {"epoch", "train_loss", "val_map", "modified", "seconds", "images_per_s"}
@@ -127,10 +128,10 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, loss,
     assert checkpoint["epoch"] == 2
     if mod_scheme == "LL-Cp":  # the relabels that epoch 3 must see are in the checkpoint
         assert checkpoint["history"][-1]["relabeled"] > 0
-        store = checkpoint["store"]
+        store = checkpoint["method"]["store"]
         assert (store["observed"] == 1).sum() > store["initial_positives"]
     else:
-        assert checkpoint["estimator"] is not None
+        assert checkpoint["method"]["estimator"] is not None
     assert main.main(["--resume", str(interrupted / "last.pt"), "--device", "cpu",
                       "--num_workers", "0"]) == 0
 
@@ -142,7 +143,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, loss,
     whole_last, resumed_last = (torch.load(folder / "last.pt", map_location="cpu",
                                            weights_only=True)
                                 for folder in (tmp_path / "whole", interrupted))
-    for part in ("model", "store", "estimator"):
+    for part in ("model", "method"):
         torch.testing.assert_close(resumed_last[part], whole_last[part], rtol=0, atol=0)
 
     def without_timing(rows):
@@ -305,14 +306,14 @@ def test_corrupt_image_is_refused_naming_the_file(tmp_path, cole_folder, capsys,
 
 @pytest.mark.filterwarnings("ignore:class .* has no observed positive")
 def test_nan_loss_stops_the_run_and_writes_error_txt(tmp_path, monkeypatch, capsys):
-    real_compute_loss = train.compute_loss
+    real_compute_loss = methods.compute_loss
 
     def nan_loss(*args, **kwargs):
         output = real_compute_loss(*args, **kwargs)
         return type(output)(loss=output.loss * float("nan"), modified=output.modified,
                             relabel=output.relabel)
 
-    monkeypatch.setattr(train, "compute_loss", nan_loss)
+    monkeypatch.setattr(methods, "compute_loss", nan_loss)
     out_dir = tmp_path / "run"
     assert main.main([*TINY_DIGITS, "--epochs", "2", "--out_dir", str(out_dir)]) == 3
     assert "the training loss became nan in epoch 1" in capsys.readouterr().err

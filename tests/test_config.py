@@ -1,11 +1,8 @@
-"""Dataset-dependent defaults and the LL-Cp k = 1 warning."""
-import dataclasses
-import warnings
+"""Dataset-dependent defaults."""
 
 import pytest
 
 import config
-import train
 
 
 @pytest.mark.parametrize("dataset,num_workers,early_stop_drop", [
@@ -18,22 +15,3 @@ def test_loader_and_early_stop_defaults_depend_on_the_dataset(dataset, num_worke
 def test_explicit_flags_override_the_dataset_defaults():
     resolved = config.parse_args(["--num_workers", "2", "--early_stop_drop", "5"])
     assert (resolved.num_workers, resolved.early_stop_drop) == (2, 5.0)
-
-
-@pytest.mark.parametrize("dataset,num_classes,warns", [
-    ("pascal", 20, True),    # k = ceil(16·20·0.1/100) = ceil(0.32) = 1: nothing strictly above R
-    ("coco", 80, False),     # k = ceil(16·80·0.2/100) = 3
-])
-def test_llcp_warns_when_k_is_one(dataset, num_classes, warns):
-    resolved = config.parse_args(["--dataset", dataset, "--mod_scheme", "LL-Cp"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train.warn_if_llcp_cannot_relabel(resolved, num_classes)
-    assert any("behaves like LL-Ct" in str(w.message) for w in caught) == warns
-
-
-def test_no_llcp_warning_for_other_methods():
-    resolved = dataclasses.replace(config.parse_args(["--dataset", "pascal"]), method="LL-Ct")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        train.warn_if_llcp_cannot_relabel(resolved, 20)

@@ -9,7 +9,7 @@ import torch
 from torchvision import models as tv_models
 
 import models
-from datasets import InputError
+from errors import InputError
 from models import build_model
 
 # The offline ImageNet weights beside the repository (../shared/weights, see its README).

@@ -127,10 +127,9 @@ def test_bf16_autocast_does_not_move_the_map(tmp_path):
                          "--epochs", "3", "--device", "cpu", "--num_workers", "0",
                          "--channels_last", "--out_dir", str(tmp_path)])
     run = train.start_run(config)
-    state = train.new_train_state(run, config.lr)
+    phase = train.end_to_end_phase(run)
     for epoch in range(1, config.epochs + 1):
-        train.train_one_epoch(state, run.model, run.loaders["train"], run.preprocess, config, epoch,
-                              None, run.device)
+        train.train_one_epoch(phase, run.method, epoch, run.device, config.log_every)
     fp32, bf16 = (train.evaluate(run.model, run.data.test, run.loaders["test"], run.preprocess,
                                  run.device, amp) for amp in ("off", "bf16"))
     assert fp32["scores"].dtype == bf16["scores"].dtype == np.float32

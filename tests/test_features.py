@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import formats
-import linear
+import datasets
+import features
+import models
 import main
 import train
 from config import parse_args
-from datasets import InputError
+from errors import InputError
 from metrics import average_precisions, ranked_average_precisions
 
 # 64 training digits (50 val, 100 test) at 24 px, the small CNN (seeded random init), CPU.
@@ -29,14 +31,14 @@ def read_jsonl(path) -> list[dict]:
 
 @pytest.fixture
 def extractions(monkeypatch):
-    """Spy on linear.extract_features: the number of images each call extracted."""
+    """Spy on features.extract_features: the number of images each call extracted."""
     calls = []
-    real = linear.extract_features
+    real = features.extract_features
 
     def spy(model, images, *args, **kwargs):
         calls.append(len(images))
         return real(model, images, *args, **kwargs)
-    monkeypatch.setattr(linear, "extract_features", spy)
+    monkeypatch.setattr(features, "extract_features", spy)
     return calls
 
 
@@ -66,14 +68,14 @@ def test_feature_cache_is_written_once_then_reused(tmp_path, extractions, capsys
 
 def test_cached_features_are_the_pooled_features_of_the_unflipped_images(tmp_path):
     config = parse_args([*TINY, "--train_mode", "linear", "--feature_cache", str(tmp_path)])
-    data = linear.load_linear_data(config, torch.device("cpu"))
+    data = features.load_linear_data(config, torch.device("cpu"))
     torch.manual_seed(0)
-    model = linear.build_model("small_cnn", "none", 10).eval()
-    images = linear.datasets.load_digits_data(64, 24).train.images.images
-    preprocess = linear.DevicePreprocess(model.mean, model.std, torch.device("cpu"))
+    model = models.build_model("small_cnn", "none", 10).eval()
+    images = datasets.load_digits_data(64, 24).train.images.images
+    preprocess = datasets.DevicePreprocess(model.mean, model.std, torch.device("cpu"))
     with torch.inference_mode():
         expected = model.pooled_features(preprocess(images, train=False))
-    torch.testing.assert_close(linear.features_of(data.train), expected)
+    torch.testing.assert_close(features.features_of(data.train), expected)
 
 
 def test_other_image_size_is_extracted_into_its_own_files(tmp_path, extractions):
@@ -129,19 +131,19 @@ def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole
         np.save(data_root / f"{phase}_features_imagenet_resnet50.npy", array)
     config = parse_args(["--dataset", "pascal", "--data_root", str(data_root), "--train_mode",
                          "linear", "--device", "cpu", "--num_workers", "0"])
-    data = linear.load_linear_data(config, torch.device("cpu"))
+    data = features.load_linear_data(config, torch.device("cpu"))
     assert extractions == []  # nothing extracted, no backbone built
     assert capsys.readouterr().out.count("taken as Cole et al.'s published features") == 2
     train_rows, val_rows = formats.train_val_split(20)
-    np.testing.assert_array_equal(linear.features_of(data.train).numpy(), official["train"][train_rows])
-    np.testing.assert_array_equal(linear.features_of(data.val).numpy(), official["train"][val_rows])
-    np.testing.assert_array_equal(linear.features_of(data.test).numpy(), official["val"])
+    np.testing.assert_array_equal(features.features_of(data.train).numpy(), official["train"][train_rows])
+    np.testing.assert_array_equal(features.features_of(data.val).numpy(), official["train"][val_rows])
+    np.testing.assert_array_equal(features.features_of(data.test).numpy(), official["val"])
     # another arch or size is not Cole's setting, nor are other row counts
     for flags in (["--image_size", "224"], ["--arch", "resnet101"]):
         other = parse_args(["--dataset", "pascal", "--data_root", str(data_root), *flags])
-        assert linear.cole_published_features(data_root / "train_features_imagenet_resnet50.npy", other,
+        assert features.cole_published_features(data_root / "train_features_imagenet_resnet50.npy", other,
                                        20) is None
-    assert linear.cole_published_features(data_root / "train_features_imagenet_resnet50.npy", config,
+    assert features.cole_published_features(data_root / "train_features_imagenet_resnet50.npy", config,
                                    21) is None
 
 
@@ -149,18 +151,18 @@ def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole
 
 @pytest.fixture
 def phase_two_start(monkeypatch):
-    """Spy on train.train_epochs: the head, observed labels and estimator it starts from."""
+    """Spy on train.train_phase: the head, observed labels and estimator phase 2 starts from."""
     seen = {}
-    real = train.train_epochs
+    real = train.train_phase
 
-    def spy(run, state, *args, **kwargs):
-        if not seen:
+    def spy(run, phase, state):
+        if phase.name == "end_to_end" and not seen:
             seen["head"] = {key: value.clone() for key, value in run.model.head.state_dict().items()}
-            seen["observed"] = state.store.observed.clone()
-            seen["estimator"] = (None if state.estimator is None
-                                 else state.estimator.logits.detach().clone())
-        return real(run, state, *args, **kwargs)
-    monkeypatch.setattr(train, "train_epochs", spy)
+            seen["observed"] = run.method.labels.observed.clone()
+            estimator = getattr(run.method, "estimator", None)
+            seen["estimator"] = None if estimator is None else estimator.logits.detach().clone()
+        return real(run, phase, state)
+    monkeypatch.setattr(train, "train_phase", spy)
     return seen
 
 
@@ -179,11 +181,11 @@ def test_linear_init_trains_both_phases_from_the_best_linear_head(tmp_path, phas
     best_row = max(linear_rows, key=lambda row: row["val_map"])
     linear_best = torch.load(out_dir / "linear_best.pt", map_location="cpu", weights_only=True)
     assert linear_best["epoch"] == best_row["epoch"]
-    for key, value in linear_best["head"].items():  # phase 2 starts from the best linear head
+    for key, value in linear_best["model"].items():  # phase 2 starts from the best linear head
         torch.testing.assert_close(phase_two_start["head"][key], value, rtol=0, atol=0)
-    torch.testing.assert_close(phase_two_start["observed"], linear_best["store"]["observed"])
+    torch.testing.assert_close(phase_two_start["observed"], linear_best["method"]["store"]["observed"])
     if "role" in method_flags:  # and from the ROLE estimates of that epoch
-        torch.testing.assert_close(phase_two_start["estimator"], linear_best["estimator"]["logits"])
+        torch.testing.assert_close(phase_two_start["estimator"], linear_best["method"]["estimator"]["logits"])
     else:  # the LL epoch count restarts: epoch 1 of each phase is the warm-up
         assert rows[0]["modified"] == rows[3]["modified"] == 0
         assert all(row["modified"] > 0 for row in (rows[1], rows[2], rows[4]))
@@ -293,7 +295,7 @@ def test_a_malformed_features_npz_is_refused_naming_the_key(tmp_path, capsys, ed
                       str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     with pytest.raises(InputError, match="features.npz"):
-        linear.load_features_npz(tmp_path)
+        features.load_features_npz(tmp_path)
 
 
 def test_features_dataset_needs_linear_mode_and_a_file(tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""LinearInit and linear training on cached features (Cole et al., CVPR 2021; SPEC §6).
+"""Features: extracting, caching and loading the pooled backbone features that a linear head
+trains on (Cole et al.'s LinearInit and linear mode, SPEC §6), and the batches of them that the
+training loop (train.py) iterates like a loader of images.
 
     python main.py --dataset coco --train_mode linear_init   # phase 1: the head on cached features
                                                              # (25 epochs), phase 2: end-to-end from it
@@ -32,13 +34,13 @@ Features dataset (--dataset features). `<data_root>/features.npz`, or --data_roo
     test_labels     T×L in {0, 1}       required (clean)
     class_names     L strings           optional (default class_0, class_1, ...)
 
-Linear phase. The head, nn.Linear(D, L), trained on features held as one tensor on the device:
-batches are index slices of a permutation drawn from (seed + epoch), the loss is
-losses.compute_loss with the run's method, its LL epoch count starting at 1, LL-Cp relabels go to
-the run's ObservedLabelStore and ROLE trains its estimator at head_lr_mult × --linear_lr. Adam
-without weight decay (Cole et al.), --linear_epochs epochs (no early stop), val mAP every epoch;
-the best-val epoch's head, estimator and observed labels are kept. LinearInit's phase 2 starts
-from them (train.fit), with a fresh optimizer and the LL epoch count again at 1.
+Linear phase (train.py). The head, nn.Linear(D, L), trained on features held as one tensor on the
+device: batches (`FeatureBatches`) are index slices of a permutation drawn from (seed + epoch), as
+a DistributedSampler draws it; the run's method computes the loss, its LL epoch count starting at
+1, and ROLE trains its estimator at head_lr_mult × --linear_lr. Adam without weight decay (Cole et
+al.), --linear_epochs epochs (no early stop), val mAP every epoch; the best-val epoch's head and
+method state are kept. LinearInit's phase 2 starts from them, with a fresh optimizer and the LL
+epoch count again at 1.
 """
 from __future__ import annotations
 
@@ -46,29 +48,26 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import re
 import time
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
+import atomic
 import datasets
 import formats
-import train  # train imports this module inside its functions only: no cycle at load time
-from config import PAPER_DATASETS, Config, config_from_dict
-from datasets import (DevicePreprocess, ExperimentData, ImageFileDataset, InputError, Split,
-                      TensorImageDataset)
-from losses import NEEDS_EXPECTED_NUM_POS, NEEDS_TRUE_LABELS, LabelEstimator, ObservedLabelStore
-from metrics import average_precisions, ranked_average_precisions
-from models import MultiLabelNet, build_model, is_local_path
+from config import PAPER_DATASETS, Config
+from datasets import DevicePreprocess, ExperimentData, ImageFileDataset, Split, TensorImageDataset
+from errors import InputError
+from models import MultiLabelNet, build_image_model, is_local_path, predict
 
 PAPER_IMAGE_SIZE = 448
 COLE_FEATURE_DIM = 2048   # ResNet-50's pooled features
@@ -281,8 +280,8 @@ def load_or_extract(unit: CacheUnit, data: ExperimentData, config: Config, devic
 def write_cache(path: Path, array: np.ndarray, record: dict) -> None:
     """The array, then its sidecar (the old sidecar goes first: a crash leaves no false record)."""
     sidecar_of(path).unlink(missing_ok=True)
-    formats.save_npy_atomic(path, array)
-    formats.save_text_atomic(sidecar_of(path), json.dumps(record, indent=2))
+    atomic.save_npy(path, array)
+    atomic.save_text(sidecar_of(path), json.dumps(record, indent=2))
     print(f"cached features {array.shape} in {path}", flush=True)
 
 
@@ -305,7 +304,7 @@ def extract_features(model: MultiLabelNet, images: Dataset, preprocess: DevicePr
                      device: torch.device, batch_size: int, num_workers: int) -> np.ndarray:
     """N×D float32 pooled features of the unflipped images (eval mode), in dataset order."""
     loader = datasets.make_loader(images, batch_size, False, num_workers, 0, device.type == "cuda")
-    return train.predict(model, loader, preprocess, device, "off", outputs=model.pooled_features)
+    return predict(model.pooled_features, loader, preprocess, device, "off")
 
 
 def cached_feature_data(config: Config, data: ExperimentData, device: torch.device,
@@ -330,9 +329,8 @@ def backbone_extractor(config: Config, num_classes: int, device: torch.device) -
     @functools.cache
     def build() -> tuple[MultiLabelNet, DevicePreprocess]:
         torch.manual_seed(config.seed)
-        model = build_model(config.arch, config.weights, num_classes).to(device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = build_image_model(config.arch, config.weights, num_classes, device,
+                                  config.channels_last)
         return model, DevicePreprocess(model.mean, model.std, device, config.channels_last)
     return build
 
@@ -344,23 +342,9 @@ def load_features_npz(data_root: Path) -> ExperimentData:
     path = data_root / FEATURES_FILE if data_root.is_dir() else data_root
     if not path.is_file():
         raise InputError(f"--dataset features: {path} does not exist (expected a .npz with keys "
-                         f"{', '.join(NPZ_KEYS)}; see linear.py)")
+                         f"{', '.join(NPZ_KEYS)}; see features.py)")
     arrays = read_npz(path)
-    unknown = sorted(set(arrays) - set(NPZ_KEYS))
-    if unknown:
-        raise InputError(f"{path}: unknown keys {unknown}; the layout has {list(NPZ_KEYS)}")
-    for key in ("train_features", "test_features", "test_labels"):
-        if key not in arrays:
-            raise InputError(f"{path}: missing key '{key}'")
-    for present, partner in (("val_features", "val_labels"), ("val_labels", "val_features")):
-        if present in arrays and partner not in arrays:
-            raise InputError(f"{path}: key '{present}' needs '{partner}' too")
-    if "train_observed" not in arrays and "train_labels" not in arrays:
-        raise InputError(f"{path}: needs 'train_observed' or 'train_labels' (missing key)")
-    if "val_features" not in arrays and "train_labels" not in arrays:
-        raise InputError(f"{path}: without 'val_features'/'val_labels' the val split comes from the "
-                         f"train rows, and needs their clean labels: missing key 'train_labels'")
-
+    check_npz_keys(path, arrays)
     features = {key: checked_features(path, key, arrays[key])
                 for key in ("train_features", "val_features", "test_features") if key in arrays}
     widths = {key: value.shape[1] for key, value in features.items()}
@@ -377,7 +361,30 @@ def load_features_npz(data_root: Path) -> ExperimentData:
         raise InputError(f"{path}: the label keys differ in number of classes (columns): {classes}")
     num_classes = next(iter(classes.values()))
     class_names = checked_class_names(path, arrays.get("class_names"), num_classes)
+    return features_experiment(path, features, labels, class_names)
 
+
+def check_npz_keys(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The keys of the layout, and the ones that must come together."""
+    unknown = sorted(set(arrays) - set(NPZ_KEYS))
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; the layout has {list(NPZ_KEYS)}")
+    for key in ("train_features", "test_features", "test_labels"):
+        if key not in arrays:
+            raise InputError(f"{path}: missing key '{key}'")
+    for present, partner in (("val_features", "val_labels"), ("val_labels", "val_features")):
+        if present in arrays and partner not in arrays:
+            raise InputError(f"{path}: key '{present}' needs '{partner}' too")
+    if "train_observed" not in arrays and "train_labels" not in arrays:
+        raise InputError(f"{path}: needs 'train_observed' or 'train_labels' (missing key)")
+    if "val_features" not in arrays and "train_labels" not in arrays:
+        raise InputError(f"{path}: without 'val_features'/'val_labels' the val split comes from the "
+                         f"train rows, and needs their clean labels: missing key 'train_labels'")
+
+
+def features_experiment(path: Path, features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                        class_names: list[str]) -> ExperimentData:
+    """The train / val / test splits of checked arrays (val from the train rows when absent)."""
     true_train = labels.get("train_labels")
     observed = labels.get("train_observed")
     if observed is None:
@@ -459,16 +466,41 @@ def checked_class_names(path: Path, names: np.ndarray | None, num_classes: int) 
     return [str(name) for name in names.astype(str)]
 
 
-# --- the linear phase ---------------------------------------------------------------------------
+# --- what the training loop iterates ------------------------------------------------------------
 
-@dataclass(frozen=True)
-class LinearBest:
-    """The best-val epoch of a linear phase: the states phase 2 and the test start from."""
-    epoch: int = 0
-    val_map: float = -math.inf
-    head: dict | None = None
-    estimator: dict | None = None
-    store: dict | None = None
+class FeatureBatches:
+    """Batches of N×D features already on the device: yields (B×D features, B sample ids), as a
+    loader of images yields (images, sample ids). `sampler` orders the rows (a DistributedSampler:
+    the permutation of (seed + epoch), set with sampler.set_epoch)."""
+
+    def __init__(self, features: Tensor, batch_size: int, shuffle: bool, seed: int):
+        self.features, self.batch_size = features, batch_size
+        self.sampler = DistributedSampler(FeatureDataset(features), num_replicas=1, rank=0,
+                                          shuffle=shuffle, seed=seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.features.device)
+        for first in range(0, len(order), self.batch_size):
+            sample_ids = order[first:first + self.batch_size]
+            yield self.features.index_select(0, sample_ids), sample_ids  # 4× faster than [ ]
+
+
+EVAL_CHUNK_ROWS = 16384  # rows per matrix product when scoring features
+
+
+def feature_loaders(data: ExperimentData, batch_size: int, seed: int) -> dict:
+    """train (shuffled, `batch_size`), val and test (in order) batches of a features ExperimentData."""
+    return {"train": FeatureBatches(features_of(data.train), batch_size, True, seed),
+            "val": FeatureBatches(features_of(data.val), EVAL_CHUNK_ROWS, False, seed),
+            "test": FeatureBatches(features_of(data.test), EVAL_CHUNK_ROWS, False, seed)}
+
+
+def no_preprocess(features: Tensor, train: bool) -> Tensor:
+    """Features need no preprocessing (the images' DevicePreprocess has the same signature)."""
+    return features
 
 
 def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
@@ -477,132 +509,6 @@ def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Linear(num_features, num_classes)
-
-
-def build_linear_optimizer(head: nn.Linear, estimator: LabelEstimator | None,
-                           config: Config) -> torch.optim.Optimizer:
-    """Adam without weight decay, as Cole et al.'s phase 1: the head at --linear_lr, ROLE's
-    estimator at head_lr_mult × --linear_lr."""
-    groups = [{"params": list(head.parameters()), "lr": config.linear_lr}]
-    if estimator is not None:
-        groups.append({"params": list(estimator.parameters()),
-                       "lr": config.linear_lr * config.head_lr_mult})
-    return torch.optim.Adam(groups, lr=config.linear_lr)
-
-
-def train_linear_epoch(head: nn.Linear, optimizer: torch.optim.Optimizer, features: Tensor,
-                       store: ObservedLabelStore, estimator: LabelEstimator | None, config: Config,
-                       epoch: int, true_labels: Tensor | None) -> dict:
-    """One pass over the N×D training features, in a permutation drawn from (seed + epoch).
-    Returns train_loss, modified, seconds, images_per_s. No host sync but the NaN checks."""
-    device = features.device
-    order = torch.randperm(len(features),
-                           generator=torch.Generator().manual_seed(config.seed + epoch)).to(device)
-    loss_sum = torch.zeros((), device=device)
-    modified_count = torch.zeros((), dtype=torch.long, device=device)
-    batch_size = config.linear_batch_size
-    num_steps = 0
-    start = time.perf_counter()
-    for first in range(0, len(order), batch_size):
-        sample_ids = order[first:first + batch_size]
-        logits = head(features.index_select(0, sample_ids))  # a row gather, 4× faster than [ ]
-        output = train.batch_loss(config, logits, sample_ids, store, estimator, true_labels, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        optimizer.step()
-        if config.method == "LL-Cp":
-            store.apply_relabel(sample_ids, output.relabel)
-        loss_sum += output.loss.detach()
-        modified_count += output.modified.sum()
-        num_steps += 1
-        if num_steps % config.log_every == 0:
-            train.check_finite(loss_sum, epoch, num_steps)
-    train.check_finite(loss_sum, epoch, num_steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum.item() / max(num_steps, 1), "modified": int(modified_count),
-            "seconds": seconds, "images_per_s": len(order) / seconds}
-
-
-@torch.inference_mode()
-def feature_logits(head: nn.Linear, features: Tensor, chunk_rows: int = 16384) -> np.ndarray:
-    """N×L float32 logits, computed in chunks (one host transfer)."""
-    return torch.cat([head(features[first:first + chunk_rows]).float()
-                      for first in range(0, len(features), chunk_rows)]).cpu().numpy()
-
-
-def evaluate_features(head: nn.Linear, split: Split) -> dict:
-    """mAP (0–100) and per-class AP of a features split (as train.evaluate for images)."""
-    scores = feature_logits(head, features_of(split))
-    targets, known = split.eval_targets()
-    aps = (ranked_average_precisions(scores, targets) if known is None
-           else average_precisions(scores, targets, known))
-    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores}
-
-
-def snapshot(epoch: int, val_map: float, head: nn.Linear, estimator: LabelEstimator | None,
-             store: ObservedLabelStore) -> LinearBest:
-    def copy(state: dict) -> dict:
-        return {key: value.detach().clone() for key, value in state.items()}
-    return LinearBest(epoch, val_map, copy(head.state_dict()),
-                      None if estimator is None else copy(estimator.state_dict()),
-                      copy(store.state_dict()))
-
-
-def train_linear_phase(head: nn.Linear, data: ExperimentData, store: ObservedLabelStore,
-                       estimator: LabelEstimator | None, config: Config, history: list[dict],
-                       out_dir: Path) -> LinearBest:
-    """--linear_epochs epochs of the head on `data`'s features; LL epochs count from 1.
-
-    Appends one row per epoch (phase "linear") to `history` and rewrites out_dir's metrics files.
-    The head, estimator and store are left at the last epoch; the best-val epoch is returned.
-    """
-    features = features_of(data.train)
-    optimizer = build_linear_optimizer(head, estimator, config)
-    true_labels = (torch.as_tensor(data.train.true_labels, device=features.device)
-                   if config.loss in NEEDS_TRUE_LABELS else None)
-    num_unobserved = max(int((data.train.observed == 0).sum()), 1)
-    best = LinearBest()
-    for epoch in range(1, config.linear_epochs + 1):
-        row = {"phase": "linear", "epoch": epoch}
-        row.update(train_linear_epoch(head, optimizer, features, store, estimator, config, epoch,
-                                      true_labels))
-        row["modified_fraction"] = row["modified"] / num_unobserved
-        row["relabeled"] = store.num_relabeled if config.method == "LL-Cp" else 0
-        row["val_map"] = evaluate_features(head, data.val)["map"]
-        if row["val_map"] > best.val_map:
-            best = snapshot(epoch, row["val_map"], head, estimator, store)
-        history.append(row)
-        train.write_metrics(out_dir, history)
-        print("linear " + train.epoch_summary(row, config.linear_epochs, best.val_map, best.epoch),
-              flush=True)
-    return best
-
-
-# --- entry points -------------------------------------------------------------------------------
-
-def linear_init_phase(run: train.Run, state: train.TrainState) -> LinearBest:
-    """LinearInit's phase 1 inside train.fit: the head of run.model trained on cached features of
-    run.model's backbone; then run.model.head, state.estimator and state.store are set to the
-    best-val epoch (saved as linear_best.pt) and phase 2 trains end-to-end from there."""
-    config, head = run.config, run.model.head
-    data = cached_feature_data(config, run.data, run.device, lambda: (run.model, run.preprocess))
-    head.load_state_dict(new_linear_head(head.in_features, head.out_features,
-                                         config.seed).state_dict())
-    best = train_linear_phase(head, data, state.store, state.estimator, config, state.history,
-                              run.out_dir)
-    head.load_state_dict(best.head)
-    state.store.load_state_dict(best.store)
-    if state.estimator is not None:
-        state.estimator.load_state_dict(best.estimator)
-    train.save_atomically({"config": config.to_dict(), "epoch": best.epoch, "val_map": best.val_map,
-                           "head": best.head, "estimator": best.estimator, "store": best.store},
-                          run.out_dir / "linear_best.pt")
-    print(f"LinearInit phase 1: best val mAP {best.val_map:.2f} at linear epoch {best.epoch}; "
-          f"phase 2 trains end-to-end from that head, its LL epoch count restarting at 1",
-          flush=True)
-    return best
 
 
 def load_linear_data(config: Config, device: torch.device) -> ExperimentData:
@@ -616,61 +522,3 @@ def load_linear_data(config: Config, device: torch.device) -> ExperimentData:
                               config.image_size, config.digits_train_size)
     return cached_feature_data(config, data, device,
                                backbone_extractor(config, data.num_classes, device))
-
-
-def fit_linear(config: Config) -> dict:
-    """--train_mode linear: load (or extract) the features, then run_linear."""
-    if config.resume:
-        raise InputError("--resume: a --train_mode linear run writes no last.pt; run it again "
-                         "(its features are cached)")
-    if config.track_train or config.pointing_game:
-        raise InputError("--track_train and --pointing_game need images: not with --train_mode linear")
-    device = train.resolve_device(config.device)
-    return run_linear(config, load_linear_data(config, device), device)
-
-
-def run_linear(config: Config, data: ExperimentData, device: torch.device) -> dict:
-    """The head alone on `data`'s features (on `device`): config.json, metrics, best.pt (the head),
-    results.json with the best-val head's test mAP."""
-    if config.expected_num_pos is None and config.method in NEEDS_EXPECTED_NUM_POS:
-        config = dataclasses.replace(config, expected_num_pos=datasets.mean_label_count(data))
-    datasets.check_supervision(data, config.loss)
-    out_dir = Path(config.out_dir)
-    train.write_run_header(train.Run(config, device, data, model=None, preprocess=None, loaders={}))
-    head = new_linear_head(features_of(data.train).shape[1], data.num_classes, config.seed).to(device)
-    store = ObservedLabelStore(data.train.observed, device)
-    estimator = (LabelEstimator(data.train.observed, config.seed).to(device)
-                 if config.method == "role" else None)
-    history: list[dict] = []
-    best = train_linear_phase(head, data, store, estimator, config, history, out_dir)
-    head.load_state_dict(best.head)
-    train.save_atomically({"config": config.to_dict(), "epoch": best.epoch, "model": best.head,
-                           "val_map": best.val_map}, out_dir / "best.pt")
-    test = evaluate_features(head, data.test)
-    results = {"status": "finished", "dataset": config.dataset, "method": config.method,
-               "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
-               "seed": config.seed, "train_mode": config.train_mode,
-               "best_epoch": best.epoch, "val_map": best.val_map,
-               "linear_best_epoch": best.epoch, "linear_val_map": best.val_map,
-               "test_map": test["map"], "test_ap": test["ap"], "class_names": data.class_names,
-               "epochs_run": config.linear_epochs, "stopped_early": False}
-    train.write_text_atomically(out_dir / "results.json", json.dumps(results, indent=2))
-    print(f"best linear epoch {best.epoch}: val mAP {best.val_map:.2f}, test mAP {test['map']:.2f}"
-          f"  ({out_dir / 'results.json'})", flush=True)
-    return results
-
-
-def evaluate_linear_checkpoint(checkpoint_path: str, checkpoint: dict, device_name: str,
-                               num_workers: int) -> dict:
-    """--eval_only for a --train_mode linear best.pt: its head on the test features."""
-    config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
-                                 num_workers=num_workers)
-    device = train.resolve_device(device_name)
-    data = load_linear_data(config, device)
-    weight = checkpoint["model"]["weight"]
-    head = nn.Linear(weight.shape[1], weight.shape[0]).to(device)
-    head.load_state_dict(checkpoint["model"])
-    test = evaluate_features(head, data.test)
-    print(f"{checkpoint_path} (linear epoch {checkpoint['epoch']}): test mAP {test['map']:.2f}",
-          flush=True)
-    return {"epoch": checkpoint["epoch"], "test_map": test["map"], "test_ap": test["ap"]}
