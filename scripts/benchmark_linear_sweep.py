@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # `python scripts/...` puts scripts/, not th
     sys.path.insert(0, str(REPO_ROOT))
 
 import formats  # noqa: E402
-import features  # noqa: E402
+from features import FeatureDataset  # noqa: E402
 import train  # noqa: E402
 from config import parse_args  # noqa: E402
 from datasets import ExperimentData, Split  # noqa: E402
@@ -109,7 +109,7 @@ def build_data(args: argparse.Namespace) -> ExperimentData:
 
     def split(rows: slice, split_observed: np.ndarray) -> Split:
         vectors = torch.from_numpy(np.ascontiguousarray(features[rows])).to(args.device)
-        return Split(features.FeatureDataset(vectors), split_observed, labels[rows])
+        return Split(FeatureDataset(vectors), split_observed, labels[rows])
 
     return ExperimentData(train=split(train, observed), val=split(val, labels[val].astype(np.int8)),
                           test=split(test, labels[test].astype(np.int8)),

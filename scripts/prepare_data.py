@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 
 import formats  # noqa: E402
+import prepare  # noqa: E402
 
 
 def non_negative_int(text: str) -> int:
@@ -34,7 +35,7 @@ def non_negative_int(text: str) -> int:
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line; see the module docstring for examples."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(formats.FORMATTERS),
+    parser.add_argument("--dataset", required=True, choices=sorted(prepare.FORMATTERS),
                         help="which official dataset to format")
     parser.add_argument("--raw_dir", type=Path,
                         help="folder holding the extracted official files (layout in "
@@ -80,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or Path("data") / args.dataset
     if args.obs_only:
         true_labels = {phase: formats.load_true_labels(out_dir, phase) for phase in formats.PHASES}
-        observed = formats.write_observed_labels(out_dir, true_labels, args.num_pos, args.num_neg,
+        observed = prepare.write_observed_labels(out_dir, true_labels, args.num_pos, args.num_neg,
                                                  args.seed)
     else:
         if args.raw_dir is None:
             get_args_parser().error("--raw_dir is required unless --obs_only is given")
-        formatted = formats.FORMATTERS[args.dataset](args.raw_dir)
-        observed = formats.write_cole_folder(out_dir, formatted, args.num_pos, args.num_neg,
+        formatted = prepare.FORMATTERS[args.dataset](args.raw_dir)
+        observed = prepare.write_cole_folder(out_dir, formatted, args.num_pos, args.num_neg,
                                              args.seed)
         true_labels = {phase: content.true_labels for phase, content in formatted.phases.items()}
         if formatted.class_names is None:

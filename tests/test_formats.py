@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import atomic
 import formats
 from formats import (LabelledSplit, class_names_for, load_boxes, load_cole_folder,
                      load_custom_folder, make_observed_labels, train_val_split)
@@ -160,9 +161,9 @@ def test_load_boxes_absent_present_and_misaligned(tmp_path):
     write_cole_fixture(tmp_path)
     assert load_boxes(tmp_path, "val") is None
     entries = [{"width": 10, "height": 8, "boxes": [[1, 0, 0, 5, 5]]}] * 3
-    formats.save_text_atomic(tmp_path / "formatted_val_boxes.json", json.dumps(entries))
+    atomic.save_text(tmp_path / "formatted_val_boxes.json", json.dumps(entries))
     assert load_boxes(tmp_path, "val") == entries
-    formats.save_text_atomic(tmp_path / "formatted_train_boxes.json", '[{"width": 1}]')
+    atomic.save_text(tmp_path / "formatted_train_boxes.json", '[{"width": 1}]')
     with pytest.raises(ValueError, match="row 0 must be an object with width, height and boxes"):
         load_boxes(tmp_path, "train")
 

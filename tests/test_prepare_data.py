@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import formats
+import prepare
 from formats import PASCAL_CLASSES, load_boxes, load_cole_folder, make_observed_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def one_hot_rows(rows: list[list[int]], num_classes: int) -> np.ndarray:
 
 def test_format_pascal_labels_order_and_boxes(tmp_path):
     write_voc_tree(tmp_path)
-    formatted = formats.format_pascal(tmp_path)
+    formatted = prepare.format_pascal(tmp_path)
     assert formatted.class_names == list(PASCAL_CLASSES)
     train, val = formatted.phases["train"], formatted.phases["val"]
     assert train.image_paths == ["2008_000001.jpg", "2008_000003.jpg"]  # sorted; 000002 dropped
@@ -84,16 +85,16 @@ def test_format_pascal_labels_order_and_boxes(tmp_path):
 
 def test_format_pascal_without_annotations_has_no_boxes(tmp_path):
     write_voc_tree(tmp_path, with_annotations=False)
-    assert formats.format_pascal(tmp_path).phases["val"].boxes is None
+    assert prepare.format_pascal(tmp_path).phases["val"].boxes is None
 
 
 def test_format_pascal_refuses_missing_tree_and_bad_lines(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"VOCdevkit/VOC2012.*trainval tar"):
-        formats.format_pascal(tmp_path)
+        prepare.format_pascal(tmp_path)
     write_voc_tree(tmp_path)
     (tmp_path / "VOCdevkit/VOC2012/ImageSets/Main/cow_val.txt").write_text("2009_000005 2\n")
     with pytest.raises(ValueError, match=r"cow_val\.txt, line 1: expected 'name flag'"):
-        formats.format_pascal(tmp_path)
+        prepare.format_pascal(tmp_path)
 
 
 # ---------------------------------------------------------------- COCO 2014
@@ -123,7 +124,7 @@ def write_coco_tree(raw_dir: Path) -> None:
 
 def test_format_coco_orders_ids_as_strings_and_converts_boxes(tmp_path):
     write_coco_tree(tmp_path)
-    formatted = formats.format_coco(tmp_path)
+    formatted = prepare.format_coco(tmp_path)
     assert formatted.class_names == ["person", "bicycle", "car"]  # categories sorted by id
     train = formatted.phases["train"]
     assert train.image_paths == ["train2014/COCO_train2014_000000000010.jpg",  # "10" < "100" < "9"
@@ -154,7 +155,7 @@ def write_nuswide_files(raw_dir: Path, num_classes: int = 81) -> dict[str, np.nd
 
 def test_format_nuswide_keeps_rows_without_positive(tmp_path):
     labels = write_nuswide_files(tmp_path)
-    formatted = formats.format_nuswide(tmp_path)
+    formatted = prepare.format_nuswide(tmp_path)
     assert formatted.class_names is None
     train = formatted.phases["train"]
     assert train.image_paths == [f"images/train_{row}.jpg" for row in range(4)]
@@ -166,7 +167,7 @@ def test_format_nuswide_refuses_wrong_class_count(tmp_path):
     write_nuswide_files(tmp_path, num_classes=80)
     with pytest.raises(ValueError, match=r"formatted_train_labels\.npy has shape \(4, 80\), "
                                          r"expected \(4, 81\)"):
-        formats.format_nuswide(tmp_path)
+        prepare.format_nuswide(tmp_path)
 
 
 # ---------------------------------------------------------------- CUB-200-2011
@@ -207,7 +208,7 @@ def write_cub_tree(cub_root: Path, attributes_file: Path) -> None:
 ])
 def test_format_cub_layouts(tmp_path, cub_root, attributes_file):
     write_cub_tree(tmp_path / cub_root, tmp_path / attributes_file)
-    formatted = formats.format_cub(tmp_path)
+    formatted = prepare.format_cub(tmp_path)
     assert formatted.class_names == CUB_ATTRIBUTES
     train, val = formatted.phases["train"], formatted.phases["val"]
     assert train.image_paths == [CUB_IMAGES[0], CUB_IMAGES[2]]
@@ -219,14 +220,14 @@ def test_format_cub_layouts(tmp_path, cub_root, attributes_file):
 
 def test_format_cub_refuses_missing_tree_and_bad_values(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no CUB_200_2011 folder"):
-        formats.format_cub(tmp_path)
+        prepare.format_cub(tmp_path)
     write_cub_tree(tmp_path / "CUB_200_2011", tmp_path / "attributes.txt")
     labels_file = tmp_path / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"
     lines = labels_file.read_text().splitlines(keepends=True)
     labels_file.write_text("".join(lines[:4]) + "2 2 7 3 1.0\n" + "".join(lines[5:]))
     with pytest.raises(ValueError, match=r"image_attribute_labels\.txt, line 5 \(image 2, "
                                          r"attribute 2\): is_present must be 0 or 1"):
-        formats.format_cub(tmp_path)
+        prepare.format_cub(tmp_path)
 
 
 # ---------------------------------------------------------------- the script
