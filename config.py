@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset", choices=DATASETS, default="digits",
                       help="digits is generated offline (no download); pascal/coco/nuswide/cub read "
                            "the Cole-format folder written by scripts/prepare_data.py; features reads "
-                           "vectors from DATA_ROOT/features.npz (layout in linear.py; needs "
+                           "vectors from DATA_ROOT/features.npz (layout in features.py; needs "
                            "--train_mode linear) (default: digits)")
     data.add_argument("--data_root", metavar="DIR",
                       help="dataset folder (default: data/<dataset>)")

@@ -34,7 +34,6 @@ import dataclasses
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -46,14 +45,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import datasets  # noqa: E402
-import train  # noqa: E402
-from config import parse_args  # noqa: E402
-import methods  # noqa: E402
-from losses import compute_loss  # noqa: E402
-from models import autocast, build_model, predict  # noqa: E402
+import datasets
+import train
+from config import parse_args
+import methods
+from losses import compute_loss
+from models import autocast, build_model, predict
 
 DEVICE_DEFAULTS = {
     "cpu": {"arch": "small_cnn", "image_size": 128, "num_images": 256, "num_workers": 2,

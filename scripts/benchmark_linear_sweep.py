@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/...` puts scripts/, not the root, on the path
-    sys.path.insert(0, str(REPO_ROOT))
 
-import formats  # noqa: E402
-from features import FeatureDataset  # noqa: E402
-import train  # noqa: E402
-from config import parse_args  # noqa: E402
-from datasets import ExperimentData, Split  # noqa: E402
+import formats
+from features import FeatureDataset
+import train
+from config import parse_args
+from datasets import ExperimentData, Split
 
 SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 DELTA_RELS = (0.1, 0.2, 0.3, 0.4, 0.5)

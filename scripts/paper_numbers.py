@@ -1,7 +1,8 @@
-"""The paper's numbers (SPEC §7) and the authors' best hyper-parameters (SPEC §6) as plain data.
+"""The paper's numbers (SPEC §7), and the authors' best hyper-parameters (SPEC §6) read from the
+CLI's own table (config.DATASET_DEFAULTS) and the method registry (methods.py).
 
-Imported by scripts/reproduce.py, scripts/summarize.py, scripts/sweep_delta_rel.sh's tests and the
-tests, so that every place reads the same table.
+Imported by scripts/reproduce.py, scripts/summarize.py, scripts/plot_curves.py and the tests, so
+that every place reads the same table.
 
     >>> paper_map("coco", "LL-Ct", "end_to_end")
     70.5
@@ -10,16 +11,10 @@ tests, so that every place reads the same table.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import methods
+from config import DATASET_DEFAULTS, PAPER_DATASETS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for config.py
-from config import DATASET_DEFAULTS  # noqa: E402
-
-PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
-LL_SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
-BASELINES = ("bce", "an", "wan", "an_ls", "epr", "role")
-METHODS = BASELINES + LL_SCHEMES  # the rows of SPEC §7, in the paper's order
+LL_SCHEMES = methods.schemes()  # the methods that modify a base loss: the large-loss schemes
 SETTINGS = ("end_to_end", "linear_init")  # train_mode values the paper reports (E2E, LI)
 
 # SPEC §7: test mAP (0-100), ResNet-50, 448 px. PAPER_MAP[train_mode][dataset][method].
@@ -46,6 +41,8 @@ _LI = {
     "LL-Ct": (89.3, 71.6, 49.6, 21.8),
     "LL-Cp": (88.3, 71.0, 49.4, 21.4),
 }
+METHODS = tuple(_E2E)  # the rows of SPEC §7, in the paper's order (registered method names)
+assert all(method in methods.METHODS for method in METHODS)
 PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
     setting: {dataset: {method: row[col] for method, row in table.items()}
               for col, dataset in enumerate(_COLUMNS)}
@@ -65,29 +62,14 @@ BEST_HPARAMS: dict[str, dict] = {
     for name, defaults in DATASET_DEFAULTS.items() if name in PAPER_DATASETS + ("digits",)
 }
 
-# SPEC §6: the protocol shared by every cell of the table.
-BATCH_SIZE = 16
-EPOCHS = 10
-EARLY_STOP_DROP = 3.0  # stop when val mAP falls more than this many points below the best (LL code)
-# LinearInit phase 1 (Cole): head on frozen pooled features, 25 epochs, its own lr and batch size.
-LINEAR_INIT_PHASE1 = {
-    "epochs": 25,
-    "an_ls": {"lr": 1e-4, "batch_size": 8},
-    "role": {"lr": 1e-3, "batch_size": 16},
-}
-# SPEC §2: expected number of positives per image (EPR, ROLE).
-EXPECTED_POSITIVES = {"pascal": 1.5, "coco": 2.9, "nuswide": 1.9, "cub": 31.4}
-# The Δrel values the authors searched (percent per epoch); scripts/sweep_delta_rel.sh runs them.
+# The Δrel values the authors searched (percent per epoch); `reproduce.py --sweep_delta_rel` runs them.
 DELTA_REL_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def method_flags(method: str) -> tuple[str, str]:
-    """The CLI's (--loss, --mod_scheme) for a method name of the table."""
-    if method in LL_SCHEMES:
-        return "an", method
-    if method in BASELINES:
-        return method, "none"
-    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    """The CLI's (--loss, --mod_scheme) for a registered method name."""
+    base_loss = methods.method_class(method).base_loss  # ValueError for an unknown name
+    return (base_loss, method) if base_loss is not None else (method, "none")
 
 
 def paper_map(dataset: str, method: str, train_mode: str) -> float | None:
@@ -96,7 +78,8 @@ def paper_map(dataset: str, method: str, train_mode: str) -> float | None:
 
 
 def best_hparams(dataset: str, method: str) -> dict:
-    """optimizer, lr, epochs and (LL schemes only) delta_rel for a dataset and method (SPEC §6)."""
+    """optimizer, lr, epochs and (LL schemes only) delta_rel for a dataset and method (SPEC §6);
+    the batch size is DATASET_DEFAULTS[dataset].batch_size."""
     if dataset not in BEST_HPARAMS:
         raise ValueError(f"no hyper-parameters for dataset {dataset!r}; known: {', '.join(BEST_HPARAMS)}")
     method_flags(method)  # validates the name

@@ -17,20 +17,16 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, works on a headless machine
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/plot_curves.py` puts scripts/ on the path, not the root
-    sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.paper_numbers import LL_SCHEMES  # noqa: E402
-from scripts.summarize import method_of, read_metrics  # noqa: E402
+from scripts.paper_numbers import LL_SCHEMES
+from scripts.summarize import method_of, read_metrics
 
 LOSS_GROUPS = (("loss_observed_pos", "observed positives", "-"),
                ("loss_true_neg", "unobserved true negatives", "--"),

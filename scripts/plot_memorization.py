@@ -18,20 +18,16 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/...` puts scripts/ on the path, not the root
-    sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.plot_curves import LOSS_GROUPS, default_label, series  # noqa: E402
-from scripts.summarize import read_metrics  # noqa: E402
+from scripts.plot_curves import LOSS_GROUPS, default_label, series
+from scripts.summarize import read_metrics
 
 GROUP_COLORS = {"loss_observed_pos": "tab:green", "loss_true_neg": "tab:blue",
                 "loss_false_neg": "tab:red"}

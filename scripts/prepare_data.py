@@ -13,15 +13,13 @@ comes from and what layout RAW must have.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import formats  # noqa: E402
-import prepare  # noqa: E402
+import formats
+import prepare
 
 
 def non_negative_int(text: str) -> int:

@@ -1,9 +1,11 @@
-"""Run one cell (or one column) of the paper's table with the authors' hyper-parameters.
+"""Run one cell (or one column) of the paper's table with the authors' hyper-parameters, or the
+authors' Δrel sweep of the large-loss schemes.
 
     python scripts/reproduce.py --dataset coco --method LL-Ct --dry_run        # print the 3 commands
     python scripts/reproduce.py --dataset pascal --method all --seeds 3        # 9 methods x 3 seeds
     python scripts/reproduce.py --dataset cub --method an_ls --setting linear_init \
         --extra "--data_root /data/cub --device cuda"
+    python scripts/reproduce.py --dataset coco --sweep_delta_rel --seeds 1     # 3 schemes x 5 Δrel
     python scripts/summarize.py runs/repro                                      # then the table
 
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
@@ -21,11 +23,10 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/reproduce.py` puts scripts/, not the root, on the path
-    sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.paper_numbers import (  # noqa: E402
-    BATCH_SIZE, EPOCHS, LL_SCHEMES, METHODS, SETTINGS, best_hparams, method_flags, paper_map)
+from config import DATASET_DEFAULTS
+from scripts.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, SETTINGS, best_hparams,
+                                   method_flags, paper_map)
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
 
@@ -35,21 +36,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Build (and run) the commands for one cell of the paper's table (SPEC §7) with the "
                     "authors' hyper-parameters (SPEC §6): per dataset optimizer and lr (pascal SGD 5e-3, "
                     "coco/nuswide Adam 1e-5, cub Adam 7.5e-5), per scheme and dataset the best Δrel, "
-                    f"batch size {BATCH_SIZE}, {EPOCHS} epochs. The baselines (bce, an, wan, an_ls, epr, "
+                    "batch size 16, 10 epochs. The baselines (bce, an, wan, an_ls, epr, "
                     "role) have no tuned lr in the LL paper: they get the dataset's optimizer and lr. "
                     "digits is the project's CPU demo (config.py's settings, 20 epochs), not in the "
                     "paper (no paper number).",
         epilog="Example: python scripts/reproduce.py --dataset coco --method LL-Ct --dry_run")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--method", required=True, choices=METHODS + ("all",),
+    parser.add_argument("--method", choices=METHODS + ("all",),
                         help="a row of the table, or 'all' for the whole column (in the paper's order)")
+    parser.add_argument("--sweep_delta_rel", action="store_true",
+                        help=f"instead of --method: every large-loss scheme ({', '.join(LL_SCHEMES)}) "
+                             f"at every Δrel the authors searched ({', '.join(map(str, DELTA_REL_GRID))}), "
+                             f"end to end, optimizer/lr/epochs left to the CLI's dataset defaults; runs "
+                             f"go to RUNS_DIR/<dataset>/sweep/<scheme>_d<Δrel>/seed<k>")
     parser.add_argument("--setting", default="end_to_end", choices=SETTINGS,
                         help="end_to_end (E2E) or linear_init (LI: Cole's linear phase, then fine-tuning); "
                              "passed to main.py as --train_mode")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (report mean ± std over them)")
     parser.add_argument("--first_seed", type=int, default=0, help="seeds are first_seed … first_seed+seeds−1")
-    parser.add_argument("--runs_dir", default="runs/repro",
-                        help="runs go to RUNS_DIR/<dataset>/<setting>/<method>/seed<k>")
+    parser.add_argument("--runs_dir",
+                        help="runs go to RUNS_DIR/<dataset>/<setting>/<method>/seed<k> (default: "
+                             "runs/repro; runs/sweep with --sweep_delta_rel)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--extra", default="",
                         help='more flags for every run, one string, e.g. --extra "--data_root /d/coco '
@@ -71,7 +78,8 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
     if method in LL_SCHEMES:  # Δrel means nothing to the other methods
         command += ["--delta_rel", str(hparams["delta_rel"])]
     command += ["--optimizer", hparams["optimizer"], "--lr", str(hparams["lr"]),
-                "--batch_size", str(BATCH_SIZE), "--epochs", str(hparams["epochs"]), "--train_mode", setting,
+                "--batch_size", str(DATASET_DEFAULTS[dataset].batch_size), "--epochs", str(hparams["epochs"]),
+                "--train_mode", setting,
                 "--seed", str(seed), "--out_dir", out_dir]
     return command + extra
 
@@ -84,28 +92,47 @@ def paper_note(dataset: str, method: str, setting: str) -> str:
     return f"# paper {column} {dataset} {method}: {value:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if args.seeds < 1:
-        print("reproduce: --seeds must be at least 1", file=sys.stderr)
-        return 2
+def table_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(what, out_dir, command) of each cell run: methods in the paper's order, then seeds."""
     methods = METHODS if args.method == "all" else (args.method,)
-    extra = shlex.split(args.extra)
     runs = []
     for method in methods:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             out_dir = os.path.join(args.runs_dir, args.dataset, args.setting, method, f"seed{seed}")
-            command = build_command(args.python, args.dataset, method, args.setting, seed, out_dir, extra)
-            runs.append((method, out_dir, command))
+            command = build_command(args.python, args.dataset, method, args.setting, seed, out_dir,
+                                    extra)
+            runs.append((paper_note(args.dataset, method, args.setting), out_dir, command))
+    return runs
 
-    for index, (method, out_dir, command) in enumerate(runs, 1):
-        line = f"{shlex.join(command)}  {paper_note(args.dataset, method, args.setting)}"
+
+def sweep_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(what, out_dir, command) of the Δrel sweep: seeds, then schemes, then Δrel."""
+    main_py = os.path.relpath(REPO_ROOT / "main.py")
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for scheme in LL_SCHEMES:
+            for delta_rel in DELTA_REL_GRID:
+                out_dir = os.path.join(args.runs_dir, args.dataset, "sweep", f"{scheme}_d{delta_rel}",
+                                       f"seed{seed}")
+                loss, _ = method_flags(scheme)
+                command = [args.python, main_py, "--dataset", args.dataset, "--loss", loss,
+                           "--mod_scheme", scheme, "--delta_rel", str(delta_rel), "--train_mode",
+                           "end_to_end", "--seed", str(seed), "--out_dir", out_dir]
+                runs.append(("", out_dir, command + extra))
+    return runs
+
+
+def run_all(runs: list[tuple[str, str, list[str]]], dry_run: bool, force: bool) -> int:
+    """Print each command, then run it unless dry_run; skip folders holding results.json unless
+    force; stop at the first failure with its exit code."""
+    for index, (note, out_dir, command) in enumerate(runs, 1):
+        line = shlex.join(command) + (f"  {note}" if note else "")
         done = os.path.isfile(os.path.join(out_dir, "results.json"))
-        if done and not args.force:
+        if done and not force:
             print(f"# [{index}/{len(runs)}] done, skipped (results.json exists): {line}", flush=True)
             continue
-        print(line if args.dry_run else f"# [{index}/{len(runs)}]\n{line}", flush=True)
-        if args.dry_run:
+        print(line if dry_run else f"# [{index}/{len(runs)}]\n{line}", flush=True)
+        if dry_run:
             continue
         returncode = subprocess.run(command).returncode
         if returncode < 0:  # killed by a signal: report it as a shell would (128 + signal)
@@ -115,6 +142,20 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return returncode
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if (args.method is None) == (not args.sweep_delta_rel):
+        parser.error("give either --method or --sweep_delta_rel")
+    if args.seeds < 1:
+        print("reproduce: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    args.runs_dir = args.runs_dir or ("runs/sweep" if args.sweep_delta_rel else "runs/repro")
+    extra = shlex.split(args.extra)
+    runs = sweep_runs(args, extra) if args.sweep_delta_rel else table_runs(args, extra)
+    return run_all(runs, args.dry_run, args.force)
 
 
 if __name__ == "__main__":

@@ -16,21 +16,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import Rectangle
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/show_cam.py` puts scripts/ on the path, not the root
-    sys.path.insert(0, str(REPO_ROOT))
 
-import analysis  # noqa: E402
-import datasets  # noqa: E402
-from datasets import DevicePreprocess  # noqa: E402
-from errors import InputError  # noqa: E402
-from models import build_model  # noqa: E402
+import analysis
+import datasets
+from datasets import DevicePreprocess
+from errors import InputError
+from models import build_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:

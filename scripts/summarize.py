@@ -23,11 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python scripts/summarize.py` puts scripts/, not the root, on the path
-    sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.paper_numbers import LL_SCHEMES, METHODS, PAPER_DATASETS, paper_map  # noqa: E402
+from scripts.paper_numbers import LL_SCHEMES, METHODS, PAPER_DATASETS, paper_map
 
 DATASET_ORDER = PAPER_DATASETS + ("digits",)
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")

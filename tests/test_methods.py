@@ -224,3 +224,17 @@ def test_core_functions_are_short(module):
         if isinstance(node, ast.FunctionDef) and node.name != "build_parser":
             length = node.end_lineno - node.lineno + 1
             assert length <= 60, f"{module}:{node.lineno} {node.name} has {length} lines"
+
+
+def test_the_readme_example_runs(capsys):
+    """README's "Use the losses in your own training loop" block, executed as written."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Use the losses in your own training loop", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    # 3×4 entries, Δrel 20 %: k = 0, then ceil(12·0.2) = 3, then ceil(12·0.4) = 5 (8 candidates)
+    assert [line.rsplit("modified ", 1)[1] for line in printed] == ["0", "3", "5"]
+    assert int(namespace["stateless"].modified.sum()) == 3
+    assert set(namespace["checkpoint"]["method"]) == {"store"}
