@@ -492,8 +492,10 @@ EVAL_CHUNK_ROWS = 16384  # rows per matrix product when scoring features
 
 
 def feature_loaders(data: ExperimentData, batch_size: int, seed: int) -> dict:
-    """train (shuffled, `batch_size`), val and test (in order) batches of a features ExperimentData."""
+    """train (shuffled, `batch_size`), train_eval, val and test (in order) batches of a features
+    ExperimentData."""
     return {"train": FeatureBatches(features_of(data.train), batch_size, True, seed),
+            "train_eval": FeatureBatches(features_of(data.train), EVAL_CHUNK_ROWS, False, seed),
             "val": FeatureBatches(features_of(data.val), EVAL_CHUNK_ROWS, False, seed),
             "test": FeatureBatches(features_of(data.test), EVAL_CHUNK_ROWS, False, seed)}
 

@@ -7,7 +7,8 @@ The trainer never asks which method it runs; it calls
 
     output = method.loss(logits, sample_ids, epoch)    # LossOutput: loss, modified, relabel
     method.after_step(sample_ids, output)              # LL-Cp writes its relabels here
-    method.end_epoch(epoch)                            # room for methods that relabel per epoch
+    method.end_epoch(epoch, training_set_logits)       # methods that relabel from a pass over
+                                                       # the training set call the function
     method.parameter_groups()                          # ROLE's θ and its learning-rate multiplier
     method.state_dict() / method.load_state_dict()     # saved in every checkpoint
 
@@ -25,7 +26,7 @@ modify a base loss (the large-loss schemes modify `an`).
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -132,8 +133,10 @@ class Method:
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         """Called after each optimiser step with the step's output."""
 
-    def end_epoch(self, epoch: int) -> None:
-        """Called after each training epoch, before evaluation."""
+    def end_epoch(self, epoch: int, training_set_logits: Callable[[], Tensor]) -> None:
+        """Called after each training epoch, before evaluation. training_set_logits() returns the
+        N×L float32 logits of the whole training set in dataset order (eval mode, no flip, on the
+        method's device); it costs a pass over the training set, so call it only when needed."""
 
     def check_batch_size(self, batch_size: int) -> None:
         """Warn about a batch size with which the method cannot act as intended."""

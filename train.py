@@ -166,7 +166,6 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
             check_finite(loss_sum, epoch, step)
             progress.set_postfix(loss=f"{loss_sum.item() / num_steps:.4f}")
     check_finite(loss_sum, epoch, num_steps)
-    method.end_epoch(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -203,6 +202,7 @@ def train_phase(run: Run, phase: Phase, state: TrainState) -> bool:
         epoch = state.epoch + 1
         row = {"phase": phase.name, "epoch": epoch}
         row.update(train_one_epoch(phase, run.method, epoch, run.device, run.config.log_every))
+        run.method.end_epoch(epoch, lambda: training_set_logits(run, phase))
         row["modified_fraction"] = row["modified"] / num_unobserved
         row["relabeled"] = run.method.num_relabeled
         if phase.tracker is not None:
@@ -284,6 +284,18 @@ def epoch_summary(row: dict, epochs: int, best_val_map: float, best_epoch: int) 
                       if row.get(key) is not None))
 
 
+def training_set_logits(run: Run, phase: Phase) -> Tensor:
+    """N×L float32 logits of the training set in dataset order (eval mode, no flip), on the device.
+    The CPU generator is restored afterwards (a loader pass draws a seed from it), so an extra pass
+    leaves training unchanged."""
+    if "train_eval" not in phase.loaders:  # images: built on first use
+        phase.loaders["train_eval"] = train_eval_loader(run.data, run.config, run.device)
+    with torch.random.fork_rng(devices=[]):
+        logits = predict(phase.model, phase.loaders["train_eval"], phase.preprocess, run.device,
+                         phase.amp)
+    return torch.from_numpy(logits).to(run.device)
+
+
 def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int) -> dict:
     """--track_train (SPEC §8): loss groups and clean mAP from one extra eval pass over the
     training set, this epoch's precision of modification, and corrections.json."""
@@ -345,10 +357,15 @@ def image_loaders(data: ExperimentData, config: Config, device: torch.device) ->
                                           config.batch_size * (1 if name == "train" else 2),
                                           name == "train", config.num_workers, config.seed, pin)
                for name in ("train", "val", "test")}
-    if config.track_train:  # the training set in order, evaluated without flip (SPEC §8)
-        loaders["train_eval"] = datasets.make_loader(data.train.images, config.batch_size * 2,
-                                                     False, config.num_workers, config.seed, pin)
+    if config.track_train:
+        loaders["train_eval"] = train_eval_loader(data, config, device)
     return loaders
+
+
+def train_eval_loader(data: ExperimentData, config: Config, device: torch.device):
+    """The training set in order, evaluated without flip (SPEC §8)."""
+    return datasets.make_loader(data.train.images, config.batch_size * 2, False,
+                                config.num_workers, config.seed, device.type == "cuda")
 
 
 def write_run_header(run: Run) -> None:

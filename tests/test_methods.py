@@ -118,11 +118,13 @@ class HalfAssumeNegative(methods.Method):
         output = losses.compute_loss("an", logits, self.labels.rows(sample_ids), check_values=False)
         return LossOutput(0.5 * output.loss, output.modified, output.relabel)
 
-    def end_epoch(self, epoch):
+    def end_epoch(self, epoch, training_set_logits):
         self.epochs_seen += 1
+        self.last_logits_shape = tuple(training_set_logits().shape)
 
     def state_dict(self):
-        return {**super().state_dict(), "epochs_seen": self.epochs_seen}
+        return {**super().state_dict(), "epochs_seen": self.epochs_seen,
+                "last_logits_shape": list(self.last_logits_shape)}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
@@ -147,6 +149,7 @@ def test_a_registered_class_trains_through_the_cli(tmp_path, toy_method):
     assert toy[0]["train_loss"] == pytest.approx(0.5 * an[0]["train_loss"], rel=1e-4)
     last = torch.load(tmp_path / "toy" / "last.pt", map_location="cpu", weights_only=True)
     assert last["method"]["epochs_seen"] == 2
+    assert last["method"]["last_logits_shape"] == [32, 10]  # the whole training set, N×L
     assert json.loads((tmp_path / "toy" / "results.json").read_text())["method"] == "toy_half_an"
 
 
