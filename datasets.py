@@ -87,11 +87,30 @@ class ImageFileDataset(Dataset):
         path = self.image_dir / self.image_paths[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB").resize((self.image_size, self.image_size),
-                                                    Image.BILINEAR)
+                image = to_rgb(image).resize((self.image_size, self.image_size), Image.BILINEAR)
         except (OSError, SyntaxError, ValueError) as error:
             raise InputError(f"cannot read image {path} (row {index}): {error}") from None
         return TF.pil_to_tensor(image), index
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a PIL image.
+
+    16-bit greyscale (modes I;16, I;16B, I;16L, and I, as Pillow opens 16-bit PNGs and TIFFs) keeps
+    its high byte (value >> 8), as Pillow itself reduces 16-bit RGB: convert("RGB") would clip
+    every value above 255 to white. Raises ValueError for values outside 0..65535 and for float
+    pixels (mode F), whose range is unknown.
+    """
+    if image.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no known range; save the image "
+                         "with 8 or 16 bits per channel")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"pixel values {values.min()}..{values.max()} (mode {image.mode}) are "
+                             f"outside the 16-bit range 0..65535")
+        image = Image.fromarray((values >> 8).astype(np.uint8))
+    return image.convert("RGB")
 
 
 class TensorImageDataset(Dataset):

@@ -1,0 +1,64 @@
+"""datasets.py: image decoding, loader errors, evaluation checks of custom data, warnings."""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+from datasets import ImageFileDataset, InputError
+
+
+# ------------------------------------------------------------------------------- image decoding
+
+def write_png16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit PNG written byte by byte: H×W grey (colour type 0) or H×W×3 RGB (type 2).
+    Pillow writes 16-bit grey itself but no 16-bit RGB, so both go through this writer."""
+    height, width = values.shape[:2]
+    colour_type = 0 if values.ndim == 2 else 2
+    raw = b"".join(b"\x00" + values[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_png_is_scaled_to_8_bit_not_clipped_to_white(tmp_path, channels):
+    """convert("RGB") clipped 16-bit grey to 255 (82 % white pixels on a real scan)."""
+    shape = (6, 6) if channels == 1 else (6, 6, 3)
+    values = np.random.RandomState(0).randint(0, 65536, shape).astype(np.uint16)
+    write_png16(tmp_path / "scan.png", values)
+    image, index = ImageFileDataset(tmp_path, ["scan.png"], image_size=6)[0]
+    expected = values >> 8
+    expected = np.repeat(expected[None], 3, axis=0) if channels == 1 else expected.transpose(2, 0, 1)
+    assert index == 0 and image.dtype == torch.uint8
+    np.testing.assert_array_equal(image.numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, ">u2", np.int32])  # modes I;16, I;16B, I
+def test_16_bit_grey_modes_scale_by_256(dtype):
+    values = (np.arange(12).reshape(3, 4) * 5000 + 255).astype(dtype)
+    rgb = np.asarray(datasets.to_rgb(Image.fromarray(values)))
+    assert rgb.shape == (3, 4, 3)
+    np.testing.assert_array_equal(rgb[..., 1], values.astype(np.int64) >> 8)
+
+
+@pytest.mark.parametrize("values,message", [
+    (np.full((2, 2), 70000, dtype=np.int32), "outside the 16-bit range"),
+    (np.full((2, 2), 0.5, dtype=np.float32), "floating-point"),
+])
+def test_images_without_a_known_range_are_refused_naming_the_file(tmp_path, values, message):
+    Image.fromarray(values).save(tmp_path / "odd.tif")
+    with pytest.raises(InputError, match=message) as error:
+        ImageFileDataset(tmp_path, ["odd.tif"], image_size=2)[0]
+    assert str(tmp_path / "odd.tif") in str(error.value)
