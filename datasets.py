@@ -4,7 +4,8 @@ on-device image pipeline.
 Workers only decode and resize to uint8 (3×S×S); flip and normalisation run on the training
 device (`DevicePreprocess`). Labels never travel through the workers: every dataset yields
 `(image_uint8, sample_index)` and the main process looks the labels up by index, so LL-Cp relabels
-and ROLE estimates survive persistent workers.
+and ROLE estimates survive persistent workers. An unreadable image stops the run with a one-line
+InputError naming the file, also when a worker read it (`ImageLoader`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 import formats
@@ -135,7 +136,7 @@ def cache_images(images: Dataset, num_workers: int, batch_size: int = 64) -> Ten
         return images
     first_image, _ = images[0]
     cached = torch.empty((len(images), *first_image.shape), dtype=first_image.dtype)
-    for batch, sample_ids in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+    for batch, sample_ids in ImageLoader(images, batch_size=batch_size, num_workers=num_workers):
         cached[sample_ids] = batch
     return TensorImageDataset(cached)
 
@@ -326,8 +327,59 @@ def check_supervision(data: ExperimentData, loss: str) -> None:
 
 # --- loaders and the on-device pipeline ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class ReadFailure:
+    """An InputError raised in a loader worker, passed on as data: raised there, DataLoader would
+    re-raise it in the main process inside a worker traceback ("Caught InputError in DataLoader
+    worker process 0. Original Traceback ...") instead of its one-line message."""
+    message: str
+
+
+class _FailuresAsData(Dataset):
+    """`images`, yielding (ReadFailure, index) where reading the item raises InputError."""
+
+    def __init__(self, images: Dataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.images[index]
+        except InputError as error:
+            return ReadFailure(str(error)), index
+
+
+def collate_or_fail(batch: list):
+    """default_collate, or the batch's first ReadFailure."""
+    failures = [image for image, _ in batch if isinstance(image, ReadFailure)]
+    return failures[0] if failures else default_collate(batch)
+
+
+def iterate(batches):
+    """The batches of an ImageLoader (or any loader built with _FailuresAsData and
+    collate_or_fail), raising a worker's ReadFailure here as InputError with its message."""
+    for batch in batches:
+        if isinstance(batch, ReadFailure):
+            raise InputError(batch.message)
+        yield batch
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader of (uint8 images, sample indices) whose unreadable image stops iteration with
+    the dataset's one-line InputError (file and reason) in the main process, with or without
+    workers. Options as DataLoader's; `loader.dataset.images` is the dataset passed in."""
+
+    def __init__(self, images: Dataset, **options):
+        super().__init__(_FailuresAsData(images), collate_fn=collate_or_fail, **options)
+
+    def __iter__(self):
+        return iterate(super().__iter__())
+
+
 def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                pin_memory: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
+                pin_memory: bool, rank: int = 0, world_size: int = 1) -> ImageLoader:
     """A loader of (uint8 images, sample indices).
 
     Shuffling uses a DistributedSampler (also with one process): call `loader.sampler.set_epoch(t)`
@@ -335,9 +387,9 @@ def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: in
     """
     sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                  seed=seed, drop_last=False)
-    return DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
+    return ImageLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                       prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
 
 
 class DevicePreprocess:

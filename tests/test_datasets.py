@@ -62,3 +62,49 @@ def test_images_without_a_known_range_are_refused_naming_the_file(tmp_path, valu
     with pytest.raises(InputError, match=message) as error:
         ImageFileDataset(tmp_path, ["odd.tif"], image_size=2)[0]
     assert str(tmp_path / "odd.tif") in str(error.value)
+
+
+# ------------------------------------------------------------------------------- loader errors
+
+def truncated_jpeg_folder(folder: Path) -> Path:
+    """good.jpg and bad.jpg, the second cut in half (PIL: 'image file is truncated')."""
+    pixels = np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "good.jpg")
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "bad.jpg").write_bytes(data[:len(data) // 2])
+    return folder
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_unreadable_image_in_a_worker_is_a_one_line_input_error_naming_it(tmp_path, num_workers):
+    """A worker's InputError used to reach the main process as 'Caught InputError in DataLoader
+    worker process 0' plus a traceback, which main.py printed whole."""
+    images = ImageFileDataset(truncated_jpeg_folder(tmp_path), ["good.jpg", "bad.jpg"], 8)
+    loader = datasets.make_loader(images, batch_size=2, shuffle=False, num_workers=num_workers,
+                                  seed=0, pin_memory=False)
+    with pytest.raises(InputError) as error:
+        for _ in loader:
+            pass
+    message = str(error.value)
+    assert message.startswith(f"cannot read image {tmp_path / 'bad.jpg'} (row 1): ")
+    assert "\n" not in message and "worker" not in message
+
+
+def test_cache_images_reports_an_unreadable_image_in_one_line(tmp_path):
+    images = ImageFileDataset(truncated_jpeg_folder(tmp_path), ["good.jpg", "bad.jpg"], 8)
+    with pytest.raises(InputError, match=r"^cannot read image .*bad\.jpg \(row 1\): [^\n]*$"):
+        datasets.cache_images(images, num_workers=1)
+
+
+@pytest.mark.filterwarnings("ignore:.*no observed positive")
+def test_cli_reports_a_corrupt_image_read_by_a_worker_in_one_line(tmp_path, custom_folder, capsys):
+    import main  # the entry point, in process: what a user sees on stderr
+    data_root = custom_folder(train_clean=True)
+    bad = data_root / "images" / "train_02.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    code = main.main(["--dataset", "custom", "--data_root", str(data_root), "--device", "cpu",
+                      "--num_workers", "1", "--image_size", "16", "--arch", "small_cnn",
+                      "--weights", "none", "--epochs", "1", "--out_dir", str(tmp_path / "run")])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read image {bad} (row ")
+    assert (tmp_path / "run/error.txt").read_text().count("\n") == 0
