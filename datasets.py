@@ -87,8 +87,15 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path = self.image_dir / self.image_paths[index]
         try:
-            with Image.open(path) as image:
-                image = to_rgb(image).resize((self.image_size, self.image_size), Image.BILINEAR)
+            with warnings.catch_warnings():  # PIL warns above MAX_IMAGE_PIXELS, raises above 2×
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image = to_rgb(image).resize((self.image_size, self.image_size),
+                                                 Image.BILINEAR)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise InputError(f"cannot read image {path} (row {index}): {error} Shrink the file: "
+                             f"the model sees it at {self.image_size}×{self.image_size} "
+                             f"pixels") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise InputError(f"cannot read image {path} (row {index}): {error}") from None
         return TF.pil_to_tensor(image), index

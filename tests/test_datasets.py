@@ -108,3 +108,14 @@ def test_cli_reports_a_corrupt_image_read_by_a_worker_in_one_line(tmp_path, cust
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: cannot read image {bad} (row ")
     assert (tmp_path / "run/error.txt").read_text().count("\n") == 0
+
+
+@pytest.mark.parametrize("size", [12, 16])  # PIL: > limit warns, > 2 × limit raises
+def test_decompression_bomb_sized_image_is_a_one_line_input_error(tmp_path, monkeypatch, size):
+    Image.fromarray(np.zeros((size, size, 3), dtype=np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InputError) as error:
+        ImageFileDataset(tmp_path, ["huge.png"], image_size=8)[0]
+    message = str(error.value)
+    assert message.startswith(f"cannot read image {tmp_path / 'huge.png'} (row 0): ")
+    assert f"{size * size} pixels" in message and "\n" not in message
