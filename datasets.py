@@ -279,10 +279,81 @@ def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -
     else:
         train_rows, val_rows = formats.train_val_split(len(train.observed))
         val = split_of(train, val_rows)
-    test = splits["test"]
-    return ExperimentData(train=split_of(train, train_rows), val=val,
-                          test=split_of(test, np.arange(len(test.observed))),
-                          class_names=class_names)
+    test = split_of(splits["test"], np.arange(len(splits["test"].observed)))
+    notes = []
+    for name, split in (("val", val), ("test", test)):
+        notes += check_custom_evaluation(data_root, name, split, class_names, "val" in splits)
+    return ExperimentData(train=split_of(train, train_rows), val=val, test=test,
+                          class_names=class_names, notes=notes)
+
+
+MIN_LABELLED_PER_CLASS = 5  # known positives and known negatives each; fewer make a class's AP noise
+
+
+def known_label_counts(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, negatives), each L counts of the entries the metric scores (`eval_targets`)."""
+    targets, known = split.eval_targets()
+    known = np.ones(targets.shape, dtype=bool) if known is None else known
+    return (known & (targets == 1)).sum(axis=0), (known & (targets == 0)).sum(axis=0)
+
+
+def listed(names: list[str], shown: int = 10) -> str:
+    """"'a', 'b' and 3 more": the first `shown` names and a count of the rest."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
+
+
+def evaluation_problems(split: Split, class_names: list[str]) -> list[str]:
+    """What the mAP of an evaluation split cannot measure, one sentence per problem ([] if none).
+
+    Only known entries are scored (clean labels: all; otherwise observed ±1), so a class whose
+    known entries hold no positive has AP 0 and one with no known negative AP 1, whatever the
+    scores; fewer than MIN_LABELLED_PER_CLASS of either make its AP noise.
+    """
+    if len(split) == 0:
+        return ["the split has no rows"]
+    positives, negatives = known_label_counts(split)
+    if negatives.sum() == 0:
+        return ["no known negative at all: every labelled entry is a positive, so every class's "
+                "AP is 1 whatever the scores"]
+    problems = []
+    names = np.array(class_names, dtype=object)
+    for mask, what in (
+            (positives == 0, "no positive (AP 0 whatever the scores)"),
+            ((positives > 0) & (negatives == 0), "no known negative (AP 1 whatever the scores)"),
+            ((positives > 0) & (negatives > 0)
+             & (np.minimum(positives, negatives) < MIN_LABELLED_PER_CLASS),
+             f"fewer than {MIN_LABELLED_PER_CLASS} known positives or negatives (a noisy AP)")):
+        if mask.any():
+            problems.append(f"{int(mask.sum())} of {len(names)} classes have {what}: "
+                            f"{listed(list(names[mask]))}")
+    return problems
+
+
+def check_custom_evaluation(data_root: Path, name: str, split: Split, class_names: list[str],
+                            has_val_csv: bool) -> list[str]:
+    """Refuse a custom val/test split whose mAP would measure nothing (no class has both a
+    positive and a known negative); return its other evaluation problems as notes."""
+    carved = name == "val" and not has_val_csv  # then val rows come from train.csv
+    if split.true_labels is not None:
+        source = data_root / ("train_clean.csv" if carved else f"{name}_clean.csv")
+        fix = f"the {name} images need positives and negatives of the classes"
+    elif carved:
+        source = data_root / "train.csv"
+        fix = ("val is carved out of train.csv (there is no val.csv) and uses train_clean.csv "
+               "when present: add train_clean.csv, or a val.csv with known negatives as -1 (or "
+               "val_clean.csv)")
+    else:
+        source = data_root / f"{name}.csv"
+        fix = (f"write known negatives as -1 in {name}.csv (0 and blank mean unknown) or add "
+               f"{name}_clean.csv")
+    problems = evaluation_problems(split, class_names)
+    positives, negatives = known_label_counts(split)
+    if not ((positives > 0) & (negatives > 0)).any():
+        raise InputError(f"{source}: the {name} mAP would be meaningless, no class has both a "
+                         f"positive and a known negative ({'; '.join(problems)}); {fix} (see "
+                         f"data/README.md)")
+    return [f"{source}: {name} mAP: {problem}" for problem in problems]
 
 
 def normalised_boxes(boxes: list[dict] | None, rows: np.ndarray) -> list | None:

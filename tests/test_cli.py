@@ -417,7 +417,7 @@ def test_custom_folder_trains_one_epoch(tmp_path, custom_folder):
 
 @pytest.mark.filterwarnings("ignore:.*no observed positive")
 def test_custom_folder_without_clean_training_labels_trains_one_epoch(tmp_path, custom_folder):
-    data_root = custom_folder(train_clean=False)
+    data_root = custom_folder(train_clean=False, num_val=12)  # val.csv: val mAP needs negatives
     out_dir = tmp_path / "run"
     code = main.main(["--dataset", "custom", "--data_root", str(data_root), *TINY_FOLDER,
                       "--batch_size", "4", "--epochs", "1", "--out_dir", str(out_dir)])

@@ -119,3 +119,79 @@ def test_decompression_bomb_sized_image_is_a_one_line_input_error(tmp_path, monk
     message = str(error.value)
     assert message.startswith(f"cannot read image {tmp_path / 'huge.png'} (row 0): ")
     assert f"{size * size} pixels" in message and "\n" not in message
+
+
+# ------------------------------------------------------------------- evaluation splits (custom)
+
+def split_of(observed, true_labels=None) -> datasets.Split:
+    observed = np.array(observed, dtype=np.int8)
+    images = datasets.TensorImageDataset(torch.zeros((len(observed), 3, 2, 2), dtype=torch.uint8))
+    return datasets.Split(images, observed, None if true_labels is None
+                          else np.array(true_labels, dtype=np.uint8))
+
+
+CLASSES = ["cat", "dog", "sea"]
+
+
+def test_evaluation_problems_of_a_positives_only_split():
+    """Observed 0/1 only (0 = unknown): every scored entry is a positive, every AP is 1."""
+    problems = datasets.evaluation_problems(split_of([[1, 0, 0], [0, 1, 1]]), CLASSES)
+    assert problems == ["no known negative at all: every labelled entry is a positive, so every "
+                        "class's AP is 1 whatever the scores"]
+
+
+def test_evaluation_problems_name_unmeasurable_and_thin_classes():
+    observed = [[1, -1, -1, 1]] * 6 + [[-1, -1, -1, 0]] * 6 + [[1, 1, 0, 1]]
+    problems = datasets.evaluation_problems(split_of(observed), ["cat", "dog", "sea", "owl"])
+    assert problems == [  # cat: 7 positives, 6 negatives, measured
+        "1 of 4 classes have no positive (AP 0 whatever the scores): 'sea'",
+        "1 of 4 classes have no known negative (AP 1 whatever the scores): 'owl'",
+        "1 of 4 classes have fewer than 5 known positives or negatives (a noisy AP): 'dog'"]
+
+
+def test_evaluation_problems_use_clean_labels_and_truncate_long_class_lists():
+    true_labels = np.zeros((10, 13), dtype=np.uint8)
+    true_labels[:5, 0] = 1  # class c0: 5 positives, 5 negatives; c1 … c12: no positive
+    names = [f"c{index}" for index in range(13)]
+    problems = datasets.evaluation_problems(split_of(np.zeros((10, 13)), true_labels), names)
+    assert problems == ["12 of 13 classes have no positive (AP 0 whatever the scores): 'c1', 'c2', "
+                        "'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9', 'c10' and 2 more"]
+    assert datasets.evaluation_problems(split_of(np.zeros((10, 1)), true_labels[:, :1]),
+                                        ["c0"]) == []
+
+
+def test_custom_val_carved_from_positive_only_train_labels_is_refused(custom_folder):
+    """No val.csv, no train_clean.csv: val's scored entries were train.csv's few observed ones, and
+    its mAP a constant (best epoch always 1)."""
+    data_root = custom_folder(train_clean=False)
+    with pytest.raises(InputError) as error:
+        datasets.load_data("custom", str(data_root), None, 8)
+    message = str(error.value)
+    assert message.startswith(f"{data_root / 'train.csv'}: the val mAP would be meaningless")
+    assert "add train_clean.csv, or a val.csv with known negatives as -1" in message
+    assert "\n" not in message
+
+
+def test_custom_test_csv_written_with_0_and_1_is_refused(custom_folder):
+    """test.csv with 0/1 cells and no test_clean.csv: 0 is 'unknown', so test mAP was 100.00."""
+    data_root = custom_folder(train_clean=True)
+    (data_root / "test_clean.csv").unlink()
+    with pytest.raises(InputError) as error:
+        datasets.load_data("custom", str(data_root), None, 8)
+    message = str(error.value)
+    assert message.startswith(f"{data_root / 'test.csv'}: the test mAP would be meaningless, no "
+                              f"class has both a positive and a known negative (no known negative")
+    assert "write known negatives as -1 in test.csv (0 and blank mean unknown) or add " \
+           "test_clean.csv" in message
+
+
+@pytest.mark.parametrize("options,val_source", [
+    ({"train_clean": True}, "train_clean.csv"),              # val carved from train, clean labels
+    ({"train_clean": False, "num_val": 12}, "val.csv"),      # a val.csv with every entry known
+])
+def test_custom_evaluation_problems_become_notes(custom_folder, options, val_source):
+    data_root = custom_folder(**options)
+    data = datasets.load_data("custom", str(data_root), None, 8)
+    assert any(note.startswith(f"{data_root / val_source}: val mAP: ") for note in data.notes)
+    assert f"{data_root / 'test_clean.csv'}: test mAP: 3 of 3 classes have fewer than 5 known " \
+           f"positives or negatives (a noisy AP): 'cat', 'dog', 'sea'" in data.notes
