@@ -397,10 +397,12 @@ def check_supervision(data: ExperimentData, loss: str) -> None:
     if loss == "iu" and not (data.train.observed == -1).any():
         raise InputError("--loss iu needs observed negatives, and the training labels have none "
                          "(prepare them with --num_neg > 0)")
-    positives_per_class = (data.train.observed == 1).sum(axis=0)
-    for name, count in zip(data.class_names, positives_per_class):
-        if count == 0:
-            warnings.warn(f"class {name!r} has no observed positive in the training set")
+    without_positive = [name for name, count in
+                        zip(data.class_names, (data.train.observed == 1).sum(axis=0)) if count == 0]
+    if without_positive:  # one warning, whatever the number of classes
+        warnings.warn(f"no observed positive in the training labels for {len(without_positive)} "
+                      f"of {data.num_classes} classes: {listed(without_positive)} (training gets "
+                      f"no positive signal for them)", stacklevel=2)
 
 
 # --- loaders and the on-device pipeline ---------------------------------------------------------

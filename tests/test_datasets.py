@@ -195,3 +195,34 @@ def test_custom_evaluation_problems_become_notes(custom_folder, options, val_sou
     assert any(note.startswith(f"{data_root / val_source}: val mAP: ") for note in data.notes)
     assert f"{data_root / 'test_clean.csv'}: test mAP: 3 of 3 classes have fewer than 5 known " \
            f"positives or negatives (a noisy AP): 'cat', 'dog', 'sea'" in data.notes
+
+
+# ------------------------------------------------------------------------------------- warnings
+
+def test_classes_without_observed_positive_are_one_warning_listing_them():
+    observed = np.zeros((4, 13), dtype=np.int8)
+    observed[:, 0] = 1  # c0 has positives; c1 … c12 none
+    split = split_of(observed, np.clip(observed, 0, 1))
+    data = datasets.ExperimentData(split, split, split, [f"c{index}" for index in range(13)])
+    with pytest.warns(UserWarning) as caught:
+        datasets.check_supervision(data, "an")
+    assert [str(warning.message) for warning in caught] == [
+        "no observed positive in the training labels for 12 of 13 classes: 'c1', 'c2', 'c3', "
+        "'c4', 'c5', 'c6', 'c7', 'c8', 'c9', 'c10' and 2 more (training gets no positive signal "
+        "for them)"]
+
+
+def test_custom_class_without_observed_positive_is_warned_once(custom_folder):
+    """load_custom_folder warned (listing the classes) and check_supervision again per class."""
+    data_root = custom_folder(train_clean=True)
+    train_csv = data_root / "train.csv"
+    header, *rows = train_csv.read_text().splitlines()
+    rows = [",".join(cells[:-1] + ["" if cells[-1] == "1" else cells[-1]])
+            for cells in (row.split(",") for row in rows)]  # 'sea' loses its observed positives
+    train_csv.write_text("\n".join([header, *rows]) + "\n")
+    with pytest.warns(UserWarning) as caught:
+        data = datasets.load_data("custom", str(data_root), None, 8)
+        datasets.check_supervision(data, "an")
+    assert [str(warning.message) for warning in caught] == [
+        "no observed positive in the training labels for 1 of 3 classes: 'sea' (training gets no "
+        "positive signal for them)"]
