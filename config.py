@@ -161,12 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "scheme)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits), or any timm "
-                                      "model name when timm is installed (default per dataset)")
+    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits), any timm "
+                                      "model name, tagged too (vit_tiny_patch16_224, "
+                                      "convnext_atto.d2_in1k), or any torchvision classification "
+                                      "model (mobilenet_v3_small; torchvision:NAME where timm has "
+                                      "the name too, timm:NAME to force timm) (default per dataset)")
     model.add_argument("--weights", default="imagenet_v1",
-                       help="imagenet_v1 (the papers' torchvision weights), imagenet_v2, none, or a "
-                            "PATH to a local ImageNet state dict of --arch whose 1000-class "
-                            "classifier is dropped (default: imagenet_v1; ignored by small_cnn)")
+                       help="imagenet_v1 (the papers' torchvision weights; timm: the model's "
+                            "default tag), imagenet_v2, a torchvision weight name (IMAGENET1K_V2, "
+                            "DEFAULT), none, or a PATH to a local ImageNet state dict of --arch "
+                            "whose 1000-class classifier is dropped; without a network pass a "
+                            "PATH (default: imagenet_v1; ignored by small_cnn)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_mode", choices=TRAIN_MODES, default="end_to_end",
