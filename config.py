@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "448 px 3.4 GB; coco's 49 GB is too much); later epochs read memory, "
                            "same maths (default: off)")
     data.add_argument("--expected_num_pos", type=float,
-                      help="expected positives per image for epr/role (paper: pascal 1.5, coco 2.9, "
+                      help="expected positives per image for epr/role, > 0 (paper: pascal 1.5, coco 2.9, "
                            "nuswide 1.9, cub 31.4; otherwise the mean clean label count)")
     data.add_argument("--digits_train_size", type=int, default=1000,
                       help="training images of the generated digits dataset (default: 1000)")
@@ -157,17 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="large-loss scheme on top of --loss an: LL-R rejects, LL-Ct corrects, "
                              "LL-Cp corrects permanently (default: LL-R for an, none otherwise)")
     method.add_argument("--delta_rel", type=float,
-                        help="Δrel in percent per epoch: from epoch 2 on, LL-R/LL-Ct modify "
-                             "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
-                             "authors' best per dataset and scheme)")
+                        help="Δrel in percent per epoch, 0 to 100: from epoch 2 on, LL-R/LL-Ct modify "
+                             "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %%, capped at the "
+                             "unobserved entries (default: the authors' best per dataset and "
+                             "scheme)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits), or any timm "
-                                      "model name when timm is installed (default per dataset)")
+    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits), any timm "
+                                      "model name, tagged too (vit_tiny_patch16_224, "
+                                      "convnext_atto.d2_in1k), or any torchvision classification "
+                                      "model (mobilenet_v3_small; torchvision:NAME where timm has "
+                                      "the name too, timm:NAME to force timm) (default per dataset)")
     model.add_argument("--weights", default="imagenet_v1",
-                       help="imagenet_v1 (the papers' torchvision weights), imagenet_v2, none, or a "
-                            "PATH to a local ImageNet state dict of --arch whose 1000-class "
-                            "classifier is dropped (default: imagenet_v1; ignored by small_cnn)")
+                       help="imagenet_v1 (the papers' torchvision weights; timm: the model's "
+                            "default tag), imagenet_v2, a torchvision weight name (IMAGENET1K_V2, "
+                            "DEFAULT), none, or a PATH to a local ImageNet state dict of --arch "
+                            "whose 1000-class classifier is dropped; without a network pass a "
+                            "PATH (default: imagenet_v1; ignored by small_cnn)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_mode", choices=TRAIN_MODES, default="end_to_end",
@@ -179,17 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--optimizer", choices=("adam", "sgd"),
                        help="adam (no weight decay) or sgd (momentum 0.9, weight decay 1e-3) "
                             "(default per dataset)")
-    optim.add_argument("--lr", type=float, help="backbone learning rate (default per dataset)")
+    optim.add_argument("--lr", type=float, help="backbone learning rate, > 0 (default per dataset)")
     optim.add_argument("--head_lr_mult", type=float, default=10.0,
-                       help="head learning rate = this × --lr; ROLE's estimator uses it too "
+                       help="head learning rate = this × --lr, > 0; ROLE's estimator uses it too "
                             "(default: 10, as the authors)")
     optim.add_argument("--weight_decay", type=float,
-                       help="default: 0 for adam, 1e-3 for sgd")
-    optim.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default: 0.9)")
+                       help=">= 0 (default: 0 for adam, 1e-3 for sgd)")
+    optim.add_argument("--momentum", type=float, default=0.9,
+                       help="sgd momentum in [0, 1) (default: 0.9)")
     optim.add_argument("--batch_size", type=int, help="default: 16 (paper)")
     optim.add_argument("--epochs", type=int, help="default: 10 (paper), 20 for digits")
     optim.add_argument("--early_stop_drop", type=float,
-                       help="stop when val mAP falls this many points below the best; 0 disables "
+                       help="stop when val mAP falls this many points (>= 0) below the best; 0 disables "
                             "(default: 3, as the authors, 0 for digits; end-to-end epochs only, the linear phase "
                             "runs all its epochs as Cole et al.'s)")
     optim.add_argument("--linear_epochs", type=int, default=25,
@@ -218,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     engineering.add_argument("--eval_only", metavar="CHECKPOINT",
                              help="evaluate a best.pt/last.pt on the test split and exit")
     engineering.add_argument("--stop_after", type=int, metavar="EPOCH",
-                             help="leave after this epoch as if interrupted (for time-limited jobs; "
+                             help="leave after this epoch (>= 1) as if interrupted (for time-limited jobs; "
                                   "continue with --resume RUN/last.pt)")
     engineering.add_argument("--log_every", type=int, default=50,
                              help="steps between progress updates and NaN checks (each is one host "
@@ -275,12 +283,20 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     if args.dataset == "features" and args.train_mode != "linear":
         parser.error("--dataset features holds vectors, not images: use --train_mode linear")
     for flag in ("batch_size", "epochs", "image_size", "linear_epochs", "linear_batch_size",
-                 "log_every"):
+                 "log_every", "stop_after", "digits_train_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be >= 1, got {value}")
-    if args.linear_lr is not None and args.linear_lr <= 0:
-        parser.error(f"--linear_lr must be > 0, got {args.linear_lr}")
+    for flag in ("lr", "head_lr_mult", "linear_lr", "expected_num_pos"):
+        value = getattr(args, flag)
+        if value is not None and not (0 < value < math.inf):  # also refuses nan
+            parser.error(f"--{flag} must be a number > 0, got {value:g}")
+    for flag in ("weight_decay", "early_stop_drop"):
+        value = getattr(args, flag)
+        if value is not None and not (0 <= value < math.inf):
+            parser.error(f"--{flag} must be a number >= 0, got {value:g}")
+    if not 0 <= args.momentum < 1:
+        parser.error(f"--momentum must be in [0, 1), got {args.momentum:g}")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.track_images < 0:
@@ -301,8 +317,9 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
     delta_rel = args.delta_rel
     if delta_rel is None:
         delta_rel = defaults.delta_rel.get(mod_scheme, 0.0)
-    if delta_rel < 0:
-        parser.error(f"--delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
+    if not 0 <= delta_rel <= 100:  # above 100 % of the entries per epoch means nothing
+        parser.error(f"--delta_rel must be between 0 and 100 (percent of the batch's entries per "
+                     f"epoch), got {delta_rel:g}")
     optimizer = args.optimizer or defaults.optimizer
     weight_decay = args.weight_decay
     if weight_decay is None:

@@ -4,19 +4,20 @@ on-device image pipeline.
 Workers only decode and resize to uint8 (3×S×S); flip and normalisation run on the training
 device (`DevicePreprocess`). Labels never travel through the workers: every dataset yields
 `(image_uint8, sample_index)` and the main process looks the labels up by index, so LL-Cp relabels
-and ROLE estimates survive persistent workers.
+and ROLE estimates survive persistent workers. An unreadable image stops the run with a one-line
+InputError naming the file, also when a worker read it (`ImageLoader`).
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 import formats
@@ -50,10 +51,13 @@ class Split:
 
 @dataclass(frozen=True)
 class ExperimentData:
+    """The three splits; notes: what an evaluation split cannot measure well (evaluation_problems),
+    printed at the start of a run and kept in results.json."""
     train: Split
     val: Split
     test: Split
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -76,12 +80,38 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path = self.image_dir / self.image_paths[index]
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((self.image_size, self.image_size),
-                                                    Image.BILINEAR)
+            with warnings.catch_warnings():  # PIL warns above MAX_IMAGE_PIXELS, raises above 2×
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image = to_rgb(image).resize((self.image_size, self.image_size),
+                                                 Image.BILINEAR)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise InputError(f"cannot read image {path} (row {index}): {error} Shrink the file: "
+                             f"the model sees it at {self.image_size}×{self.image_size} "
+                             f"pixels") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise InputError(f"cannot read image {path} (row {index}): {error}") from None
         return TF.pil_to_tensor(image), index
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a PIL image.
+
+    16-bit greyscale (modes I;16, I;16B, I;16L, and I, as Pillow opens 16-bit PNGs and TIFFs) keeps
+    its high byte (value >> 8), as Pillow itself reduces 16-bit RGB: convert("RGB") would clip
+    every value above 255 to white. Raises ValueError for values outside 0..65535 and for float
+    pixels (mode F), whose range is unknown.
+    """
+    if image.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no known range; save the image "
+                         "with 8 or 16 bits per channel")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"pixel values {values.min()}..{values.max()} (mode {image.mode}) are "
+                             f"outside the 16-bit range 0..65535")
+        image = Image.fromarray((values >> 8).astype(np.uint8))
+    return image.convert("RGB")
 
 
 class TensorImageDataset(Dataset):
@@ -106,7 +136,7 @@ def cache_images(images: Dataset, num_workers: int, batch_size: int = 64) -> Ten
         return images
     first_image, _ = images[0]
     cached = torch.empty((len(images), *first_image.shape), dtype=first_image.dtype)
-    for batch, sample_ids in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+    for batch, sample_ids in ImageLoader(images, batch_size=batch_size, num_workers=num_workers):
         cached[sample_ids] = batch
     return TensorImageDataset(cached)
 
@@ -241,10 +271,81 @@ def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -
     else:
         train_rows, val_rows = formats.train_val_split(len(train.observed))
         val = split_of(train, val_rows)
-    test = splits["test"]
-    return ExperimentData(train=split_of(train, train_rows), val=val,
-                          test=split_of(test, np.arange(len(test.observed))),
-                          class_names=class_names)
+    test = split_of(splits["test"], np.arange(len(splits["test"].observed)))
+    notes = []
+    for name, split in (("val", val), ("test", test)):
+        notes += check_custom_evaluation(data_root, name, split, class_names, "val" in splits)
+    return ExperimentData(train=split_of(train, train_rows), val=val, test=test,
+                          class_names=class_names, notes=notes)
+
+
+MIN_LABELLED_PER_CLASS = 5  # known positives and known negatives each; fewer make a class's AP noise
+
+
+def known_label_counts(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, negatives), each L counts of the entries the metric scores (`eval_targets`)."""
+    targets, known = split.eval_targets()
+    known = np.ones(targets.shape, dtype=bool) if known is None else known
+    return (known & (targets == 1)).sum(axis=0), (known & (targets == 0)).sum(axis=0)
+
+
+def listed(names: list[str], shown: int = 10) -> str:
+    """"'a', 'b' and 3 more": the first `shown` names and a count of the rest."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
+
+
+def evaluation_problems(split: Split, class_names: list[str]) -> list[str]:
+    """What the mAP of an evaluation split cannot measure, one sentence per problem ([] if none).
+
+    Only known entries are scored (clean labels: all; otherwise observed ±1), so a class whose
+    known entries hold no positive has AP 0 and one with no known negative AP 1, whatever the
+    scores; fewer than MIN_LABELLED_PER_CLASS of either make its AP noise.
+    """
+    if len(split) == 0:
+        return ["the split has no rows"]
+    positives, negatives = known_label_counts(split)
+    if negatives.sum() == 0:
+        return ["no known negative at all: every labelled entry is a positive, so every class's "
+                "AP is 1 whatever the scores"]
+    problems = []
+    names = np.array(class_names, dtype=object)
+    for mask, what in (
+            (positives == 0, "no positive (AP 0 whatever the scores)"),
+            ((positives > 0) & (negatives == 0), "no known negative (AP 1 whatever the scores)"),
+            ((positives > 0) & (negatives > 0)
+             & (np.minimum(positives, negatives) < MIN_LABELLED_PER_CLASS),
+             f"fewer than {MIN_LABELLED_PER_CLASS} known positives or negatives (a noisy AP)")):
+        if mask.any():
+            problems.append(f"{int(mask.sum())} of {len(names)} classes have {what}: "
+                            f"{listed(list(names[mask]))}")
+    return problems
+
+
+def check_custom_evaluation(data_root: Path, name: str, split: Split, class_names: list[str],
+                            has_val_csv: bool) -> list[str]:
+    """Refuse a custom val/test split whose mAP would measure nothing (no class has both a
+    positive and a known negative); return its other evaluation problems as notes."""
+    carved = name == "val" and not has_val_csv  # then val rows come from train.csv
+    if split.true_labels is not None:
+        source = data_root / ("train_clean.csv" if carved else f"{name}_clean.csv")
+        fix = f"the {name} images need positives and negatives of the classes"
+    elif carved:
+        source = data_root / "train.csv"
+        fix = ("val is carved out of train.csv (there is no val.csv) and uses train_clean.csv "
+               "when present: add train_clean.csv, or a val.csv with known negatives as -1 (or "
+               "val_clean.csv)")
+    else:
+        source = data_root / f"{name}.csv"
+        fix = (f"write known negatives as -1 in {name}.csv (0 and blank mean unknown) or add "
+               f"{name}_clean.csv")
+    problems = evaluation_problems(split, class_names)
+    positives, negatives = known_label_counts(split)
+    if not ((positives > 0) & (negatives > 0)).any():
+        raise InputError(f"{source}: the {name} mAP would be meaningless, no class has both a "
+                         f"positive and a known negative ({'; '.join(problems)}); {fix} (see "
+                         f"data/README.md)")
+    return [f"{source}: {name} mAP: {problem}" for problem in problems]
 
 
 def normalised_boxes(boxes: list[dict] | None, rows: np.ndarray) -> list | None:
@@ -282,17 +383,70 @@ def mean_label_count(data: ExperimentData) -> float:
 
 
 def warn_classes_without_positives(data: ExperimentData) -> None:
-    """A class that no training image shows as positive cannot be learnt: say so before training."""
-    positives_per_class = (data.train.observed == 1).sum(axis=0)
-    for name, count in zip(data.class_names, positives_per_class):
-        if count == 0:
-            warnings.warn(f"class {name!r} has no observed positive in the training set")
+    """A class that no training image shows as positive cannot be learnt: say so, once."""
+    without_positive = [name for name, count in
+                        zip(data.class_names, (data.train.observed == 1).sum(axis=0)) if count == 0]
+    if without_positive:  # one warning, whatever the number of classes
+        warnings.warn(f"no observed positive in the training labels for {len(without_positive)} "
+                      f"of {data.num_classes} classes: {listed(without_positive)} (training gets "
+                      f"no positive signal for them)", stacklevel=2)
 
 
 # --- loaders and the on-device pipeline ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class ReadFailure:
+    """An InputError raised in a loader worker, passed on as data: raised there, DataLoader would
+    re-raise it in the main process inside a worker traceback ("Caught InputError in DataLoader
+    worker process 0. Original Traceback ...") instead of its one-line message."""
+    message: str
+
+
+class _FailuresAsData(Dataset):
+    """`images`, yielding (ReadFailure, index) where reading the item raises InputError."""
+
+    def __init__(self, images: Dataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.images[index]
+        except InputError as error:
+            return ReadFailure(str(error)), index
+
+
+def collate_or_fail(batch: list):
+    """default_collate, or the batch's first ReadFailure."""
+    failures = [image for image, _ in batch if isinstance(image, ReadFailure)]
+    return failures[0] if failures else default_collate(batch)
+
+
+def iterate(batches):
+    """The batches of an ImageLoader (or any loader built with _FailuresAsData and
+    collate_or_fail), raising a worker's ReadFailure here as InputError with its message."""
+    for batch in batches:
+        if isinstance(batch, ReadFailure):
+            raise InputError(batch.message)
+        yield batch
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader of (uint8 images, sample indices) whose unreadable image stops iteration with
+    the dataset's one-line InputError (file and reason) in the main process, with or without
+    workers. Options as DataLoader's; `loader.dataset.images` is the dataset passed in."""
+
+    def __init__(self, images: Dataset, **options):
+        super().__init__(_FailuresAsData(images), collate_fn=collate_or_fail, **options)
+
+    def __iter__(self):
+        return iterate(super().__iter__())
+
+
 def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                pin_memory: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
+                pin_memory: bool, rank: int = 0, world_size: int = 1) -> ImageLoader:
     """A loader of (uint8 images, sample indices).
 
     Shuffling uses a DistributedSampler (also with one process): call `loader.sampler.set_epoch(t)`
@@ -300,9 +454,9 @@ def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: in
     """
     sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                  seed=seed, drop_last=False)
-    return DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
+    return ImageLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                       prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
 
 
 class DevicePreprocess:

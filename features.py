@@ -330,7 +330,7 @@ def backbone_extractor(config: Config, num_classes: int, device: torch.device) -
     def build() -> tuple[MultiLabelNet, DevicePreprocess]:
         torch.manual_seed(config.seed)
         model = build_image_model(config.arch, config.weights, num_classes, device,
-                                  config.channels_last)
+                                  config.channels_last, config.image_size)
         return model, DevicePreprocess(model.mean, model.std, device, config.channels_last)
     return build
 

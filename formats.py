@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -408,17 +407,6 @@ def _require_file(path: Path, what: str) -> None:
                                 f"train.csv and test.csv (see data/README.md)")
 
 
-def _warn_classes_without_positive(table: _LabelTable, shown: int = 10) -> None:
-    """warnings.warn naming the classes with no observed positive in the training file."""
-    counts = (table.values == 1).sum(axis=0)
-    empty = [name for name, count in zip(table.class_names, counts) if count == 0]
-    if empty:
-        listed = ", ".join(repr(name) for name in empty[:shown])
-        more = f" and {len(empty) - shown} more" if len(empty) > shown else ""
-        warnings.warn(f"{table.path}: no observed positive for class(es) {listed}{more}; "
-                      f"training gets no positive signal for them", stacklevel=3)
-
-
 def load_custom_folder(folder: Path) -> tuple[list[str], dict[str, LabelledSplit]]:
     """Read and validate a custom dataset folder (format in data/README.md).
 
@@ -453,5 +441,4 @@ def load_custom_folder(folder: Path) -> tuple[list[str], dict[str, LabelledSplit
             _check_same_images(table, clean)
             true_labels = clean.values.astype(np.uint8)
         splits[phase] = LabelledSplit(table.image_names, table.values, true_labels)
-    _warn_classes_without_positive(tables["train"])
     return tables["train"].class_names, splits

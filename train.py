@@ -330,7 +330,7 @@ def start_run(config: Config, data: ExperimentData | None = None) -> Run:
         loaders = features.feature_loaders(data, config.linear_batch_size, config.seed)
     else:
         model = build_image_model(config.arch, config.weights, data.num_classes, device,
-                                  config.channels_last)
+                                  config.channels_last, config.image_size)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device)
     method = methods.build(config.method, data.train.observed, data.train.true_labels,
@@ -377,6 +377,8 @@ def write_run_header(run: Run) -> None:
     print(f"run folder {run.folder.path}  method {config.method}  dataset {config.dataset} "
           f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}, "
           f"{data.num_classes} classes)  device {run.device}", flush=True)
+    for note in data.notes:
+        print(f"note: {note}", flush=True)
 
 
 def end_to_end_phase(run: Run) -> Phase:
@@ -475,7 +477,8 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
                "seed": config.seed, "train_mode": config.train_mode,
                "best_epoch": state.best_epoch, "val_map": state.best_val_map,
                "test_map": test["map"], "test_ap": test["ap"], "class_names": run.data.class_names,
-               "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+               "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+               "notes": run.data.notes}
     linear_rows = [row for row in state.history if row.get("phase") == "linear"]
     if linear_rows:  # the linear phase's best-val epoch (the first of equal ones)
         best_linear = max(linear_rows, key=lambda row: row["val_map"])

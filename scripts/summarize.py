@@ -4,10 +4,14 @@
     python scripts/summarize.py runs/sweep --out table.md --csv table.csv
 
 A run folder is any folder holding config.json. Finished runs (results.json present) are grouped by
-(dataset, train_mode, method, Δrel); each group reports test mAP mean ± sample std (ddof=1; "—" for a
-single seed), the seeds, mean best-val epoch, the paper's number (SPEC §7: E2E for end_to_end, LI for
-linear_init) and ours − paper. Where one method has several Δrel, an extra line gives the Δrel with the
-best mean *val* mAP ("chosen Δrel"): that is the protocol's choice, never the best test mAP.
+their whole resolved configuration (config.json) except the seed and the keys that change no maths
+(NOT_MATHS_KEYS: folders, device, workers, logging, git SHA, ...); each group reports test mAP mean ±
+sample std (ddof=1; "—" for a single seed), the seeds, mean best-val epoch, the paper's number (SPEC
+§7: E2E for end_to_end, LI for linear_init) and ours − paper. Rows that share dataset, setting,
+method and Δrel but differ elsewhere name the differing settings in the "check" column, which also
+flags a seed that occurs twice in a group (a copied or rerun folder). Where one method has several
+Δrel, an extra line gives the Δrel with the best mean *val* mAP ("chosen Δrel") among rows of
+otherwise equal settings: that is the protocol's choice, never the best test mAP.
 
 Unfinished runs (no results.json) and failed ones (error.txt, or unreadable files) are listed below the
 table with their last epoch, never dropped. Exit 0 even then; exit 2 when RUNS_DIR has no run folder.
@@ -30,7 +34,17 @@ DATASET_ORDER = PAPER_DATASETS + ("digits",)
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
 CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
               "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
-              "paper", "diff")
+              "paper", "diff", "differing_settings", "duplicate_seeds")
+# config.json keys that do not change the maths of a run (where it runs, how it is logged, what
+# produced it, analyses that leave training unchanged), and the seed: runs that differ only in
+# these are seeds of one configuration. Every other key (epochs, train_size, lr, amp, data_root,
+# ...) splits groups.
+NOT_MATHS_KEYS = frozenset({
+    "seed", "out_dir", "resume", "eval_only", "stop_after", "log_every", "device", "num_workers",
+    "cache_images", "feature_cache", "channels_last", "compile", "git_sha", "versions", "config",
+    "track_train", "pointing_game", "track_images"})
+# Shown in their own columns; delta_rel there only for the LL schemes (elsewhere it means nothing).
+ROW_KEYS = ("dataset", "train_mode", "method", "delta_rel")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -117,8 +131,28 @@ def load_run(run_dir: str) -> dict:
     delta_rel = value("delta_rel") if method in LL_SCHEMES else None  # Δrel means nothing elsewhere
     run["key"] = (value("dataset"), value("train_mode"), method,
                   None if delta_rel is None else float(delta_rel))
+    run["settings"] = settings_of(config)
     run["seed"] = value("seed")
     return run
+
+
+def settings_of(config: dict) -> tuple:
+    """The configuration's maths beyond the row columns: sorted (key, JSON value) pairs."""
+    return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in config.items()
+                        if key not in NOT_MATHS_KEYS and key not in ROW_KEYS))
+
+
+def differing_settings(settings: tuple, others: list[tuple]) -> str:
+    """'epochs=2, train_size=64': this group's values of the keys on which `others` disagree."""
+    mine = dict(settings)
+    keys = sorted(set().union(*(dict(other) for other in others)) | set(mine))
+    differing = [key for key in keys if len({dict(other).get(key) for other in others}) > 1]
+    return ", ".join(f"{key}={_plain(mine[key]) if key in mine else '(absent)'}" for key in differing)
+
+
+def _plain(json_text: str) -> str:
+    value = json.loads(json_text)
+    return value if isinstance(value, str) else json_text
 
 
 def _order(key: tuple) -> tuple:
@@ -136,14 +170,20 @@ def _seed_order(seed: str) -> tuple:
 
 
 def summarize_groups(runs: list[dict]) -> list[dict]:
-    """One row per (dataset, train_mode, method, Δrel) of finished runs, in table order."""
+    """One row per configuration (up to the seed and NOT_MATHS_KEYS) of finished runs, in table
+    order; rows sharing (dataset, train_mode, method, Δrel) name the settings that tell them apart."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         if run["status"] == "finished":
-            groups.setdefault(run["key"], []).append(run["results"])
+            groups.setdefault((run["key"], run["settings"]), []).append(run)
+    settings_by_key: dict[tuple, list[tuple]] = {}
+    for key, settings in groups:
+        settings_by_key.setdefault(key, []).append(settings)
     rows = []
-    for key in sorted(groups, key=_order):
-        results = groups[key]
+    for key, settings in sorted(groups, key=lambda group: (_order(group[0]), group[1])):
+        results = [run["results"] for run in groups[(key, settings)]]
+        seeds = [str(run["seed"]) for run in groups[(key, settings)]]
+        siblings = settings_by_key[key]
         dataset, train_mode, method, delta_rel = key
         test_maps = [float(r["test_map"]) for r in results]
         val_maps = [float(r["val_map"]) for r in results if r.get("val_map") is not None]
@@ -153,13 +193,18 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
         rows.append({
             "dataset": dataset, "train_mode": train_mode, "method": method, "delta_rel": delta_rel,
             "chosen_delta_rel": False, "n": len(results),
-            "seeds": ",".join(sorted((str(r.get("seed", "?")) for r in results), key=_seed_order)),
+            "seeds": ",".join(sorted(seeds, key=_seed_order)),
             "test_map_mean": test_mean,
             "test_map_std": statistics.stdev(test_maps) if len(test_maps) > 1 else None,
             "val_map_mean": statistics.fmean(val_maps) if val_maps else None,
             "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
             "stopped_early": sum(bool(r.get("stopped_early")) for r in results),
             "paper": paper, "diff": None if paper is None else test_mean - paper,
+            "settings": settings,
+            "differing_settings": differing_settings(settings, siblings) if len(siblings) > 1 else "",
+            "duplicate_seeds": ", ".join(f"{seed} ({seeds.count(seed)} runs)"
+                                         for seed in sorted(set(seeds), key=_seed_order)
+                                         if seeds.count(seed) > 1),
         })
     return rows
 
@@ -167,11 +212,13 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
 def add_chosen_delta_rel(rows: list[dict]) -> list[dict]:
     """After the rows of each method with several Δrel, a copy of the row with the best mean val mAP.
 
-    Ties go to the smaller Δrel. Groups without val mAP cannot be chosen.
+    Ties go to the smaller Δrel; only rows with equal other settings compete. Groups without val
+    mAP cannot be chosen.
     """
     by_method: dict[tuple, list[dict]] = {}
     for row in rows:
-        by_method.setdefault((row["dataset"], row["train_mode"], row["method"]), []).append(row)
+        by_method.setdefault((row["dataset"], row["train_mode"], row["method"], row["settings"]),
+                             []).append(row)
     out = []
     for method_rows in by_method.values():
         out.extend(method_rows)
@@ -197,8 +244,8 @@ def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> 
              "mean ± sample std (ddof=1) over seeds, 0-100; paper: SPEC §7 (E2E for end_to_end, LI for "
              "linear_init); chosen Δrel: best mean val mAP.", "",
              "| dataset | setting | method | Δrel | n | seeds | test mAP | val mAP | best epoch "
-             "| early stops | paper | ours − paper |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| early stops | paper | ours − paper | check |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         delta = "—" if row["delta_rel"] is None else f"{row['delta_rel']:g}"
         if row["chosen_delta_rel"]:
@@ -206,10 +253,11 @@ def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> 
         test = f"{_number(row['test_map_mean'], 2)} ± {_number(row['test_map_std'], 2)}"
         cells = [row["dataset"], row["train_mode"], row["method"], delta, row["n"], row["seeds"], test,
                  _number(row["val_map_mean"], 2), _number(row["best_epoch_mean"], 1),
-                 row["stopped_early"], _number(row["paper"], 1), _number(row["diff"], 2, signed=True)]
+                 row["stopped_early"], _number(row["paper"], 1), _number(row["diff"], 2, signed=True),
+                 check_cell(row)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if not rows:
-        lines.append("| (no finished run) |  |  |  |  |  |  |  |  |  |  |  |")
+        lines.append("| (no finished run) |  |  |  |  |  |  |  |  |  |  |  |  |")
     if incomplete:
         lines += ["", f"## Unfinished and failed runs ({len(incomplete)})", "",
                   "| status | folder | last epoch | error |", "|---|---|---|---|"]
@@ -217,6 +265,16 @@ def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> 
             cells = [run["status"], run["folder"], run["last_epoch"], run["error"] or "—"]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def check_cell(row: dict) -> str:
+    """What a reader must know before trusting the row: mixed settings, duplicate seeds."""
+    checks = []
+    if row["differing_settings"]:
+        checks.append(f"settings differ: {row['differing_settings']}")
+    if row["duplicate_seeds"]:
+        checks.append(f"duplicate seeds: {row['duplicate_seeds']}")
+    return "; ".join(checks) or "—"
 
 
 def _csv_value(value):

@@ -78,9 +78,10 @@ def build_cole_folder(root: Path, dataset: str = "pascal", num_train: int = 20,
 
 def build_custom_folder(root: Path, num_train: int = 10, num_test: int = 4,
                         class_names: tuple[str, ...] = ("cat", "dog", "sea"),
-                        train_clean: bool = True, seed: int = 0) -> Path:
+                        train_clean: bool = True, seed: int = 0, num_val: int = 0) -> Path:
     """A custom folder (data/README.md): images/ (PNG and JPEG, one in a subfolder), train.csv
-    with mixed 1 / -1 / blank / 0 cells, optional train_clean.csv, test.csv and test_clean.csv.
+    with mixed 1 / -1 / blank / 0 cells, optional train_clean.csv, test.csv and test_clean.csv,
+    and with num_val > 0 a val.csv of that many rows with every entry known (1 / -1).
     Returns root (pass it as --data_root)."""
     root = Path(root)
     rng = np.random.RandomState(seed)
@@ -95,7 +96,9 @@ def build_custom_folder(root: Path, num_train: int = 10, num_test: int = 4,
         (root / name).write_text(header + "".join(
             f"{image},{','.join(cells)}\n" for image, cells in zip(images, rows)))
 
-    for prefix, count in (("train", num_train), ("test", num_test)):
+    for prefix, count in (("train", num_train), ("test", num_test), ("val", num_val)):
+        if count == 0:
+            continue
         images = names(prefix, count)
         for image in images:
             write_image(root / "images" / image, rng)
@@ -114,6 +117,8 @@ def build_custom_folder(root: Path, num_train: int = 10, num_test: int = 4,
             write_csv("train.csv", images, observed_rows)
             if train_clean:
                 write_csv("train_clean.csv", images, clean_rows)
+        elif prefix == "val":
+            write_csv("val.csv", images, [["1" if value else "-1" for value in row] for row in clean])
         else:
             write_csv("test.csv", images, clean_rows)
             write_csv("test_clean.csv", images, clean_rows)

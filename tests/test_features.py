@@ -119,7 +119,7 @@ def test_a_cache_file_without_sidecar_is_refused_and_left_alone(tmp_path, capsys
     np.testing.assert_array_equal(np.load(tmp_path / "cache" / f"{CACHE_NAMES[0]}.npy"), unknown)
 
 
-@pytest.mark.filterwarnings("ignore:class .* has no observed positive")
+@pytest.mark.filterwarnings("ignore:no observed positive")
 def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole_folder,
                                                                   extractions, capsys):
     """Sidecar-less {train,val}_features_imagenet_resnet50.npy in the data folder (where Cole et

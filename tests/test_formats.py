@@ -219,14 +219,6 @@ def test_custom_without_val_has_no_val_key(tmp_path):
     assert set(splits) == {"train", "test"}
 
 
-def test_custom_class_without_positive_warns(tmp_path):
-    files = valid_custom_files()
-    files["train.csv"] = HEADER + "a.jpg,1,-1,\nb.png,0,1,-1\nsub/c.jpg,,,\n"
-    folder = write_custom_fixture(tmp_path, files)
-    with pytest.warns(UserWarning, match=r"train\.csv: no observed positive for class\(es\) 'car'"):
-        load_custom_folder(folder)
-
-
 @pytest.mark.parametrize("changes,error,message", [
     ({"train.csv": None}, FileNotFoundError, r"missing required file .*train\.csv"),
     ({"test.csv": None}, FileNotFoundError, r"missing required file .*test\.csv"),

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
 from torchvision import models as tv_models
+from torchvision.models import _api as tv_api
 
 import models
 from errors import InputError
@@ -47,18 +49,21 @@ def test_small_cnn_ignores_the_weights_flag():
 
 
 @pytest.mark.parametrize("weights,expected", [("imagenet_v1", "IMAGENET1K_V1"),
-                                              ("imagenet_v2", "IMAGENET1K_V2"), ("none", None)])
+                                              ("imagenet_v2", "IMAGENET1K_V2"), ("none", None),
+                                              ("IMAGENET1K_V2", "IMAGENET1K_V2"),
+                                              ("DEFAULT", "IMAGENET1K_V2")])
 def test_weight_names_map_to_torchvision_enums(monkeypatch, weights, expected):
-    """imagenet_v1 is the papers' weights: torchvision's ResNet50_Weights.IMAGENET1K_V1."""
+    """imagenet_v1 is the papers' weights: torchvision's ResNet50_Weights.IMAGENET1K_V1; the
+    enum's own names (IMAGENET1K_V2, DEFAULT) are accepted too."""
     received = []
 
-    def fake_resnet50(weights=None):
-        received.append(weights)
+    def fake_get_model(name, weights=None):
+        received.append((name, weights))
         return tv_models.resnet18(weights=None)  # small and offline; only the argument matters
 
-    monkeypatch.setitem(models.TORCHVISION_ARCHS, "resnet50",
-                        (fake_resnet50, tv_models.ResNet50_Weights))
+    monkeypatch.setattr(models.tv_models, "get_model", fake_get_model)
     model = build_model("resnet50", weights, NUM_CLASSES)
+    received = [weights for name, weights in received if name == "resnet50"]
     expected_enum = None if expected is None else tv_models.ResNet50_Weights[expected]
     assert received == [expected_enum]
     if weights == "imagenet_v1":
@@ -68,14 +73,12 @@ def test_weight_names_map_to_torchvision_enums(monkeypatch, weights, expected):
 
 def test_local_torchvision_state_dict_loads_without_its_classifier(tmp_path, monkeypatch):
     """--weights PATH for a torchvision arch: every backbone tensor from the file, fc dropped."""
-    monkeypatch.setitem(models.TORCHVISION_ARCHS, "resnet18",
-                        (tv_models.resnet18, tv_models.ResNet18_Weights))
     torch.manual_seed(1)
     saved = tv_models.resnet18(weights=None).state_dict()  # a 1000-class ImageNet layout
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save(saved, path)
     torch.manual_seed(2)
-    model = build_model("resnet18", str(path), NUM_CLASSES)
+    model = build_model("torchvision:resnet18", str(path), NUM_CLASSES)  # timm has resnet18 too
     loaded = model.backbone.state_dict()  # nn.Sequential of the ResNet children: "0." is conv1
     torch.testing.assert_close(loaded["0.weight"], saved["conv1.weight"], rtol=0, atol=0)
     torch.testing.assert_close(loaded["7.1.bn2.running_var"], saved["layer4.1.bn2.running_var"],
@@ -152,3 +155,92 @@ def test_missing_weights_file_is_refused_naming_it(tmp_path):
 def test_unknown_arch_is_an_input_error():
     with pytest.raises(InputError, match="--arch resnet_does_not_exist"):
         build_model("resnet_does_not_exist", "none", NUM_CLASSES)
+
+
+# --- any timm or torchvision model ----------------------------------------------------------------
+
+needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs timm")
+
+
+def check_map_logits_and_cams(model, image_size: int, map_size: int) -> None:
+    """Logits B×L, a channels-first B×C×h×w map, CAMs whose spatial mean is the logits."""
+    images = torch.randn(2, 3, image_size, image_size)
+    with torch.no_grad():
+        feature_map = model.feature_map(images)
+        logits, cams = model(images), model.class_activation_maps(images)
+    assert feature_map.shape == (2, model.head.in_features, map_size, map_size)
+    assert logits.shape == (2, NUM_CLASSES) and cams.shape == (2, NUM_CLASSES, map_size, map_size)
+    torch.testing.assert_close(cams.mean(dim=(2, 3)), logits, rtol=1e-4, atol=1e-4)
+
+
+@needs_timm
+@pytest.mark.parametrize("arch,image_size,map_size", [
+    ("vit_tiny_patch16_224", 32, 2),               # B×N×C tokens, a class token: 2×2 patches
+    ("swin_tiny_patch4_window7_224", 64, 2),       # B×h×w×C (NHWC)
+    ("convnext_atto.d2_in1k", 64, 2),              # a tagged timm name
+])
+def test_timm_models_of_every_layout_give_a_channels_first_map(arch, image_size, map_size):
+    """ViT and Swin crashed: pooling assumed B×C×h×w."""
+    torch.manual_seed(0)
+    check_map_logits_and_cams(build_model(arch, "none", NUM_CLASSES).eval(), image_size, map_size)
+
+
+@needs_timm
+def test_fixed_size_timm_model_is_built_for_the_image_size_or_refuses_others():
+    """An MLP-Mixer only takes the size it was built for: --image_size builds it at that size;
+    built at its default (224) it refuses other sizes with the flag to pass."""
+    torch.manual_seed(0)
+    model = build_model("mixer_s16_224", "none", NUM_CLASSES, image_size=32).eval()
+    check_map_logits_and_cams(model, 32, 2)
+    with pytest.raises(InputError, match=r"takes 32×32 images only, got 48: pass --image_size 32"):
+        model(torch.randn(1, 3, 48, 48))
+
+
+@pytest.mark.parametrize("arch,image_size,map_size", [
+    ("mobilenet_v3_small", 64, 2),          # an AdaptiveAvgPool2d module; not a timm name
+    ("torchvision:shufflenet_v2_x0_5", 64, 2),  # a functional mean; forced to torchvision
+])
+def test_torchvision_models_by_name_end_at_their_pooling(arch, image_size, map_size):
+    torch.manual_seed(0)
+    check_map_logits_and_cams(build_model(arch, "none", NUM_CLASSES).eval(), image_size, map_size)
+
+
+def test_torchvision_model_without_a_feature_map_before_its_classifier_is_refused():
+    with pytest.raises(InputError, match="squeezenet1_0: torchvision's model has no feature map"):
+        build_model("squeezenet1_0", "none", NUM_CLASSES)
+
+
+def test_unknown_torchvision_weight_name_lists_the_known_ones():
+    with pytest.raises(InputError, match=r"--weights IMAGENET1K_V9: resnet18 has no such .*"
+                                         r"'IMAGENET1K_V1'"):
+        build_model("torchvision:resnet18", "IMAGENET1K_V9", NUM_CLASSES)
+
+
+@needs_timm
+def test_torchvision_weight_name_for_a_timm_model_is_refused():
+    with pytest.raises(InputError, match="names torchvision weights; for the timm model"):
+        build_model("convnext_atto", "IMAGENET1K_V2", NUM_CLASSES)
+
+
+def raise_offline(*args, **kwargs):
+    raise URLError("[Errno -2] Name or service not known")
+
+
+@pytest.mark.parametrize("arch", ["torchvision:resnet18",
+                                  pytest.param("convnext_atto.d2_in1k", marks=needs_timm)])
+def test_offline_weight_download_is_one_input_error_pointing_to_weights_path(monkeypatch, arch):
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", raise_offline)  # torchvision's
+    if arch.startswith("convnext"):  # timm asks huggingface_hub, whose errors are OSErrors too
+        import timm
+        create_model = timm.create_model
+        monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **options: (
+            raise_offline() if pretrained else create_model(name, **options)))
+    with pytest.raises(InputError) as error:
+        build_model(arch, "imagenet_v1", NUM_CLASSES)
+    message = str(error.value)
+    name = arch.split(":")[-1]
+    assert message.startswith(f"--arch {name} --weights imagenet_v1: the pretrained weights could "
+                              f"not be downloaded (<urlopen error [Errno -2] Name or service not "
+                              f"known>); without a network, pass a local state-dict file with "
+                              f"--weights PATH")
+    assert "\n" not in message

@@ -33,14 +33,16 @@ plot_curves = load_script("plot_curves")
 
 
 def make_run(folder: Path, *, dataset="coco", method="an", seed=0, delta_rel=0.2, train_mode="end_to_end",
-             test_map=None, val_map=None, best_epoch=3, epochs_logged=0, error=None, metrics=None):
-    """A run folder as main.py writes it; results.json only when test_map is given."""
+             test_map=None, val_map=None, best_epoch=3, epochs_logged=0, error=None, metrics=None,
+             settings=None):
+    """A run folder as main.py writes it; results.json only when test_map is given. `settings`
+    adds or overrides config.json keys."""
     loss, mod_scheme = paper_numbers.method_flags(method)
     folder.mkdir(parents=True)
     config = {"dataset": dataset, "loss": loss, "mod_scheme": mod_scheme, "method": method,
               "delta_rel": delta_rel, "seed": seed, "train_mode": train_mode, "epochs": 10,
               "batch_size": 16, "lr": 1e-5, "optimizer": "adam", "arch": "resnet50",
-              "git_sha": "0" * 40, "versions": {"torch": "x"}}
+              "git_sha": "0" * 40, "versions": {"torch": "x"}, **(settings or {})}
     (folder / "config.json").write_text(json.dumps(config))
     if metrics is None:
         metrics = [{"phase": train_mode if train_mode != "linear_init" else "end_to_end", "epoch": epoch,
@@ -104,10 +106,10 @@ def test_summarize_mean_std_paper_diff_and_incomplete_runs(tmp_path, capsys):
     assert md_path.read_text() == report
     # an: mean 65.1667, sample std 1.2583; paper COCO E2E an 64.1
     an_row = table_row(report, "coco", "end_to_end", "an", "—", "3", "0,1,2", "65.17 ± 1.26")
-    assert an_row.endswith("| 64.1 | +1.07 |")
+    assert an_row.endswith("| 64.1 | +1.07 | — |")
     # LL-Ct Δrel 0.2: mean 70.5, std 0.5, mean best epoch 3.0; paper 70.5
     ll_row = table_row(report, "coco", "end_to_end", "LL-Ct", "0.2", "3", "0,1,2", "70.50 ± 0.50")
-    assert "| 3.0 |" in ll_row and ll_row.endswith("| 70.5 | +0.00 |")
+    assert "| 3.0 |" in ll_row and ll_row.endswith("| 70.5 | +0.00 | — |")
     assert report.index(an_row) < report.index(ll_row)  # the paper's row order
 
     incomplete = report.split("## Unfinished and failed runs (2)")[1]
@@ -139,7 +141,7 @@ def test_summarize_chosen_delta_rel_uses_best_mean_val_map(tmp_path, capsys):
     chosen = [line for line in report.splitlines() if "(chosen Δrel)" in line]
     assert chosen == [table_row(report, "pascal", "end_to_end", "LL-R", "0.4 (chosen Δrel)", "2", "0,1",
                                 "88.50 ± 0.71")]
-    assert chosen[0].endswith("| 89.2 | -0.70 |")
+    assert chosen[0].endswith("| 89.2 | -0.70 | — |")
     table_row(report, "pascal", "end_to_end", "LL-R", "0.1", "2", "0,1", "90.50 ± 0.71")
     table_row(report, "pascal", "end_to_end", "LL-Ct", "0.2", "1", "0", "89.00 ± —")
     assert "Unfinished" not in report
@@ -161,6 +163,43 @@ def test_summarize_exits_2_without_run_folders(tmp_path, capsys):
     assert summarize.main([str(tmp_path / "empty")]) == 2
     assert "no run folder" in capsys.readouterr().err
     assert summarize.main([str(tmp_path / "missing")]) == 2
+
+
+def test_summarize_splits_runs_whose_settings_differ_and_names_the_keys(tmp_path, capsys):
+    """Three LL-R seed-0 runs with other epochs / train sizes once came out as one row 'n=3, seeds
+    0,0,0': each is its own row now, naming the settings that differ from the rows beside it."""
+    runs = tmp_path / "runs"
+    for name, epochs, train_size, value in (("a", 20, 1000, 70.0), ("b", 2, 64, 40.0),
+                                             ("c", 2, 1000, 55.0)):
+        make_run(runs / name, dataset="digits", method="LL-R", delta_rel=1.0, test_map=value,
+                 settings={"epochs": epochs, "train_size": train_size, "out_dir": str(runs / name)})
+    assert summarize.main([str(runs), "--csv", str(tmp_path / "table.csv")]) == 0
+    report = capsys.readouterr().out
+    rows = [line for line in report.splitlines() if line.startswith("| digits ")]
+    assert len(rows) == 3
+    for epochs, train_size, value in ((20, 1000, "70.00"), (2, 64, "40.00"), (2, 1000, "55.00")):
+        row = table_row(report, "digits", "end_to_end", "LL-R", "1", "1", "0", f"{value} ± —")
+        assert row.endswith(f"| settings differ: epochs={epochs}, train_size={train_size} |")
+    with open(tmp_path / "table.csv") as handle:
+        assert sorted(r["differing_settings"] for r in csv.DictReader(handle)) == [
+            "epochs=2, train_size=1000", "epochs=2, train_size=64", "epochs=20, train_size=1000"]
+
+
+def test_summarize_ignores_engineering_keys_and_flags_duplicate_seeds(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed, device, workers in ((0, "cuda", 4), (1, "cpu", 0)):  # no maths differs
+        make_run(runs / f"an/seed{seed}", method="an", seed=seed, test_map=60.0 + seed,
+                 settings={"device": device, "num_workers": workers, "git_sha": str(seed) * 40,
+                           "out_dir": f"runs/an/seed{seed}", "log_every": 10 + seed,
+                           "resume": None if seed else "x/last.pt"})
+    for copy in ("a", "b"):  # the same run twice (a copied folder)
+        make_run(runs / f"wan/{copy}", method="wan", seed=3, test_map=61.0)
+    assert summarize.main([str(runs)]) == 0
+    report = capsys.readouterr().out
+    assert table_row(report, "coco", "end_to_end", "an", "—", "2", "0,1", "60.50 ± 0.71").endswith(
+        "| 64.1 | -3.60 | — |")
+    assert table_row(report, "coco", "end_to_end", "wan", "—", "2", "3,3").endswith(
+        "| duplicate seeds: 3 (2 runs) |")
 
 
 def test_summarize_command_line(tmp_path):
