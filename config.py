@@ -93,6 +93,7 @@ class Config:
     amp: str
     channels_last: bool
     compile: bool
+    sync_bn: bool
     out_dir: str
     resume: str | None
     eval_only: str | None
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="autocast dtype for the forward pass; losses and scores stay float32")
     engineering.add_argument("--channels_last", action="store_true", help="NHWC memory format")
     engineering.add_argument("--compile", action="store_true", help="torch.compile the model")
+    engineering.add_argument("--sync_bn", action="store_true",
+                             help="under torchrun on GPUs: BatchNorm statistics over the global "
+                                  "batch (SyncBatchNorm) instead of each process's shard")
     engineering.add_argument("--out_dir", metavar="DIR",
                              help="run folder (default: runs/<dataset>_<method>_seed<seed>)")
     engineering.add_argument("--resume", metavar="CHECKPOINT",
@@ -356,7 +360,7 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         linear_lr=args.linear_lr if args.linear_lr is not None else linear_lr,
         linear_batch_size=args.linear_batch_size or linear_batch_size,
         seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
-        compile=args.compile, out_dir=out_dir, resume=args.resume, eval_only=args.eval_only,
+        compile=args.compile, sync_bn=args.sync_bn, out_dir=out_dir, resume=args.resume, eval_only=args.eval_only,
         stop_after=args.stop_after, log_every=args.log_every,
         track_train=args.track_train, pointing_game=args.pointing_game,
         track_images=args.track_images,
@@ -364,6 +368,9 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
 
 
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config saved in a checkpoint or config.json (extra keys such as git_sha ignored)."""
+    """Rebuild a Config saved in a checkpoint or config.json (extra keys such as git_sha ignored;
+    flags added since the run was saved take their defaults)."""
     names = {field.name for field in fields(Config)}
-    return Config(**{name: value for name, value in values.items() if name in names})
+    added_since = {"sync_bn": False}
+    return Config(**{**added_since,
+                     **{name: value for name, value in values.items() if name in names}})

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 import formats
+from distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
 from errors import InputError
 from formats import LabelledSplit
 
@@ -446,33 +447,41 @@ class ImageLoader(DataLoader):
 
 
 def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                pin_memory: bool, rank: int = 0, world_size: int = 1) -> ImageLoader:
-    """A loader of (uint8 images, sample indices).
+                pin_memory: bool, world: World = SINGLE_PROCESS) -> ImageLoader:
+    """A loader of (uint8 images, sample indices), this process's share of them.
 
-    Shuffling uses a DistributedSampler (also with one process): call `loader.sampler.set_epoch(t)`
-    so the order is a pure function of (seed, epoch), which makes --resume exact.
+    shuffle: training batches (distributed.TrainBatches): call `loader.batch_sampler.set_epoch(t)`
+        so the order is a pure function of (seed, epoch) whatever the number of processes, which
+        makes --resume exact; `batch_size` is the global batch. Otherwise evaluation batches of
+        this process's block of the split (distributed.EvalBatches).
     """
-    sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                 seed=seed, drop_last=False)
-    return ImageLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    batches = (TrainBatches(len(images), batch_size, seed, world) if shuffle
+               else EvalBatches(len(images), batch_size, world))
+    return ImageLoader(images, batch_sampler=batches, num_workers=num_workers,
                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                       prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
+                       prefetch_factor=4 if num_workers > 0 else None)
 
 
 class DevicePreprocess:
     """uint8 B×3×S×S on the device → normalised float, with a random horizontal flip (p = 0.5)
     per image when training. The flip draws from the device's torch generator (seeded, saved in
-    checkpoints)."""
+    checkpoints): `random_draws(m)` for a whole global batch, of which each process passes its
+    shard as `draws`, so the flips do not depend on the number of processes."""
 
     def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def __call__(self, images: Tensor, train: bool) -> Tensor:
+    def random_draws(self, num_images: int) -> Tensor:
+        """m uniform draws, one per image of a global batch (flip when < 0.5)."""
+        return torch.rand(num_images, device=self.mean.device)
+
+    def __call__(self, images: Tensor, train: bool, draws: Tensor | None = None) -> Tensor:
         images = images.float()
         if train:
-            flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
+            draws = self.random_draws(images.shape[0]) if draws is None else draws
+            flip = (draws < 0.5).view(-1, 1, 1, 1)
             images = torch.where(flip, images.flip(3), images)
         images = (images - self.mean) / self.std
         return images.contiguous(memory_format=self.memory_format)

@@ -59,15 +59,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 import atomic
 import datasets
 import formats
 from config import PAPER_DATASETS, Config
 from datasets import DevicePreprocess, ExperimentData, ImageFileDataset, Split, TensorImageDataset
+from distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
 from errors import InputError
-from models import MultiLabelNet, build_image_model, is_local_path, predict
+from models import SMALL_CNNS, MultiLabelNet, build_image_model, is_local_path, predict
 
 PAPER_IMAGE_SIZE = 448
 COLE_FEATURE_DIM = 2048   # ResNet-50's pooled features
@@ -145,7 +146,7 @@ def feature_cache_dir(config: Config) -> Path:
 
 def random_init(config: Config) -> bool:
     """The backbone starts from a seeded random init (small_cnn ignores --weights)."""
-    return config.arch == "small_cnn" or config.weights == "none"
+    return config.arch in SMALL_CNNS or config.weights == "none"
 
 
 def weights_identity(config: Config) -> dict:
@@ -470,39 +471,52 @@ def checked_class_names(path: Path, names: np.ndarray | None, num_classes: int) 
 
 class FeatureBatches:
     """Batches of N×D features already on the device: yields (B×D features, B sample ids), as a
-    loader of images yields (images, sample ids). `sampler` orders the rows (a DistributedSampler:
-    the permutation of (seed + epoch), set with sampler.set_epoch)."""
+    loader of images yields (images, sample ids), with the same batch samplers
+    (distributed.TrainBatches: the permutation of (seed + epoch), set with batch_sampler.set_epoch;
+    distributed.EvalBatches: this process's block in order). Padding rows (id −1) read row 0."""
 
-    def __init__(self, features: Tensor, batch_size: int, shuffle: bool, seed: int):
-        self.features, self.batch_size = features, batch_size
-        self.sampler = DistributedSampler(FeatureDataset(features), num_replicas=1, rank=0,
-                                          shuffle=shuffle, seed=seed)
+    def __init__(self, features: Tensor, batch_size: int, shuffle: bool, seed: int,
+                 world: World = SINGLE_PROCESS):
+        self.features = features
+        self.batch_sampler = (TrainBatches(len(features), batch_size, seed, world) if shuffle
+                              else EvalBatches(len(features), batch_size, world))
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.features.device)
-        for first in range(0, len(order), self.batch_size):
-            sample_ids = order[first:first + self.batch_size]
-            yield self.features.index_select(0, sample_ids), sample_ids  # 4× faster than [ ]
+        for batch in self.batch_sampler:
+            sample_ids = torch.tensor(batch, dtype=torch.long).to(self.features.device)
+            rows = sample_ids.clamp(min=0)
+            yield self.features.index_select(0, rows), sample_ids  # 4× faster than [ ]
 
 
 EVAL_CHUNK_ROWS = 16384  # rows per matrix product when scoring features
 
 
-def feature_loaders(data: ExperimentData, batch_size: int, seed: int) -> dict:
+def feature_loaders(data: ExperimentData, batch_size: int, seed: int,
+                    world: World = SINGLE_PROCESS) -> dict:
     """train (shuffled, `batch_size`), train_eval, val and test (in order) batches of a features
     ExperimentData."""
-    return {"train": FeatureBatches(features_of(data.train), batch_size, True, seed),
-            "train_eval": FeatureBatches(features_of(data.train), EVAL_CHUNK_ROWS, False, seed),
-            "val": FeatureBatches(features_of(data.val), EVAL_CHUNK_ROWS, False, seed),
-            "test": FeatureBatches(features_of(data.test), EVAL_CHUNK_ROWS, False, seed)}
+    def batches(split: Split, size: int, shuffle: bool) -> FeatureBatches:
+        return FeatureBatches(features_of(split), size, shuffle, seed, world)
+    return {"train": batches(data.train, batch_size, True),
+            "train_eval": batches(data.train, EVAL_CHUNK_ROWS, False),
+            "val": batches(data.val, EVAL_CHUNK_ROWS, False),
+            "test": batches(data.test, EVAL_CHUNK_ROWS, False)}
 
 
-def no_preprocess(features: Tensor, train: bool) -> Tensor:
-    """Features need no preprocessing (the images' DevicePreprocess has the same signature)."""
-    return features
+class PassThrough:
+    """The preprocessing of features: none (the images' DevicePreprocess has the same interface)."""
+
+    def random_draws(self, num_rows: int) -> None:
+        return None
+
+    def __call__(self, features: Tensor, train: bool, draws: Tensor | None = None) -> Tensor:
+        return features
+
+
+no_preprocess = PassThrough()
 
 
 def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:

@@ -5,13 +5,17 @@
     python main.py --dataset pascal --loss role       # a Cole et al. baseline
     python main.py --resume runs/X/last.pt            # continue an interrupted run
     python main.py --eval_only runs/X/best.pt         # test mAP of a saved model
+    torchrun --nproc_per_node=4 main.py --dataset coco --mod_scheme LL-Ct   # 4 GPUs, global batch 16
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
+from contextlib import nullcontext, redirect_stdout
 
-from config import parse_args
+from config import Config, parse_args
+from distributed import destroy, world_from_environment
 from errors import InputError, TrainingDiverged
 from run_folder import RunFolder
 from train import evaluate_checkpoint, fit, resume_config
@@ -19,6 +23,17 @@ from train import evaluate_checkpoint, fit, resume_config
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    world = world_from_environment()  # torchrun's processes; only rank 0 prints
+    with open(os.devnull, "w") as devnull:
+        with nullcontext() if world.is_main else redirect_stdout(devnull):
+            try:
+                return run(config)
+            finally:
+                destroy(world)
+
+
+def run(config: Config) -> int:
+    """Train (or evaluate) as configured; the exit code."""
     if config.eval_only:
         try:
             evaluate_checkpoint(config.eval_only, config.device, config.num_workers)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchvision import models as tv_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from distributed import SINGLE_PROCESS, World, gather_blocks
 from errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,18 +96,32 @@ class MultiLabelNet(nn.Module):
             return maps if self.boost_alpha == 1.0 else boostlu(maps, self.boost_alpha)
 
 
-def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+SMALL_CNNS = ("small_cnn", "small_cnn_gn")
+SMALL_CNN_GROUPS = 8  # GroupNorm groups of small_cnn_gn
 
 
-def small_cnn() -> tuple[nn.Module, int]:
-    """A 5-layer CNN for the 48-px digits set: a stride-2 stem, then 24 → 12, ending in a
-    12×12×128 feature map (CAM-ready)."""
-    stem = [nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32),
+def conv_block(in_channels: int, out_channels: int, stride: int = 1,
+               group_norm: bool = False) -> list[nn.Module]:
+    """conv 3×3 → BatchNorm (or GroupNorm) → ReLU."""
+    norm = (nn.GroupNorm(SMALL_CNN_GROUPS, out_channels) if group_norm
+            else nn.BatchNorm2d(out_channels))
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False), norm,
             nn.ReLU(inplace=True)]
-    layers = (stem + conv_block(32, 64) + [nn.MaxPool2d(2)]
-              + conv_block(64, 128) + conv_block(128, 128))
+
+
+def small_cnn(group_norm: bool = False) -> tuple[nn.Module, int]:
+    """A 5-layer CNN for the 48-px digits set: a stride-2 stem, then 24 → 12, ending in a
+    12×12×128 feature map (CAM-ready).
+
+    group_norm: GroupNorm instead of BatchNorm (`--arch small_cnn_gn`): each image is normalised
+    on its own, so the outputs do not depend on how a batch is split over processes or on
+    train/eval mode. It learns the digits far more slowly: full-label BCE, 400 images, 8 epochs,
+    val mAP 75.5 with BatchNorm against 38.9 (39.3 at lr 3e-3, 39.1 at 1e-4) with GroupNorm, so
+    the demo keeps BatchNorm."""
+    stem = conv_block(3, 32, stride=2, group_norm=group_norm)
+    layers = (stem + conv_block(32, 64, group_norm=group_norm) + [nn.MaxPool2d(2)]
+              + conv_block(64, 128, group_norm=group_norm)
+              + conv_block(128, 128, group_norm=group_norm))
     return nn.Sequential(*layers), 128
 
 
@@ -303,8 +318,8 @@ def build_model(arch: str, weights: str, num_classes: int,
     one input size at S."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     source, name = arch.split(":", 1) if arch.startswith(("timm:", "torchvision:")) else ("", arch)
-    if name == "small_cnn" and not source:
-        backbone, num_features = small_cnn()
+    if name in SMALL_CNNS and not source:
+        backbone, num_features = small_cnn(group_norm=name == "small_cnn_gn")
         mean = std = (0.5, 0.5, 0.5)
     elif source == "torchvision" or (not source and is_torchvision_first(name)):
         backbone, num_features = torchvision_backbone(name, weights)
@@ -337,10 +352,11 @@ def autocast(device: torch.device, amp: str):
 
 @torch.inference_mode()
 def predict(model: Callable[[Tensor], Tensor], loader, preprocess: Callable, device: torch.device,
-            amp: str) -> np.ndarray:
+            amp: str, world: World = SINGLE_PROCESS) -> np.ndarray:
     """N×K float32 outputs of `model` (an nn.Module or one of its methods, e.g.
     MultiLabelNet.pooled_features) over a loader of (inputs, sample ids), in dataset order; one
-    host transfer at the end. Modules are put in eval mode."""
+    host transfer at the end. Modules are put in eval mode. With several processes each one runs
+    its block of the split (distributed.EvalBatches) and every process gets all N rows."""
     module = getattr(model, "__self__", model)
     if isinstance(module, nn.Module):
         module.eval()
@@ -350,7 +366,10 @@ def predict(model: Callable[[Tensor], Tensor], loader, preprocess: Callable, dev
         with autocast(device, amp):
             batches.append(model(inputs).float())
         order.append(sample_ids)
+    if world.size > 1:  # blocks in dataset order, gathered
+        outputs = gather_blocks(torch.cat(batches), loader.batch_sampler.num_rows, world)
+        return outputs.cpu().numpy()
     outputs = torch.cat(batches).cpu().numpy()
     result = np.empty_like(outputs)
-    result[torch.cat(order).numpy()] = outputs
+    result[torch.cat(order).cpu().numpy()] = outputs
     return result

@@ -27,14 +27,19 @@ import atomic
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    """writes: False for every process but rank 0 under torchrun (they read, never write);
+    error.txt is written by whichever process failed."""
+
+    def __init__(self, path: str | Path, writes: bool = True):
+        self.path, self.writes = Path(path), writes
 
     def create(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, content) -> None:
-        atomic.save_text(self.path / name, json.dumps(content, indent=2))
+        if self.writes:
+            atomic.save_text(self.path / name, json.dumps(content, indent=2))
 
     def write_config(self, config: dict, **extra) -> None:
         """config.json: the resolved configuration with the git SHA and library versions."""
@@ -43,6 +48,8 @@ class RunFolder:
 
     def write_metrics(self, history: list[dict]) -> None:
         """metrics.jsonl and metrics.csv, rewritten whole each epoch (so a resume truncates them)."""
+        if not self.writes:
+            return
         atomic.save_text(self.path / "metrics.jsonl",
                          "".join(json.dumps(row) + "\n" for row in history))
         columns = list(dict.fromkeys(key for row in history for key in row))
@@ -51,7 +58,8 @@ class RunFolder:
         atomic.save_text(self.path / "metrics.csv", "\n".join(lines) + "\n")
 
     def save_checkpoint(self, name: str, payload: dict) -> None:
-        atomic.save_torch(self.path / name, payload)
+        if self.writes:
+            atomic.save_torch(self.path / name, payload)
 
     def load_checkpoint(self, name: str, device: torch.device) -> dict:
         return torch.load(self.path / name, map_location=device, weights_only=True)

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import analysis
@@ -38,17 +39,40 @@ from errors import InputError, TrainingDiverged
 from methods import Method
 from metrics import average_precisions, ranked_average_precisions
 from models import autocast, build_image_model, predict
+from distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch, init_process_group,
+                         local_slice, world_from_environment)
 from run_folder import RunFolder
 
 
+DISTRIBUTED_TIMEOUT_S = 600  # a collective waiting longer means a lost process: fail, not hang
+
 # --- building blocks ----------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World = SINGLE_PROCESS) -> torch.device:
+    """--device; under torchrun each process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if name == "cuda" and world.size > 1:
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
+
+
+def check_world(config: Config, world: World, training: bool) -> None:
+    """What several processes need: a global batch that splits evenly, no single-process analysis."""
+    if world.size == 1 or not training:
+        return
+    for flag, batch_size in (("--batch_size", config.batch_size),
+                             ("--linear_batch_size", config.linear_batch_size)):
+        if batch_size % world.size:
+            raise InputError(f"{flag} {batch_size} is the global batch; it must split evenly over "
+                             f"the {world.size} processes (a multiple of {world.size})")
+    if config.pointing_game:
+        raise InputError("--pointing_game runs in one process only: drop it under torchrun")
+    if config.sync_bn and config.device == "cpu":
+        raise InputError("--sync_bn needs GPUs (SyncBatchNorm has no CPU implementation)")
 
 
 def image_model_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -84,6 +108,7 @@ class Run:
     loaders: dict
     method: Method
     folder: RunFolder
+    world: World = SINGLE_PROCESS
 
 
 @dataclass
@@ -133,23 +158,23 @@ class TrainState:
 # --- one epoch ----------------------------------------------------------------------------------
 
 def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.device,
-                    log_every: int) -> dict:
-    """One pass over the training batches. Returns train_loss, modified, seconds, images_per_s."""
+                    log_every: int, world: World = SINGLE_PROCESS) -> dict:
+    """One pass over the training batches. Returns train_loss, modified, seconds, images_per_s.
+    With several processes each forwards its shard and the method sees the global batch."""
     loader, tracker = phase.loaders["train"], phase.tracker
     if tracker is not None:
         tracker.begin_epoch(method.labels.observed)
     phase.forward.train()
-    loader.sampler.set_epoch(epoch)
+    loader.batch_sampler.set_epoch(epoch)
     loss_sum = torch.zeros((), device=device)
     modified_count = torch.zeros((), dtype=torch.long, device=device)
     num_steps = num_images = 0
     start = time.perf_counter()
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
     for step, (inputs, sample_ids) in enumerate(progress, start=1):
-        inputs = phase.preprocess(inputs.to(device, non_blocking=True), train=True)
-        sample_ids = sample_ids.to(device, non_blocking=True)
-        with autocast(device, phase.amp):
-            logits = phase.forward(inputs)
+        global_size = loader.batch_sampler.global_batch_size(step - 1)
+        logits, sample_ids = forward_global_batch(phase, inputs, sample_ids, global_size, device,
+                                                  world)
         output = method.loss(logits, sample_ids, epoch)
         phase.optimizer.zero_grad(set_to_none=True)
         phase.scaler.scale(output.loss).backward()
@@ -161,7 +186,7 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
         loss_sum += output.loss.detach()
         modified_count += output.modified.sum()
         num_steps += 1
-        num_images += len(sample_ids)
+        num_images += global_size
         if step % log_every == 0:  # one host sync every log_every steps
             check_finite(loss_sum, epoch, step)
             progress.set_postfix(loss=f"{loss_sum.item() / num_steps:.4f}")
@@ -173,6 +198,19 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
             "seconds": seconds, "images_per_s": num_images / seconds}
 
 
+def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, global_size: int,
+                         device: torch.device, world: World) -> tuple[Tensor, Tensor]:
+    """This process's shard through the model; the global batch's (m×L logits, m sample ids).
+    The random flips are drawn for the whole global batch, as one process draws them."""
+    draws = phase.preprocess.random_draws(global_size)
+    if draws is not None:
+        draws = local_slice(draws, global_size, world)
+    inputs = phase.preprocess(inputs.to(device, non_blocking=True), train=True, draws=draws)
+    with autocast(device, phase.amp):
+        logits = phase.forward(inputs)
+    return gather_global_batch(logits, sample_ids.to(device, non_blocking=True), global_size, world)
+
+
 def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss_sum):
         raise TrainingDiverged(f"the training loss became {loss_sum.item()} in epoch {epoch} "
@@ -180,10 +218,10 @@ def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
 
 
 def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, device: torch.device,
-             amp: str) -> dict:
+             amp: str, world: World = SINGLE_PROCESS) -> dict:
     """mAP (0–100) and per-class AP of `split`; the same function for val and test, images or
     features. With clean labels the vectorised AP (equal to scikit-learn's) is used."""
-    scores = predict(model, loader, preprocess, device, amp)
+    scores = predict(model, loader, preprocess, device, amp, world)
     targets, known = split.eval_targets()
     aps = (ranked_average_precisions(scores, targets) if known is None
            else average_precisions(scores, targets, known))
@@ -201,14 +239,15 @@ def train_phase(run: Run, phase: Phase, state: TrainState) -> bool:
     while state.epoch < phase.epochs:
         epoch = state.epoch + 1
         row = {"phase": phase.name, "epoch": epoch}
-        row.update(train_one_epoch(phase, run.method, epoch, run.device, run.config.log_every))
+        row.update(train_one_epoch(phase, run.method, epoch, run.device, run.config.log_every,
+                                   run.world))
         run.method.end_epoch(epoch, lambda: training_set_logits(run, phase))
         row["modified_fraction"] = row["modified"] / num_unobserved
         row["relabeled"] = run.method.num_relabeled
         if phase.tracker is not None:
             row.update(track_training_set(run, phase.tracker, epoch))
         row["val_map"] = evaluate(phase.model, run.data.val, phase.loaders["val"], phase.preprocess,
-                                  run.device, phase.amp)["map"]
+                                  run.device, phase.amp, run.world)["map"]
         record_epoch(run, phase, state, row)
         if phase.early_stop_drop > 0 and row["val_map"] < state.best_val_map - phase.early_stop_drop:
             print(f"early stop: val mAP {row['val_map']:.2f} is more than "
@@ -247,8 +286,9 @@ def training_state(run: Run, phase: Phase, state: TrainState) -> dict:
             "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
             "history": state.history,
             "tracker": None if phase.tracker is None else phase.tracker.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+            "rng": {"torch": torch.get_rng_state(),  # the same on every process
+                    "cuda": ([torch.cuda.get_rng_state(run.device)] if run.device.type == "cuda"
+                             else [])}}
 
 
 def restore_training_state(run: Run, phase: Phase, state: TrainState, saved: dict) -> None:
@@ -263,12 +303,13 @@ def restore_training_state(run: Run, phase: Phase, state: TrainState, saved: dic
     if phase.tracker is not None and saved.get("tracker") is not None:
         phase.tracker.load_state_dict(saved["tracker"])
     torch.set_rng_state(saved["rng"]["torch"])
-    if saved["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    if saved["rng"]["cuda"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state(saved["rng"]["cuda"][0], run.device)
 
 
 def load_best(run: Run, phase: Phase) -> dict:
     """Put the phase's best-val model and method state back; returns the checkpoint."""
+    barrier(run.world)  # rank 0 has written it
     best = run.folder.load_checkpoint(phase.best_file, run.device)
     phase.model.load_state_dict(best["model"])
     run.method.load_state_dict(best["method"])
@@ -289,10 +330,11 @@ def training_set_logits(run: Run, phase: Phase) -> Tensor:
     The CPU generator is restored afterwards (a loader pass draws a seed from it), so an extra pass
     leaves training unchanged."""
     if "train_eval" not in phase.loaders:  # images: built on first use
-        phase.loaders["train_eval"] = train_eval_loader(run.data, run.config, run.device)
+        phase.loaders["train_eval"] = train_eval_loader(run.data, run.config, run.device,
+                                                        run.world)
     with torch.random.fork_rng(devices=[]):
         logits = predict(phase.model, phase.loaders["train_eval"], phase.preprocess, run.device,
-                         phase.amp)
+                         phase.amp, run.world)
     return torch.from_numpy(logits).to(run.device)
 
 
@@ -302,7 +344,7 @@ def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int) 
     train = run.data.train
     with torch.random.fork_rng(devices=[]):  # a loader pass draws a seed from the CPU generator:
         logits = predict(run.model, run.loaders["train_eval"], run.preprocess, run.device,
-                         run.config.amp)  # restore it, so tracking leaves training unchanged
+                         run.config.amp, run.world)  # restore it: tracking leaves training unchanged
     metrics = analysis.training_set_metrics(logits, run.method.labels.observed.cpu().numpy(),
                                             train.true_labels)
     metrics.update(tracker.end_epoch(epoch))
@@ -313,31 +355,53 @@ def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int) 
 
 # --- building a run -----------------------------------------------------------------------------
 
-def start_run(config: Config, data: ExperimentData | None = None) -> Run:
+def start_run(config: Config, data: ExperimentData | None = None, training: bool = True) -> Run:
     """Data (unless given: e.g. features already in memory), model, loaders and method (shared by
-    fit and evaluate_checkpoint). Seeds torch."""
-    device = resolve_device(config.device)
-    linear = config.train_mode == "linear"
+    fit and evaluate_checkpoint). Joins the other processes under torchrun. Seeds torch."""
+    world = world_from_environment()
+    check_world(config, world, training)
+    device = resolve_device(config.device, world)
+    init_process_group(world, device, DISTRIBUTED_TIMEOUT_S)
     if data is None:
-        data = features.load_linear_data(config, device) if linear else load_image_data(config)
+        data = main_process_first(world, lambda: load_run_data(config, device))
     if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:
         config = dataclasses.replace(config, expected_num_pos=datasets.mean_label_count(data))
     torch.manual_seed(config.seed)
-    if linear:
+    if config.train_mode == "linear":
         model = features.new_linear_head(features.features_of(data.train).shape[1],
                                          data.num_classes, config.seed).to(device)
         preprocess = features.no_preprocess
-        loaders = features.feature_loaders(data, config.linear_batch_size, config.seed)
+        loaders = features.feature_loaders(data, config.linear_batch_size, config.seed, world)
     else:
         model = build_image_model(config.arch, config.weights, data.num_classes, device,
                                   config.channels_last, config.image_size)
+        if config.sync_bn and world.size > 1:  # BatchNorm statistics over the global batch
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
-        loaders = image_loaders(data, config, device)
+        loaders = image_loaders(data, config, device, world)
     method = methods.build(config.method, data.train.observed, data.train.true_labels,
                            device=device, delta_rel=config.delta_rel,
                            expected_num_pos=config.expected_num_pos, seed=config.seed,
                            estimator_lr_mult=config.head_lr_mult)
-    return Run(config, device, data, model, preprocess, loaders, method, RunFolder(config.out_dir))
+    return Run(config, device, data, model, preprocess, loaders, method,
+               RunFolder(config.out_dir, writes=world.is_main), world)
+
+
+def load_run_data(config: Config, device: torch.device) -> ExperimentData:
+    """Images, or (--train_mode linear) features from the cache, extracted when missing."""
+    if config.train_mode == "linear":
+        return features.load_linear_data(config, device)
+    return load_image_data(config)
+
+
+def main_process_first(world: World, load: Callable):
+    """load() on rank 0 first (it may extract and cache features), then on the others."""
+    if not world.is_main:
+        barrier(world)
+    result = load()
+    if world.is_main:
+        barrier(world)
+    return result
 
 
 def load_image_data(config: Config) -> ExperimentData:
@@ -351,21 +415,23 @@ def load_image_data(config: Config) -> ExperimentData:
         for name, split in (("train", data.train), ("val", data.val), ("test", data.test))})
 
 
-def image_loaders(data: ExperimentData, config: Config, device: torch.device) -> dict:
+def image_loaders(data: ExperimentData, config: Config, device: torch.device,
+                  world: World) -> dict:
     pin = device.type == "cuda"
     loaders = {name: datasets.make_loader(getattr(data, name).images,
                                           config.batch_size * (1 if name == "train" else 2),
-                                          name == "train", config.num_workers, config.seed, pin)
+                                          name == "train", config.num_workers, config.seed, pin,
+                                          world)
                for name in ("train", "val", "test")}
     if config.track_train:
-        loaders["train_eval"] = train_eval_loader(data, config, device)
+        loaders["train_eval"] = train_eval_loader(data, config, device, world)
     return loaders
 
 
-def train_eval_loader(data: ExperimentData, config: Config, device: torch.device):
+def train_eval_loader(data: ExperimentData, config: Config, device: torch.device, world: World):
     """The training set in order, evaluated without flip (SPEC §8)."""
     return datasets.make_loader(data.train.images, config.batch_size * 2, False,
-                                config.num_workers, config.seed, device.type == "cuda")
+                                config.num_workers, config.seed, device.type == "cuda", world)
 
 
 def write_run_header(run: Run) -> None:
@@ -384,14 +450,15 @@ def write_run_header(run: Run) -> None:
 def end_to_end_phase(run: Run) -> Phase:
     """The image model, all layers: backbone at --lr, head at head_lr_mult × --lr."""
     config, model = run.config, run.model
-    optimizer = build_optimizer(image_model_groups(model, config.lr, config.head_lr_mult), run.method, config.optimizer, config.lr, config.momentum,
+    optimizer = build_optimizer(image_model_groups(model, config.lr, config.head_lr_mult),
+                                run.method, config.optimizer, config.lr, config.momentum,
                                 config.weight_decay)
     tracker = None
     if config.track_train:
         num_images = config.track_images if run.method.modifies_entries else 0
         tracker = analysis.TrainingTracker(run.data.train.true_labels, run.data.train.observed,
                                            num_images, run.device)
-    return Phase("end_to_end", model, torch.compile(model) if config.compile else model,
+    return Phase("end_to_end", model, training_forward(model, run, config.compile),
                  run.loaders, run.preprocess, optimizer, config.epochs, amp=config.amp,
                  scaler=torch.amp.GradScaler(run.device.type, enabled=config.amp == "fp16"),
                  early_stop_drop=config.early_stop_drop, stop_after=config.stop_after,
@@ -404,10 +471,20 @@ def linear_phase(run: Run, head: nn.Linear, data: ExperimentData, best_file: str
     config = run.config
     optimizer = build_optimizer([{"params": list(head.parameters()), "lr": config.linear_lr}],
                                 run.method, "adam", config.linear_lr)
-    return Phase("linear", head, head, features.feature_loaders(data, config.linear_batch_size,
-                                                                config.seed),
+    loaders = features.feature_loaders(data, config.linear_batch_size, config.seed, run.world)
+    return Phase("linear", head, training_forward(head, run, compile_model=False), loaders,
                  features.no_preprocess, optimizer, config.linear_epochs, best_file=best_file,
                  save_last=False)
+
+
+def training_forward(model: nn.Module, run: Run, compile_model: bool) -> nn.Module:
+    """What the training step calls: the model, in DistributedDataParallel under torchrun (which
+    averages the gradients over the processes), compiled with --compile."""
+    forward = model
+    if run.world.size > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(forward) if compile_model else forward
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -453,8 +530,8 @@ def linear_init_phase(run: Run, state: TrainState) -> None:
     then the head and the method's state are those of the best-val epoch (linear_best.pt), and
     phase 2 trains end-to-end from there with its LL epoch count restarting at 1."""
     config, head = run.config, run.model.head
-    data = features.cached_feature_data(config, run.data, run.device,
-                                        lambda: (run.model, run.preprocess))
+    data = main_process_first(run.world, lambda: features.cached_feature_data(
+        config, run.data, run.device, lambda: (run.model, run.preprocess)))
     head.load_state_dict(features.new_linear_head(head.in_features, head.out_features,
                                                   config.seed).state_dict())
     phase = linear_phase(run, head, data, "linear_best.pt")
@@ -471,7 +548,7 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     config = run.config
     load_best(run, phase)
     test = evaluate(phase.model, run.data.test, phase.loaders["test"], phase.preprocess,
-                    run.device, phase.amp)
+                    run.device, phase.amp, run.world)
     results = {"status": "finished", "dataset": config.dataset, "method": config.method,
                "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
                "seed": config.seed, "train_mode": config.train_mode,
@@ -506,13 +583,17 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
                                  num_workers=num_workers, resume=None)
     if config.train_mode != "linear":  # the checkpoint holds every weight (a linear run's
         config = dataclasses.replace(config, weights="none")  # features depend on them)
-    run = start_run(config)
+    run = start_run(dataclasses.replace(config, out_dir=str(Path(checkpoint_path).parent)),
+                    training=False)
     run.model.load_state_dict(checkpoint["model"])
     test = evaluate(run.model, run.data.test, run.loaders["test"], run.preprocess, run.device,
-                    run.config.amp if config.train_mode != "linear" else "off")
+                    run.config.amp if config.train_mode != "linear" else "off", run.world)
     print(f"{checkpoint_path} ({'linear ' if config.train_mode == 'linear' else ''}epoch "
           f"{checkpoint['epoch']}): test mAP {test['map']:.2f}", flush=True)
-    return {"epoch": checkpoint["epoch"], "test_map": test["map"], "test_ap": test["ap"]}
+    results = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"],
+               "test_map": test["map"], "test_ap": test["ap"]}
+    run.folder.write_json(f"eval_{Path(checkpoint_path).stem}.json", results)
+    return results
 
 
 def resume_config(checkpoint_path: str, override: Config) -> Config:

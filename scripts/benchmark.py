@@ -231,10 +231,13 @@ class PreloadedBatches:
 
     def __init__(self, images: torch.Tensor, sample_ids: torch.Tensor, steps: int):
         self.batches = [(images, sample_ids)] * steps
-        self.sampler = self
+        self.batch_sampler = self  # the loader interface train_one_epoch uses
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+    def global_batch_size(self, step: int) -> int:
+        return len(self.batches[step][1])
 
     def __iter__(self):
         return iter(self.batches)

@@ -241,3 +241,10 @@ def test_the_readme_example_runs(capsys):
     assert [line.rsplit("modified ", 1)[1] for line in printed] == ["0", "3", "5"]
     assert int(namespace["stateless"].modified.sum()) == 3
     assert set(namespace["checkpoint"]["method"]) == {"store"}
+
+
+def test_every_module_is_installed():
+    """pyproject.toml lists every top-level module, so scripts import it from anywhere."""
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(\w+)"', text.split("py-modules = [", 1)[1].split("]", 1)[0]))
+    assert listed == {path.stem for path in REPO_ROOT.glob("*.py")}
