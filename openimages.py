@@ -40,6 +40,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -52,7 +53,7 @@ CONFIDENCE_LABEL = {"1": 1, "0": -1, "1.0": 1, "0.0": -1}  # verified present / 
 ANNOTATION_COLUMNS = ("ImageID", "LabelName", "Confidence")
 CLASS_NAMES_FILE = "class_names.txt"
 METADATA_FILE = "metadata.json"
-CHUNK_ROWS = 1 << 20  # annotation rows parsed between two vectorised look-ups of their images
+CHUNK_ROWS = 1 << 18  # rows (or names) parsed between two vectorised steps
 
 
 def labels_file(out_dir: Path, split: str) -> Path:
@@ -79,7 +80,8 @@ def read_trainable_classes(path: Path) -> list[str]:
 
 
 def read_class_descriptions(path: Path) -> dict[str, str]:
-    """MID → display name from class-descriptions.csv (no header; quoted names may hold commas)."""
+    """MID → display name from class-descriptions.csv (no header; a quoted name may hold a
+    comma)."""
     path = Path(path)
     _require(path)
     names = {}
@@ -111,25 +113,43 @@ def _header_columns(path: Path, header: list[str], required: tuple[str, ...]) ->
     return [header.index(column) for column in required]
 
 
+def _sorted_strings(strings: Iterable[str]) -> np.ndarray:
+    """A sorted unicode array of `strings`, built CHUNK_ROWS at a time: never a Python list of
+    millions of strings (~75 bytes each against the array's 4 per character)."""
+    chunks, chunk = [], []
+    for string in strings:
+        chunk.append(string)
+        if len(chunk) == CHUNK_ROWS:
+            chunks.append(np.asarray(chunk, dtype=str))
+            chunk.clear()
+    chunks.append(np.asarray(chunk, dtype=str))
+    array = np.concatenate(chunks)
+    array.sort()
+    return array
+
+
 def read_image_ids(path: Path) -> np.ndarray:
     """The ImageID column of images.csv: a sorted unicode array. A repeated ImageID is an error."""
     path = Path(path)
     _require(path)
-    ids = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        (id_column,) = _header_columns(path, next(reader, []), ("ImageID",))
+
+    def ids_in_file(reader, id_column: int):
         for cells in reader:
             if not cells:
                 continue
             if len(cells) <= id_column:
                 raise ValueError(f"{path}, line {reader.line_num}: {len(cells)} cell(s), the "
                                  f"ImageID column is missing")
-            ids.append(cells[id_column])
-    image_ids = np.sort(np.asarray(ids, dtype=str))
+            yield cells[id_column]
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        (id_column,) = _header_columns(path, next(reader, []), ("ImageID",))
+        image_ids = _sorted_strings(ids_in_file(reader, id_column))
     repeated = np.nonzero(image_ids[1:] == image_ids[:-1])[0]
     if len(repeated):
-        raise ValueError(f"{path}: ImageID {image_ids[repeated[0]]!r} is listed more than once")
+        raise ValueError(f"{path}: ImageID {str(image_ids[repeated[0]])!r} is listed more than "
+                         f"once")
     return image_ids
 
 
@@ -141,8 +161,7 @@ def list_image_files(folder: Path) -> np.ndarray:
         raise FileNotFoundError(f"image folder {folder} does not exist; images are read from "
                                 f"IMAGE_DIR/<split>/<ImageID>.jpg (pass --image_dir)")
     with os.scandir(folder) as entries:
-        ids = [entry.name[:-4] for entry in entries if entry.name.endswith(".jpg")]
-    return np.sort(np.asarray(ids, dtype=str))
+        return _sorted_strings(entry.name[:-4] for entry in entries if entry.name.endswith(".jpg"))
 
 
 def _sorted_lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

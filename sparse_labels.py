@@ -1,8 +1,8 @@
 """Sparse observed labels for many classes: a CSR file format, a long-CSV reader, and the
 training-set label store that holds only the labelled entries.
 
-Encoding (SPEC §1): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent from
-the CSR arrays is unobserved.
+Encoding (SPEC §1): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
+from the CSR arrays is unobserved.
 
 One split of N images and L classes with nnz labelled entries (`SparseLabels`):
     indptr       int64 (N+1,)  image i's entries are [indptr[i], indptr[i+1]); indptr[0] = 0,
@@ -124,7 +124,7 @@ def check_sparse_labels(labels: SparseLabels, source: str) -> None:
         bad = int(np.argmax((indices < 0) | (indices >= num_classes)))
         raise ValueError(f"{source}: class index {indices[bad]} (entry {bad}) outside "
                          f"[0, {num_classes})")
-    bad_values = ~np.isin(values, (-1, 1))
+    bad_values = (values != 1) & (values != -1)  # not np.isin: it sorts a copy of nnz entries
     if bad_values.any():
         bad = int(np.argmax(bad_values))
         raise ValueError(f"{source}: value {values[bad]} (entry {bad}) is not +1 or -1")
@@ -138,11 +138,11 @@ def check_sparse_labels(labels: SparseLabels, source: str) -> None:
                          f"classes out of order or twice (class {indices[entry]} after "
                          f"{indices[entry - 1]}); each image's classes must strictly increase")
     for key in ("image_ids", "class_names"):
-        names = getattr(labels, key)
-        unique, counts = np.unique(names, return_counts=True)
-        if len(unique) != len(names):
-            repeated = str(unique[np.argmax(counts > 1)])
-            raise ValueError(f"{source}: {key} holds {repeated!r} more than once")
+        names = np.sort(getattr(labels, key))
+        repeated = names[1:] == names[:-1]
+        if repeated.any():
+            raise ValueError(f"{source}: {key} holds {str(names[np.argmax(repeated)])!r} more "
+                             f"than once")
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -346,8 +346,8 @@ class SparseLabelStore:
 
     def __init__(self, indptr, indices, values, num_classes: int,
                  device: torch.device | str = "cpu", merge_size: int = 1 << 18):
-        """indptr N+1, indices nnz, values nnz (numpy arrays or tensors, validated beforehand by
-        `check_sparse_labels`); merge_size: see the class docstring."""
+        """indptr N+1, indices nnz, values nnz (numpy arrays or CPU tensors, validated
+        beforehand by `check_sparse_labels`); merge_size: see the class docstring."""
         self.device = torch.device(device)
         self.indptr = torch.as_tensor(np.asarray(indptr, dtype=np.int64)).to(self.device)
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int32)).to(self.device)
@@ -388,8 +388,9 @@ class SparseLabelStore:
         return self.num_images * self.num_classes - self.num_labelled - relabeled_unobserved
 
     def observed_counts(self) -> tuple[Tensor, Tensor]:
-        """(positives, negatives) given per class: two L-vectors of int64 on the CPU, relabels not
-        included (the class groups G1–G5 sort classes by positives + negatives of the train set)."""
+        """(positives, negatives) given per class: two L-vectors of int64 on the CPU, relabels
+        not included (class groups G1–G5 sort classes by positives + negatives of the train set).
+        """
         positive = self.values == 1
         classes = self.indices.long()
         return (torch.bincount(classes[positive], minlength=self.num_classes).cpu(),

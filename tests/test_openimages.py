@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import openimages
-from sparse_labels import load_sparse_labels
+from sparse_labels import check_sparse_labels, load_sparse_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,8 @@ TRAIN_ANNOTATIONS = (HEADER +
 TRAIN_IMAGES = ["img_d", "img_c", "img_b", "img_a", "img_e"]  # img_e: no human label at all
 TRAIN_ON_DISK = ["img_a", "img_b", "img_c", "img_e"]
 # validation and test: Confidence 1/0 as in train; their labelled entries are the eval mask
-EVAL_ANNOTATIONS = HEADER + "v1,verification,/m/car,0\nv1,verification,/m/cat,1\nv2,verification,/m/dog,1\n"
+EVAL_ANNOTATIONS = (HEADER + "v1,verification,/m/car,0\n" "v1,verification,/m/cat,1\n"
+                    "v2,verification,/m/dog,1\n")
 
 
 def write_tree(raw_dir: Path, image_dir: Path | None = None,
@@ -146,6 +147,13 @@ def test_missing_header_column_and_missing_files(tmp_path):
         openimages.prepare_split(tmp_path, "test", tmp_path / "images", TRAINABLE)
 
 
+def test_an_image_listed_twice_is_an_error(tmp_path):
+    write_tree(tmp_path)
+    (tmp_path / "test" / "images.csv").write_text("ImageID,Subset\nv1,test\nv2,test\nv1,test\n")
+    with pytest.raises(ValueError, match="test/images.csv: ImageID 'v1' is listed more than once"):
+        openimages.prepare_split(tmp_path, "test", tmp_path / "images", TRAINABLE)
+
+
 def test_class_files_errors(tmp_path):
     (tmp_path / "classes.txt").write_text("/m/a\n/m/b\n/m/a\n")
     with pytest.raises(ValueError, match="classes.txt, line 3: class '/m/a' listed twice"):
@@ -196,3 +204,22 @@ def test_script_refuses_options_that_do_not_apply(tmp_path, capsys, extra, messa
                             "--out_dir", str(tmp_path / "out"), *extra])
     assert error.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- scripts/benchmark_openimages.py
+
+def test_benchmark_generators_make_valid_labels_and_a_tree_prepare_split_reads(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_openimages", ROOT / "scripts" / "benchmark_openimages.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    args = benchmark.get_args_parser().parse_args(["--num_images", "50", "--num_classes", "40"])
+    labels = benchmark.generate_labels(args)
+    check_sparse_labels(labels, "generated")
+    assert labels.num_images == 50 and 0.8 * 5.7 * 50 < labels.num_labelled <= 5.7 * 50 * 1.3
+    num_rows = benchmark.write_v3_tree(tmp_path, 300, args)
+    _, report = openimages.prepare_split(tmp_path, "train", tmp_path / "images",
+                                         openimages.read_trainable_classes(
+                                             tmp_path / "classes-trainable.txt"))
+    assert report["rows_read"] == num_rows and report["images_missing_on_disk"] == 0
+    assert 0 < report["rows_not_trainable"] < num_rows / 3
