@@ -1,4 +1,4 @@
-"""metrics.py, partially labelled evaluation: masked AP, its two conventions, classes groups G1–G5."""
+"""metrics.py on partial labels: masked AP, its two conventions, the class groups G1–G5."""
 from __future__ import annotations
 
 import numpy as np

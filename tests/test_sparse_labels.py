@@ -1,4 +1,4 @@
-"""sparse_labels.py: the CSR split files, the long-CSV reader and the sparse training label store."""
+"""sparse_labels.py: the CSR split files, the long-CSV reader, the sparse training label store."""
 from __future__ import annotations
 
 import io
