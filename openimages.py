@@ -29,8 +29,9 @@ Images come out sorted by ImageID; each image's classes ascend. A malformed row 
 other than the header's, a Confidence other than 0 or 1) is an error naming the file and line.
 
 Memory: the annotation CSV is streamed; what is kept is 9 bytes per trainable row (an int64 key
-row·L + class and an int8 label) plus the image ids (~64 bytes each): ~0.45 GB for the 21M rows
-and 1.7M–3.7M images of V3 train.
+row·L + class and an int8 label) plus the image ids (64 bytes each as a unicode array). Measured on
+generated trees and extrapolated to the 21M rows of V3 train: ~0.8 GiB at the peak, ~1 minute on
+2 cores (docs/benchmarks.md).
 """
 from __future__ import annotations
 
