@@ -62,3 +62,144 @@ def ranked_average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.nda
     num_positives = hits.sum(axis=1)
     return np.where(num_positives > 0, (hits * precision).sum(axis=1) / np.maximum(num_positives, 1),
                     0.0)
+
+
+# --- partially labelled evaluation (OpenImages): AP over the labelled entries of each class ------
+#
+# Each class is ranked among its own labelled entries only (verified positives and verified
+# negatives); unlabelled entries take no part. A class is *measurable* when it has at least one
+# labelled positive and one labelled negative. Two conventions for the others exist, and both are
+# reported:
+#     map_all_classes  unmeasurable classes count as AP 0 in the mean over all L classes
+#                      (IMCL; the LL paper's OpenImages table)
+#     map_measured     unmeasurable classes are left out of the mean (CSL)
+
+def _entry_average_precisions(entry_scores: np.ndarray, entry_classes: np.ndarray,
+                              entry_positive: np.ndarray,
+                              num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class AP from a flat list of labelled entries, every class at once (one sort).
+
+    Args:
+        entry_scores: E float scores; entry_classes: E class indices; entry_positive: E bool.
+    Returns:
+        (aps, measurable): L float64 AP in [0, 1] (0 where not measurable), L bool.
+    Same maths as `ranked_average_precisions`: one threshold per distinct score within a class,
+    AP = Σ_thresholds (recall_t − recall_t−1) · precision_t.
+    """
+    entry_scores = np.asarray(entry_scores, dtype=np.float32)
+    entry_classes = np.asarray(entry_classes, dtype=np.int64)
+    order = np.lexsort((-entry_scores, entry_classes))  # by class, then score descending
+    classes, scores = entry_classes[order], entry_scores[order]
+    hits = np.asarray(entry_positive, dtype=bool)[order].astype(np.float64)
+    num_entries = len(classes)
+    num_positives = np.bincount(classes, weights=hits, minlength=num_classes)
+    num_labelled = np.bincount(classes, minlength=num_classes)
+    measurable = (num_positives > 0) & (num_positives < num_labelled)
+    if num_entries == 0:
+        return np.zeros(num_classes), measurable
+    class_start = np.concatenate([[0], np.cumsum(num_labelled)[:-1]])[classes]
+    true_positives = np.cumsum(hits)
+    true_positives -= np.concatenate([[0.0], true_positives])[class_start]  # restart per class
+    # the last entry of each run of tied scores within a class is a threshold; every entry takes
+    # the precision at the threshold that admits it
+    is_threshold = np.ones(num_entries, dtype=bool)
+    is_threshold[:-1] = (classes[:-1] != classes[1:]) | (scores[:-1] != scores[1:])
+    positions = np.arange(num_entries)
+    threshold_of = np.minimum.accumulate(np.where(is_threshold, positions, num_entries)[::-1])[::-1]
+    precision = true_positives[threshold_of] / (threshold_of - class_start + 1)
+    summed = np.bincount(classes, weights=hits * precision, minlength=num_classes)
+    aps = np.where(measurable, summed / np.maximum(num_positives, 1), 0.0)
+    return aps, measurable
+
+
+def masked_average_precisions(scores: np.ndarray, targets: np.ndarray,
+                              known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class AP over the known entries of each class (dense inputs).
+
+    Args:
+        scores: N×L float scores (cast to float32).
+        targets: N×L in {0, 1}.
+        known: N×L bool, the labelled entries (None: all).
+    Returns:
+        (aps, measurable): L float64 AP in [0, 1], equal to scikit-learn's
+        average_precision_score on the known entries of each measurable class, and 0 elsewhere;
+        L bool, True where a class has a known positive and a known negative.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    targets = np.asarray(targets)
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+    known = np.ones(scores.shape, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    rows, classes = np.nonzero(known)
+    return _entry_average_precisions(scores[rows, classes], classes, targets[rows, classes] == 1,
+                                     scores.shape[1])
+
+
+def sparse_masked_average_precisions(scores: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                                     values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`masked_average_precisions` from CSR labels, with no N×L mask (OpenImages test:
+    125k × 5000 scores, a few million labelled entries).
+
+    Args:
+        scores: N×L float scores (cast to float32).
+        indptr (N+1), indices (nnz), values (nnz, ±1): the evaluation split's labels in the CSR
+            form of sparse_labels.py.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if len(indptr) != scores.shape[0] + 1:
+        raise ValueError(f"scores have {scores.shape[0]} rows but indptr describes "
+                         f"{len(indptr) - 1} images")
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(indptr))
+    return _entry_average_precisions(scores[rows, indices], indices, np.asarray(values) == 1,
+                                     scores.shape[1])
+
+
+def masked_map_summary(aps: np.ndarray, measurable: np.ndarray) -> dict:
+    """Both conventions on the 0–100 scale, with the number of classes each one averages.
+
+    Returns:
+        {"map_all_classes": mean over all classes, unmeasurable = 0 (IMCL / the LL table),
+         "map_measured": mean over measurable classes only (CSL; NaN when there is none),
+         "num_classes": L, "num_measured": measurable classes}
+    """
+    aps, measurable = np.asarray(aps, dtype=np.float64), np.asarray(measurable, dtype=bool)
+    num_measured = int(measurable.sum())
+    return {"map_all_classes": 100.0 * float(np.where(measurable, aps, 0.0).mean())
+            if len(aps) else float("nan"),
+            "map_measured": 100.0 * float(aps[measurable].mean()) if num_measured else float("nan"),
+            "num_classes": len(aps), "num_measured": num_measured}
+
+
+def format_masked_map(summary: dict) -> str:
+    """One line naming both conventions, e.g. 'mAP 41.20 over all 5000 classes (unmeasurable =
+    0; IMCL, LL table) | 43.37 over 4750 measurable classes (CSL)'."""
+    return (f"mAP {summary['map_all_classes']:.2f} over all {summary['num_classes']} classes "
+            f"(unmeasurable = 0; IMCL, LL table) | {summary['map_measured']:.2f} over "
+            f"{summary['num_measured']} measurable classes (CSL)")
+
+
+def class_groups(train_label_counts: np.ndarray, num_groups: int = 5) -> list[np.ndarray]:
+    """Class groups G1…G<num_groups> of the OpenImages table: classes sorted by their number of
+    labelled training entries (positives + negatives), ascending, ties by class index, then cut
+    into `num_groups` consecutive groups of equal size. When L is not divisible, np.array_split
+    decides: the first L mod num_groups groups take one class more.
+
+    Returns: one int64 array of class indices per group, G1 (fewest labels) first.
+    """
+    train_label_counts = np.asarray(train_label_counts)
+    if train_label_counts.ndim != 1:
+        raise ValueError(f"train_label_counts must be an L-vector, got {train_label_counts.shape}")
+    if not 1 <= num_groups <= len(train_label_counts):
+        raise ValueError(f"num_groups must be in [1, L = {len(train_label_counts)}], got "
+                         f"{num_groups}")
+    order = np.argsort(train_label_counts, kind="stable")
+    return [group.astype(np.int64) for group in np.array_split(order, num_groups)]
+
+
+def grouped_map(aps: np.ndarray, measurable: np.ndarray, groups: list[np.ndarray]) -> dict:
+    """`masked_map_summary` for each group ("G1", "G2", …) and for all classes ("overall")."""
+    aps, measurable = np.asarray(aps), np.asarray(measurable, dtype=bool)
+    summaries = {f"G{number}": masked_map_summary(aps[group], measurable[group])
+                 for number, group in enumerate(groups, start=1)}
+    summaries["overall"] = masked_map_summary(aps, measurable)
+    return summaries

@@ -5,9 +5,13 @@ r"""Format an official dataset archive into a Cole folder (SPEC §2), or redraw 
         --num_pos 1 --num_neg 0 --seed 1200
     python scripts/prepare_data.py --dataset cub --obs_only --out_dir data/cub \
         --num_pos 1 --num_neg 1
+    python scripts/prepare_data.py --dataset openimages --raw_dir RAW --out_dir data/openimages \
+        --image_dir RAW/images
 
 Writes formatted_{train,val}_{images,labels,labels_obs}.npy, class_names.txt and, where the source
-has boxes (pascal, coco), formatted_{train,val}_boxes.json. data/README.md says where each archive
+has boxes (pascal, coco), formatted_{train,val}_boxes.json. OpenImages V3 has real partial labels
+and too many classes for N×L files: it gets {train,validation,test}_labels.npz (sparse_labels.py),
+class_names.txt and metadata.json instead (openimages.py). data/README.md says where each archive
 comes from and what layout RAW must have.
 """
 from __future__ import annotations
@@ -15,11 +19,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 import numpy as np
 
 import formats
+import openimages
 import prepare
+from sparse_labels import load_sparse_labels
+
+SPARSE_DATASETS = ("openimages",)  # real partial labels, written in the sparse format
 
 
 def non_negative_int(text: str) -> int:
@@ -33,7 +40,8 @@ def non_negative_int(text: str) -> int:
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line; see the module docstring for examples."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(prepare.FORMATTERS),
+    parser.add_argument("--dataset", required=True,
+                        choices=sorted([*prepare.FORMATTERS, *SPARSE_DATASETS]),
                         help="which official dataset to format")
     parser.add_argument("--raw_dir", type=Path,
                         help="folder holding the extracted official files (layout in "
@@ -50,6 +58,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=formats.SPLIT_SEED,
                         help="RandomState seed of the observed-label draw, fresh per phase "
                              "(paper: 1200)")
+    parser.add_argument("--image_dir", type=Path,
+                        help="openimages only: the folder holding {train,validation,test}/"
+                             "<ImageID>.jpg (default: RAW/images); labelled images missing there "
+                             "are dropped and counted")
     return parser
 
 
@@ -77,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     """Format (or with --obs_only redraw the observed labels), write, check, summarise."""
     args = get_args_parser().parse_args(argv)
     out_dir = args.out_dir or Path("data") / args.dataset
+    if args.dataset in SPARSE_DATASETS:
+        return prepare_sparse(args, out_dir)
+    if args.image_dir is not None:
+        get_args_parser().error("--image_dir applies to --dataset openimages only")
     if args.obs_only:
         true_labels = {phase: formats.load_true_labels(out_dir, phase) for phase in formats.PHASES}
         observed = prepare.write_observed_labels(out_dir, true_labels, args.num_pos, args.num_neg,
@@ -96,6 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     if not image_dir.is_dir():
         print(f"note: the trainer reads images from {image_dir}, which does not exist yet "
               f"(see data/README.md)")
+    return 0
+
+
+def prepare_sparse(args: argparse.Namespace, out_dir: Path) -> int:
+    """OpenImages: real partial labels, so no observed-label draw (--num_pos, --num_neg and --seed
+    do not apply). Write, read back with the loader's checks, report."""
+    if args.obs_only:
+        get_args_parser().error(f"--obs_only does not apply to {args.dataset}: its observed "
+                                f"labels are the real partial labels")
+    if args.raw_dir is None:
+        get_args_parser().error("--raw_dir is required")
+    report = openimages.prepare_openimages(args.raw_dir, out_dir, args.image_dir)
+    for split in report["splits"]:
+        load_sparse_labels(openimages.labels_file(out_dir, split))
+    print(openimages.format_report(report))
+    print(f"files in {out_dir}: "
+          f"{', '.join(openimages.labels_file(out_dir, split).name for split in report['splits'])}"
+          f", {openimages.CLASS_NAMES_FILE}, {openimages.METADATA_FILE}")
     return 0
 
 

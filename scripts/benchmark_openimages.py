@@ -1,0 +1,359 @@
+"""OpenImages-scale label benchmark: memory and speed of the sparse label state, and the throughput
+of the V3 CSV preparation, on generated data.
+
+    python scripts/benchmark_openimages.py                      # full scale, CPU: ~10 minutes
+    python scripts/benchmark_openimages.py --num_images 100000 --csv_rows 200000   # a quick run
+
+1. Labels of full scale are generated (default 3.7M images × 5000 classes, 5.7 labelled entries per
+   image of which 2.7 positive: ~21M entries; class frequencies skewed as in OpenImages), saved as
+   a sparse .npz (sparse_labels.py), then loaded by a fresh process that builds the training label
+   state (`SparseLabelStore`) and times it. The label state's RAM is that process's resident-set
+   growth over its baseline after the imports: the peak (VmHWM, reset through
+   /proc/self/clear_refs where the kernel allows) and what stays.
+2. `rows` (a batch of B dense label rows) and `apply_relabel` are timed with no relabels, after
+   LL-Cp-like steps (k relabels per batch), and with a large settled relabel set.
+3. The V3 preparation (`openimages.prepare_split`) runs on generated trees in the official layout
+   (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real file; 15 % of
+   them of classes that are not trainable; one empty .jpg per image), each in a fresh process.
+   rows/s of the larger run and the peak RAM growth are extrapolated linearly to the 21M rows of
+   V3 train (the memory along the line through the two runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+import numpy as np
+import torch
+
+import openimages
+from sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
+                           save_sparse_labels)
+
+V3_TRAIN_ROWS = 21_000_000  # annotation rows of V3 train, for the extrapolation
+GIB = 1 << 30
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_images", type=int, default=3_700_000, help="default: 3.7M")
+    parser.add_argument("--num_classes", type=int, default=5000, help="default: 5000")
+    parser.add_argument("--entries_per_image", type=float, default=5.7,
+                        help="mean labelled entries per image (default 5.7: ~21M for 3.7M images)")
+    parser.add_argument("--positives_per_image", type=float, default=2.7, help="default: 2.7")
+    parser.add_argument("--batch_size", type=int, default=16, help="rows per batch (default 16)")
+    parser.add_argument("--relabels_per_batch", type=int, default=160,
+                        help="LL-Cp relabels per batch in the relabel timing (default 160 = "
+                             "0.2 %% of 16 × 5000 entries)")
+    parser.add_argument("--settled_relabels", type=int, default=5_000_000,
+                        help="size of the large relabel set timed last (default 5M)")
+    parser.add_argument("--csv_rows", type=int, default=3_000_000,
+                        help="annotation rows of the larger generated V3 tree (default 3M; 0 "
+                             "skips the preparation benchmark)")
+    parser.add_argument("--device", default="cpu", help="where the label state lives (default cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--work_dir", type=Path,
+                        help="scratch folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", choices=("store", "csv"), help=argparse.SUPPRESS)
+    parser.add_argument("--child_path", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+# --- memory of this process ---------------------------------------------------------------------
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Set VmHWM back to the current RSS (Linux ≥ 4.0); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return status_kib("VmHWM") <= status_kib("VmRSS") + 1024
+
+
+class RssMeter:
+    """Resident-set growth from the moment it is made: now, and the peak."""
+
+    def __init__(self):
+        self.peak_was_reset = reset_peak_rss()
+        self.baseline = status_kib("VmRSS")
+
+    def growth_gib(self) -> float:
+        return (status_kib("VmRSS") - self.baseline) / (1 << 20)
+
+    def peak_growth_gib(self) -> float:
+        return (status_kib("VmHWM") - self.baseline) / (1 << 20)
+
+
+# --- generated data -----------------------------------------------------------------------------
+
+def class_probabilities(num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Skewed class frequencies (Zipf-like, exponent 1, in a random class order), as in
+    OpenImages where a few classes have most labels."""
+    weights = 1.0 / (np.arange(num_classes) + 10.0)
+    return rng.permutation(weights / weights.sum())
+
+
+def generate_labels(args: argparse.Namespace) -> SparseLabels:
+    """Random CSR labels of the requested size: row lengths 1 + Poisson, classes drawn with skew
+    and made unique within a row, each entry positive with p = positives / entries."""
+    rng = np.random.default_rng(args.seed)
+    lengths = 1 + rng.poisson(args.entries_per_image - 1, size=args.num_images)
+    rows = np.repeat(np.arange(args.num_images, dtype=np.int64), lengths)
+    classes = rng.choice(args.num_classes, size=len(rows),
+                         p=class_probabilities(args.num_classes, rng))
+    keys = np.unique(rows * args.num_classes + classes)  # sorted; drops repeats within a row
+    del rows, classes
+    indptr = np.zeros(args.num_images + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // args.num_classes, minlength=args.num_images), out=indptr[1:])
+    positive = rng.random(len(keys)) < args.positives_per_image / args.entries_per_image
+    image_ids = np.array([f"{number:016x}" for number in
+                          rng.integers(0, 1 << 62, size=args.num_images)])
+    return SparseLabels(indptr, (keys % args.num_classes).astype(np.int32),
+                        np.where(positive, 1, -1).astype(np.int8), np.unique(image_ids),
+                        np.array([f"/m/{number:05d}" for number in range(args.num_classes)]))
+
+
+def write_v3_tree(raw_dir: Path, num_rows: int, args: argparse.Namespace) -> int:
+    """classes-trainable.txt, class-descriptions.csv and train/{images,annotations-human}.csv with
+    about `num_rows` annotation rows, plus an empty .jpg per image. Returns the row count."""
+    rng = np.random.default_rng(args.seed + num_rows)
+    num_images = max(1, round(num_rows / args.entries_per_image))
+    trainable = [f"/m/{number:05d}" for number in range(args.num_classes)]
+    other = [f"/m/x{number:05d}" for number in range(2 * args.num_classes)]
+    (raw_dir / "train").mkdir(parents=True)
+    (raw_dir / "classes-trainable.txt").write_text("\n".join(trainable) + "\n")
+    (raw_dir / "class-descriptions.csv").write_text(
+        "".join(f'{mid},"Class {mid}, described"\n' for mid in trainable + other))
+    image_ids = np.unique([f"{number:016x}" for number in rng.integers(0, 1 << 62, num_images)])
+    lengths = 1 + rng.poisson(args.entries_per_image - 1, size=len(image_ids))
+    probabilities = class_probabilities(args.num_classes, rng)
+    with open(raw_dir / "train" / "images.csv", "w") as handle:
+        handle.write("ImageID,Subset,OriginalURL\n")
+        handle.writelines(f"{image},train,https://example.org/{image}.jpg\n" for image in image_ids)
+    num_rows = 0
+    with open(raw_dir / "train" / "annotations-human.csv", "w") as handle:
+        handle.write("ImageID,Source,LabelName,Confidence\n")
+        for start in range(0, len(image_ids), 100_000):
+            block = slice(start, start + 100_000)
+            rows = np.repeat(np.arange(start, start + len(image_ids[block])), lengths[block])
+            classes = rng.choice(args.num_classes, size=len(rows), p=probabilities)
+            not_trainable = rng.random(len(rows)) < 0.15
+            confidences = (rng.random(len(rows)) < args.positives_per_image
+                           / args.entries_per_image).astype(int)
+            handle.writelines(
+                f"{image_ids[row]},verification,"
+                f"{other[label] if skip else trainable[label]},{confidence}\n"
+                for row, label, skip, confidence in zip(rows, classes, not_trainable, confidences))
+            num_rows += len(rows)
+    image_dir = raw_dir / "images" / "train"
+    image_dir.mkdir(parents=True)
+    for image in image_ids:
+        (image_dir / f"{image}.jpg").touch()
+    return num_rows
+
+
+# --- the measurements (each in a fresh process: `--child`) --------------------------------------
+
+def median_seconds(function, repeats: int) -> float:
+    """Median wall time of `function()` over `repeats` calls, after 5 untimed ones."""
+    for _ in range(5):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_relabels(store: SparseLabelStore, sample_ids: torch.Tensor, count: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """B×L bool: `count` random unobserved entries of the batch (what LL-Cp hands over)."""
+    batch_size, num_classes = len(sample_ids), store.num_classes
+    relabel = torch.zeros(batch_size * num_classes, dtype=torch.bool)
+    relabel[torch.randperm(batch_size * num_classes, generator=generator)[:count]] = True
+    return relabel.view(batch_size, num_classes).to(store.device) & (store.rows(sample_ids) == 0)
+
+
+def measure_store(npz: Path, args: argparse.Namespace) -> dict:
+    """Load the labels, build the store, time rows and apply_relabel; RSS growth throughout."""
+    meter = RssMeter()
+    result = {"peak_rss_reset": meter.peak_was_reset}
+    start = time.perf_counter()
+    labels = load_sparse_labels(npz)
+    result["load_seconds"] = time.perf_counter() - start
+    result["loaded_gib"] = meter.growth_gib()
+    start = time.perf_counter()
+    store = SparseLabelStore.from_labels(labels, args.device)
+    result["build_seconds"] = time.perf_counter() - start
+    result["built_gib"], result["peak_built_gib"] = meter.growth_gib(), meter.peak_growth_gib()
+    result["store_tensor_bytes"] = sum(t.numel() * t.element_size()
+                                       for t in (store.indptr, store.indices, store.values))
+    result.update(num_images=store.num_images, num_classes=store.num_classes,
+                  num_labelled=store.num_labelled, num_unobserved=store.num_unobserved,
+                  max_row_length=store._max_row_length)
+    generator = torch.Generator().manual_seed(args.seed)
+    batches = [torch.randint(0, store.num_images, (args.batch_size,), generator=generator)
+               for _ in range(64)]
+    cycle = iter(range(1 << 40))
+    result["rows_ms"] = 1e3 * median_seconds(lambda: store.rows(batches[next(cycle) % 64]), 500)
+    steps = 300
+    relabel_times = []
+    for _ in range(steps):  # LL-Cp-like: each step relabels k unobserved entries of its batch
+        sample_ids = torch.randperm(store.num_images, generator=generator)[:args.batch_size]
+        relabel = random_relabels(store, sample_ids, args.relabels_per_batch, generator)
+        start = time.perf_counter()
+        store.apply_relabel(sample_ids, relabel)
+        relabel_times.append(time.perf_counter() - start)
+    result["apply_relabel_ms"] = 1e3 * statistics.median(relabel_times)
+    result["relabeled_after_steps"] = store.num_relabeled
+    result["rows_with_recent_relabels_ms"] = 1e3 * median_seconds(
+        lambda: store.rows(batches[next(cycle) % 64]), 500)
+    keys = torch.unique(torch.randint(0, store.num_images * store.num_classes,
+                                      (args.settled_relabels,), generator=generator))
+    state = store.state_dict()
+    state.update(relabeled=keys, relabeled_negatives=torch.tensor(0))
+    store.load_state_dict(state)  # a late-training state: a large settled relabel set
+    result["settled_relabels"] = store.num_relabeled
+    result["rows_with_settled_relabels_ms"] = 1e3 * median_seconds(
+        lambda: store.rows(batches[next(cycle) % 64]), 500)
+    relabel_times = []
+    for _ in range(100):
+        sample_ids = torch.randperm(store.num_images, generator=generator)[:args.batch_size]
+        relabel = random_relabels(store, sample_ids, args.relabels_per_batch, generator)
+        start = time.perf_counter()
+        store.apply_relabel(sample_ids, relabel)
+        relabel_times.append(time.perf_counter() - start)
+    result["apply_relabel_settled_ms"] = 1e3 * statistics.median(relabel_times)
+    result["final_gib"] = meter.growth_gib()
+    result["peak_gib"] = meter.peak_growth_gib()
+    return result
+
+
+def measure_csv(raw_dir: Path, args: argparse.Namespace) -> dict:
+    """openimages.prepare_split on the generated tree: seconds, rows/s, peak RSS growth."""
+    meter = RssMeter()
+    class_mids = openimages.read_trainable_classes(raw_dir / "classes-trainable.txt")
+    start = time.perf_counter()
+    labels, report = openimages.prepare_split(raw_dir, "train", raw_dir / "images", class_mids)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    save_sparse_labels(raw_dir / "train_labels.npz", labels)
+    return {"seconds": seconds, "save_seconds": time.perf_counter() - start,
+            "rows_per_s": report["rows_read"] / seconds, "report": report,
+            "peak_gib": meter.peak_growth_gib(), "peak_rss_reset": meter.peak_was_reset}
+
+
+def run_child(mode: str, path: Path, args: argparse.Namespace) -> dict:
+    """This script in a fresh process (clean memory figures) on `path` (the .npz for "store",
+    the RAW folder for "csv"); returns its JSON result."""
+    command = [sys.executable, __file__, "--child", mode, "--child_path", str(path),
+               *[f"--{name}={value}" for name, value in vars(args).items()
+                 if name not in ("child", "child_path", "work_dir") and value is not None]]
+    completed = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def machine_line(args: argparse.Namespace) -> str:
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch "
+            f"{torch.__version__} ({args.threads} thread), numpy {np.__version__}, python "
+            f"{platform.python_version()}, device {args.device}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        measure = measure_store if args.child == "store" else measure_csv
+        print(json.dumps(measure(args.child_path, args)))
+        return 0
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="benchmark_openimages_"))
+    try:
+        print(machine_line(args))
+        start = time.perf_counter()
+        labels = generate_labels(args)
+        save_sparse_labels(work_dir / "labels.npz", labels)
+        per_image = labels.num_labelled / labels.num_images
+        print(f"generated {labels.num_images} images × {labels.num_classes} classes, "
+              f"{labels.num_labelled} labelled entries ({per_image:.2f} per image, "
+              f"{(labels.values == 1).sum() / labels.num_images:.2f} positive), "
+              f"{(work_dir / 'labels.npz').stat().st_size / 1e6:.0f} MB on disk, in "
+              f"{time.perf_counter() - start:.0f} s")
+        dense_gib = labels.num_images * labels.num_classes / GIB
+        del labels
+        store = run_child("store", work_dir / "labels.npz", args)
+        print(f"label state (RSS growth; peak reset: {store['peak_rss_reset']}): loaded and "
+              f"checked in {store['load_seconds']:.1f} s, store built in "
+              f"{store['build_seconds']:.2f} s: {store['built_gib']:.2f} GiB held (CSR + image "
+              f"ids; store tensors {store['store_tensor_bytes'] / 1e6:.0f} MB), peak "
+              f"{store['peak_built_gib']:.2f} GiB; after the relabel timings "
+              f"{store['final_gib']:.2f} GiB held, peak {store['peak_gib']:.2f} GiB; dense int8 "
+              f"would be {dense_gib:.1f} GiB")
+        print(f"rows (B={args.batch_size}, longest image {store['max_row_length']} entries): "
+              f"{store['rows_ms']:.3f} ms; apply_relabel ({args.relabels_per_batch} per batch): "
+              f"{store['apply_relabel_ms']:.3f} ms; rows after {store['relabeled_after_steps']} "
+              f"relabels: {store['rows_with_recent_relabels_ms']:.3f} ms; with "
+              f"{store['settled_relabels']} settled relabels: rows "
+              f"{store['rows_with_settled_relabels_ms']:.3f} ms, apply_relabel "
+              f"{store['apply_relabel_settled_ms']:.3f} ms (medians)")
+        if args.csv_rows == 0:
+            return 0
+        runs = []
+        for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
+            start = time.perf_counter()
+            raw_dir = work_dir / f"raw_{num_rows}"
+            write_v3_tree(raw_dir, num_rows, args)
+            generation_seconds = time.perf_counter() - start
+            runs.append(run_child("csv", raw_dir, args))
+            report = runs[-1]["report"]
+            print(f"prepare_split on a generated V3 tree ({generation_seconds:.0f} s to write): "
+                  f"{report['rows_read']} rows, {report['images_listed']} images in "
+                  f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
+                  f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
+                  f"{report['entries_kept']} entries kept; peak RSS growth "
+                  f"{runs[-1]['peak_gib']:.2f} GiB")
+            shutil.rmtree(raw_dir)
+        (small, large) = runs
+        rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
+        per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
+        extrapolated = large["peak_gib"] + per_row * (V3_TRAIN_ROWS - rows_large)
+        print(f"extrapolated to {V3_TRAIN_ROWS / 1e6:.0f}M rows (V3 train; images in proportion): "
+              f"{V3_TRAIN_ROWS / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
+              f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
+              f"{per_row * GIB:.0f} bytes per row)")
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
