@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "scheme)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits), any timm "
+    model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits; small_cnn_gn: "
+                                      "with GroupNorm, batch-split independent), any timm "
                                       "model name, tagged too (vit_tiny_patch16_224, "
                                       "convnext_atto.d2_in1k), or any torchvision classification "
                                       "model (mobilenet_v3_small; torchvision:NAME where timm has "

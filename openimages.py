@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 import atomic
-from sparse_labels import SparseLabels, save_sparse_labels
+from sparse_labels import SparseLabels, read_class_names, save_sparse_labels
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ROLES = {"train": "supervision", "validation": "model selection", "test": "test"}
@@ -64,21 +64,8 @@ def labels_file(out_dir: Path, split: str) -> Path:
 
 def read_trainable_classes(path: Path) -> list[str]:
     """The MIDs of classes-trainable.txt in file order (the model's column order)."""
-    path = Path(path)
-    _require(path)
-    mids, first_line_of = [], {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        mid = line.strip()
-        if not mid:
-            continue
-        if mid in first_line_of:
-            raise ValueError(f"{path}, line {line_number}: class {mid!r} listed twice (first on "
-                             f"line {first_line_of[mid]})")
-        first_line_of[mid] = line_number
-        mids.append(mid)
-    if not mids:
-        raise ValueError(f"{path} lists no class")
-    return mids
+    _require(Path(path))
+    return read_class_names(path)
 
 
 def read_class_descriptions(path: Path) -> dict[str, str]:

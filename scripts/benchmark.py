@@ -18,6 +18,13 @@ sample photos), with the same model, batch size, image size and number of loader
                                                  # bf16, channels_last
     python scripts/benchmark.py --device cuda --compile --cache_images
     python scripts/benchmark.py --device cpu --num_images 32 --image_size 64 --steps 2 --repeats 1
+    python scripts/benchmark.py --device cuda --nproc 1 2 4 8   # scaling over processes (torchrun)
+
+With --nproc the script measures instead how training scales over processes: for each count N it
+runs `torchrun --standalone --nproc_per_node=N main.py` on the digits set (generated in memory,
+resized to --image_size, --num_images images) with a global batch of N × --batch_size (the batch
+per process fixed), 2 epochs, and reports the second epoch's images/s, the speed-up over the first
+count and the efficiency (speed-up / N).
 
 Every figure is images/s over whole passes of the image set (epochs): one untimed warm-up pass,
 then the median of --repeats timed passes, the reference and fast passes alternating so that a
@@ -31,9 +38,12 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -102,6 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "threads on two busy cores made DevicePreprocess 7x slower (40 vs 6 ms "
                              "a batch) and the loss 30x slower, waiting for descheduled threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nproc", type=int, nargs="+", metavar="N",
+                        help="measure the scaling of training over these process counts instead")
     return parser
 
 
@@ -450,8 +462,42 @@ def report(args: argparse.Namespace, results: dict, num_images: int, loads: tupl
     return lines
 
 
+def scaling(args: argparse.Namespace) -> int:
+    """--nproc: images/s of torchrun training runs with 1 … N processes (see the docstring)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        for processes in args.nproc:
+            out_dir = Path(args.work_dir or temporary) / f"nproc{processes}"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc_per_node={processes}", str(Path(__file__).parents[1] / "main.py"),
+                       "--dataset", "digits", "--digits_train_size", str(args.num_images),
+                       "--arch", args.arch, "--weights", "none", "--image_size",
+                       str(args.image_size), "--batch_size", str(args.batch_size * processes),
+                       "--epochs", "2", "--device", args.device, "--num_workers", "0",
+                       "--amp", args.amp, "--seed", str(args.seed), "--out_dir", str(out_dir)]
+            if args.channels_last:
+                command.append("--channels_last")
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                return done.returncode
+            last = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
+            rows.append((processes, args.batch_size * processes, last["images_per_s"]))
+    base = rows[0][2] / rows[0][0]
+    print(f"device {args.device}: {device_description(torch.device(args.device))}; {args.arch}, "
+          f"{args.image_size} px, {args.batch_size} images per process, {args.num_images} images")
+    print("| processes | global batch | images/s | speed-up | efficiency |\n|---|---|---|---|---|")
+    for processes, batch, speed in rows:
+        speed_up = speed / (base * rows[0][0])
+        print(f"| {processes} | {batch} | {speed:.0f} | {speed_up:.2f}x | "
+              f"{100 * speed_up * rows[0][0] / processes:.0f} % |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = resolve_defaults(get_args_parser().parse_args(argv))
+    if args.nproc:
+        return scaling(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     start_load = os.getloadavg()[0]

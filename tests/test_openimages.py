@@ -156,7 +156,7 @@ def test_an_image_listed_twice_is_an_error(tmp_path):
 
 def test_class_files_errors(tmp_path):
     (tmp_path / "classes.txt").write_text("/m/a\n/m/b\n/m/a\n")
-    with pytest.raises(ValueError, match="classes.txt, line 3: class '/m/a' listed twice"):
+    with pytest.raises(ValueError, match="classes.txt, line 3: duplicate class '/m/a'"):
         openimages.read_trainable_classes(tmp_path / "classes.txt")
     (tmp_path / "descriptions.csv").write_text('/m/a,"A, b"\n/m/b,B,extra\n')
     with pytest.raises(ValueError, match="descriptions.csv, line 2: 3 cell\\(s\\), expected 2"):

@@ -149,3 +149,16 @@ def test_benchmark_runs_end_to_end(tmp_path):
     assert lines[-1].startswith("summary: train "), lines[-1]
     assert "LL overhead" in lines[-1] and "loader" in lines[-1]
     assert len(list((tmp_path / "benchmark_jpegs").glob("*.jpg"))) == 32
+
+
+def test_benchmark_scaling_mode_reports_a_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--device", "cpu", "--nproc", "1", "--num_images", "16",
+         "--image_size", "32", "--work_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3] == "| processes | global batch | images/s | speed-up | efficiency |"
+    assert lines[-1].startswith("| 1 | 16 | ") and lines[-1].endswith("| 1.00x | 100 % |")
+    assert len((tmp_path / "nproc1" / "metrics.jsonl").read_text().splitlines()) == 2
