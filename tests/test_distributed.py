@@ -23,7 +23,7 @@ TINY_DDP = ["--dataset", "digits", "--digits_train_size", "37", "--epochs", "3",
             "--arch", "small_cnn_gn",
             "--num_workers", "0", "--batch_size", "16", "--seed", "4"]
 METHOD_FLAGS = {"LL-R": ["--mod_scheme", "LL-R", "--delta_rel", "3"],
-                "LL-Ct": ["--mod_scheme", "LL-Ct", "--delta_rel", "3"],
+                "LL-Ct": ["--mod_scheme", "LL-Ct", "--delta_rel", "3", "--track_train"],
                 "LL-Cp": ["--mod_scheme", "LL-Cp", "--delta_rel", "3"],
                 "role": ["--loss", "role"]}
 
@@ -102,6 +102,11 @@ def test_two_processes_train_what_one_process_trains(tmp_path, method):
         assert row_two["val_map"] == pytest.approx(row_one["val_map"], abs=0.05)
     if method != "LL-R":
         assert any(row["modified"] for row in one) or method == "role"
+    if method == "LL-Ct":  # --track_train's sharded pass over the training set, gathered
+        for row_one, row_two in zip(one, two):
+            assert row_two["modification_precision"] == row_one["modification_precision"]
+            for key in ("loss_false_neg", "train_map_clean", "batch_loss_true_neg"):
+                assert row_two[key] == pytest.approx(row_one[key], abs=1e-5), key
     method_one = last_checkpoint(tmp_path / "one")["method"]
     method_two = last_checkpoint(tmp_path / "two")["method"]
     assert torch.equal(method_two["store"]["observed"], method_one["store"]["observed"])
