@@ -9,6 +9,7 @@ InputError naming the file, also when a worker read it (`ImageLoader`).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,11 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 import formats
+import openimages
 from distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
 from errors import InputError
 from formats import LabelledSplit
+from sparse_labels import SparseLabels, SparseLabelStore, load_sparse_labels
 
 @dataclass(frozen=True)
 class Split:
@@ -31,20 +34,26 @@ class Split:
 
     images: a Dataset yielding (uint8 3×S×S tensor, sample index).
     observed: N×L int8 in {-1, 0, +1}; training supervision, or the known entries of an
-        evaluation split that has no clean labels.
+        evaluation split that has no clean labels. None when the labels are `sparse`.
     true_labels: N×L uint8 in {0, 1}, or None when unknown.
     boxes: per row a list of (class_index, x0, y0, x1, y1) in [0, 1] image coordinates, or None.
+    sparse: the observed labels in CSR form instead of `observed`, for label sets too large for an
+        N×L matrix (OpenImages V3); evaluated over each class's labelled entries only.
+    train_label_counts: with `sparse`, the L labelled training entries per class (positives +
+        negatives), by which the sparse evaluation groups the classes into G1–G5.
     """
     images: Dataset
-    observed: np.ndarray
+    observed: np.ndarray | None
     true_labels: np.ndarray | None
     boxes: list | None = None
+    sparse: SparseLabels | None = None
+    train_label_counts: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.observed)
+        return self.sparse.num_images if self.observed is None else len(self.observed)
 
     def eval_targets(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(targets N×L in {0,1}, known-mask N×L bool or None) for the metric."""
+        """(targets N×L in {0,1}, known-mask N×L bool or None) for the metric (dense splits)."""
         if self.true_labels is not None:
             return self.true_labels, None
         return (self.observed == 1).astype(np.uint8), self.observed != 0
@@ -280,6 +289,63 @@ def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -
                           class_names=class_names, notes=notes)
 
 
+def load_openimages_data(data_root: Path, image_dir: Path | None,
+                         image_size: int) -> ExperimentData:
+    """OpenImages V3 as `scripts/prepare_data.py --dataset openimages` writes it (openimages.py):
+    train = supervision, validation = model selection, test = test, every split with real partial
+    labels (±1 verified, everything else unknown) held sparse in `Split.sparse` (no N×L matrix).
+    Images are IMAGE_DIR/<split>/<ImageID>.jpg; IMAGE_DIR is --image_dir, else the one recorded in
+    metadata.json at preparation, else DATA_ROOT/images."""
+    if not data_root.is_dir():
+        raise InputError(f"dataset folder {data_root} does not exist; prepare it with `python "
+                         f"scripts/prepare_data.py --dataset openimages --raw_dir RAW --out_dir "
+                         f"{data_root}` (see data/README.md)")
+    try:
+        labels = {split: load_sparse_labels(openimages.labels_file(data_root, split))
+                  for split in openimages.SPLITS}
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    class_mids = labels["train"].class_names
+    for split, split_labels in labels.items():
+        if not np.array_equal(split_labels.class_names, class_mids):
+            raise InputError(f"{openimages.labels_file(data_root, split)} lists other classes than "
+                             f"train_labels.npz; prepare the folder again in one run")
+    image_dir = image_dir or openimages_image_dir(data_root)
+    positives, negatives = labels["train"].labelled_per_class()
+
+    def split_of(split: str) -> Split:
+        images = ImageFileDataset(image_dir / split, [f"{image_id}.jpg" for image_id in
+                                                      labels[split].image_ids.tolist()], image_size)
+        return Split(images, None, None, sparse=labels[split],
+                     train_label_counts=positives + negatives)
+
+    names_file = data_root / openimages.CLASS_NAMES_FILE
+    class_names = (names_file.read_text(encoding="utf-8").splitlines() if names_file.is_file()
+                   else class_mids.tolist())
+    if len(class_names) != len(class_mids):
+        raise InputError(f"{names_file} has {len(class_names)} lines for {len(class_mids)} classes")
+    return ExperimentData(train=split_of("train"), val=split_of("validation"),
+                          test=split_of("test"), class_names=class_names)
+
+
+def openimages_image_dir(data_root: Path) -> Path:
+    """The image folder recorded in metadata.json when it still exists, else DATA_ROOT/images."""
+    metadata_file = data_root / openimages.METADATA_FILE
+    if metadata_file.is_file():
+        recorded = json.loads(metadata_file.read_text()).get("report", {}).get("image_dir")
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+    return data_root / "images"
+
+
+def observed_label_store(split: Split, device: torch.device):
+    """What a method is built from: the N×L observed matrix, or for sparse labels a ready
+    SparseLabelStore on `device` (LL-Cp's relabels are kept as sparse additions)."""
+    if split.sparse is None:
+        return split.observed
+    return SparseLabelStore.from_labels(split.sparse, device)
+
+
 MIN_LABELLED_PER_CLASS = 5  # known positives and known negatives each; fewer make a class's AP noise
 
 
@@ -372,11 +438,16 @@ def load_data(dataset: str, data_root: str, image_dir: str | None, image_size: i
         return load_custom_data(root, image_dir, image_size)
     if dataset == "features":
         raise InputError("--dataset features needs --train_mode linear")
+    if dataset == "openimages":
+        return load_openimages_data(root, image_dir, image_size)
     return load_cole_data(dataset, root, image_dir, image_size)
 
 
 def mean_label_count(data: ExperimentData) -> float:
-    """Expected positives per image from the clean training labels, else from clean val labels."""
+    """Expected positives per image from the clean training labels, else from clean val labels;
+    with sparse (real partial) labels, the observed positives per training image (a lower bound)."""
+    if data.train.sparse is not None:
+        return float((data.train.sparse.values == 1).sum() / max(len(data.train), 1))
     for split in (data.train, data.val):
         if split.true_labels is not None:
             return float(split.true_labels.sum(axis=1).mean())
@@ -385,8 +456,9 @@ def mean_label_count(data: ExperimentData) -> float:
 
 def warn_classes_without_positives(data: ExperimentData) -> None:
     """A class that no training image shows as positive cannot be learnt: say so, once."""
-    without_positive = [name for name, count in
-                        zip(data.class_names, (data.train.observed == 1).sum(axis=0)) if count == 0]
+    positives = (data.train.sparse.labelled_per_class()[0] if data.train.sparse is not None
+                 else (data.train.observed == 1).sum(axis=0))
+    without_positive = [name for name, count in zip(data.class_names, positives) if count == 0]
     if without_positive:  # one warning, whatever the number of classes
         warnings.warn(f"no observed positive in the training labels for {len(without_positive)} "
                       f"of {data.num_classes} classes: {listed(without_positive)} (training gets "

@@ -291,6 +291,10 @@ class ObservedLabelStore:
         self._initial_positives = (self.observed == 1).sum()
         self.num_unobserved = int((self.observed == 0).sum())  # before any relabel
 
+    @property
+    def num_classes(self) -> int:
+        return self.observed.shape[1]
+
     def rows(self, sample_ids: Tensor) -> Tensor:
         """B×L int8 observed labels of the batch."""
         return self.observed[sample_ids]

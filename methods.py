@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from errors import InputError
 from losses import LabelEstimator, LossOutput, ObservedLabelStore, compute_loss, ll_num_modified
+from sparse_labels import SparseLabelStore
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -68,7 +69,8 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
     """The method `name` for a training split.
 
     Args:
-        observed: N×L in {-1, 0, +1}, the training split's observed labels.
+        observed: N×L in {-1, 0, +1}, the training split's observed labels, or a ready
+            sparse_labels.SparseLabelStore (label sets too large for an N×L matrix), used as is.
         true_labels: N×L in {0, 1} or None; given only to methods that declare needs_true_labels.
         delta_rel, expected_num_pos, seed, estimator_lr_mult: the hyper-parameters; each method
             takes the ones it declares in `hyper_parameters`.
@@ -81,6 +83,31 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
                **hyper_parameters)
 
 
+def label_store(observed, device, name: str, dense_bytes_per_entry: int):
+    """A SparseLabelStore as is (refused for a method keeping `dense_bytes_per_entry` > 0 bytes
+    of N×L state: InputError with the memory it would need), else an ObservedLabelStore."""
+    if not isinstance(observed, SparseLabelStore):
+        return ObservedLabelStore(observed, device)
+    if dense_bytes_per_entry:
+        num_images, num_classes = observed.num_images, observed.num_classes
+        needed = num_images * num_classes * dense_bytes_per_entry
+        raise InputError(f"--loss {name} keeps an N×L estimator: {_count(num_images)} × "
+                         f"{_count(num_classes)} × {dense_bytes_per_entry} bytes = "
+                         f"{_size(needed)}; not with sparse labels (--dataset openimages)")
+    return observed
+
+
+def _count(number: int) -> str:
+    return f"{number / 1e6:.2g}M" if number >= 1e6 else str(number)
+
+
+def _size(num_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.3g} {unit}"
+    return f"{num_bytes} bytes"
+
+
 class Method:
     """A training method: the observed labels of the training set and the loss on a batch.
 
@@ -91,6 +118,8 @@ class Method:
         needs_expected_num_pos: needs k, the expected positives per image (EPR, ROLE).
         modifies_entries: reports LL modifications (--track_train's corrections.json).
         hyper_parameters: the keyword arguments of __init__ that `build` passes.
+        dense_bytes_per_entry: bytes of N×L state the method keeps besides the labels (refused
+            on a SparseLabelStore, whose point is that N×L does not fit).
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
@@ -99,15 +128,17 @@ class Method:
     needs_expected_num_pos: ClassVar[bool] = False
     modifies_entries: ClassVar[bool] = False
     hyper_parameters: ClassVar[tuple[str, ...]] = ()
+    dense_bytes_per_entry: ClassVar[int] = 0
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
-        self.labels = ObservedLabelStore(observed, device)
+        self.labels = label_store(observed, device, self.name, self.dense_bytes_per_entry)
         self.true_labels = (None if true_labels is None
                             else torch.as_tensor(np.asarray(true_labels), device=device))
         if self.needs_true_labels and true_labels is None:
             raise InputError(f"--loss {self.name} needs clean training labels (custom data: "
-                             f"train_clean.csv)")
-        self.check_labels(self.labels.observed)
+                             f"train_clean.csv; OpenImages has none)")
+        self.check_labels(self.labels.values if isinstance(self.labels, SparseLabelStore)
+                          else self.labels.observed)  # the labelled entries, or all of them
 
     @classmethod
     def check_labels(cls, observed: Tensor) -> None:
@@ -227,6 +258,7 @@ class OnlineLabelEstimation(Method):
     name = "role"
     needs_expected_num_pos = True
     hyper_parameters = ("expected_num_pos", "seed", "estimator_lr_mult")
+    dense_bytes_per_entry = 12  # θ in float32 and Adam's two moments
 
     def __init__(self, observed, true_labels=None, *, device="cpu", expected_num_pos: float,
                  seed: int, estimator_lr_mult: float):
@@ -293,7 +325,7 @@ class LargeLossCorrectionPermanent(LargeLoss):
     def check_batch_size(self, batch_size: int) -> None:
         """LL-Cp relabels the candidates strictly above the k-th largest loss: with k = 1 per batch
         (e.g. pascal's B=16, L=20, Δrel=0.1) nothing is ever relabeled and LL-Cp acts as LL-Ct."""
-        num_classes = self.labels.observed.shape[1]
+        num_classes = self.labels.num_classes
         k = ll_num_modified("LL-Cp", 2, self.delta_rel, batch_size, num_classes)
         if k <= 1:
             warnings.warn(f"LL-Cp with --delta_rel {self.delta_rel:g}, batch {batch_size} and "

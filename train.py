@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -37,13 +38,16 @@ from config import Config, config_from_dict
 from datasets import DevicePreprocess, ExperimentData, Split
 from errors import InputError, TrainingDiverged
 from methods import Method
-from metrics import average_precisions, ranked_average_precisions
+from metrics import (average_precisions, class_groups, format_masked_map, grouped_map,
+                     ranked_average_precisions, sparse_masked_average_precisions)
 from models import autocast, build_image_model, predict
 from distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch, init_process_group,
                          local_slice, world_from_environment)
 from run_folder import RunFolder
 
 
+MAP_CONVENTION = "map_all_classes"  # what `map` means on sparse labels (sparse_evaluation)
+NUM_CLASS_GROUPS = 5  # G1–G5 of the OpenImages table
 DISTRIBUTED_TIMEOUT_S = 600  # a collective waiting longer means a lost process: fail, not hang
 
 # --- building blocks ----------------------------------------------------------------------------
@@ -220,12 +224,32 @@ def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
 def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, device: torch.device,
              amp: str, world: World = SINGLE_PROCESS) -> dict:
     """mAP (0–100) and per-class AP of `split`; the same function for val and test, images or
-    features. With clean labels the vectorised AP (equal to scikit-learn's) is used."""
+    features. With clean labels the vectorised AP (equal to scikit-learn's) is used; sparse labels
+    go to `sparse_evaluation`."""
     scores = predict(model, loader, preprocess, device, amp, world)
+    if split.sparse is not None:
+        return sparse_evaluation(scores, split)
     targets, known = split.eval_targets()
     aps = (ranked_average_precisions(scores, targets) if known is None
            else average_precisions(scores, targets, known))
     return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores}
+
+
+def sparse_evaluation(scores, split: Split) -> dict:
+    """mAP of a split with real partial labels (OpenImages): each class's AP over its labelled
+    entries only. scores: N×L float32 (OpenImages test: 125k × 5000 × 4 bytes = 2.5 GB on the
+    host, acceptable). `map` (model selection, printed) is MAP_CONVENTION: unmeasurable classes
+    (no labelled positive or no labelled negative) count as AP 0 in the mean over all classes, as
+    IMCL and the LL paper's table; `masked` holds both conventions overall and for G1–G5 (classes
+    sorted by labelled training entries, ascending, five groups)."""
+    labels = split.sparse
+    aps, measurable = sparse_masked_average_precisions(np.asarray(scores), labels.indptr,
+                                                       labels.indices, labels.values)
+    groups = class_groups(split.train_label_counts, min(NUM_CLASS_GROUPS, len(aps)))
+    summary = grouped_map(aps, measurable, groups)
+    masked = {**summary.pop("overall"), "map_convention": MAP_CONVENTION, "groups": summary}
+    return {"map": masked[MAP_CONVENTION], "ap": (100.0 * aps).tolist(), "scores": scores,
+            "masked": masked}
 
 
 # --- epochs, checkpoints, the best model ------------------------------------------------------
@@ -379,7 +403,8 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
-    method = methods.build(config.method, data.train.observed, data.train.true_labels,
+    method = methods.build(config.method, datasets.observed_label_store(data.train, device),
+                           data.train.true_labels,
                            device=device, delta_rel=config.delta_rel,
                            expected_num_pos=config.expected_num_pos, seed=config.seed,
                            estimator_lr_mult=config.head_lr_mult)
@@ -561,6 +586,7 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
         best_linear = max(linear_rows, key=lambda row: row["val_map"])
         results.update(linear_best_epoch=best_linear["epoch"],
                        linear_val_map=best_linear["val_map"])
+    results.update(masked_results(test))
     if config.track_train:
         results.update(analysis.highest_loss_phase(state.history))
     if config.pointing_game:
@@ -572,6 +598,15 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     print(f"best {phase.label}epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
           f"test mAP {test['map']:.2f}  ({run.folder.path / 'results.json'})", flush=True)
     return results
+
+
+def masked_results(test: dict) -> dict:
+    """results.json's partial-label fields (both conventions, class counts, G1–G5) of a sparse
+    test split, printed as one line; {} for other splits."""
+    if "masked" not in test:
+        return {}
+    print(f"test {format_masked_map(test['masked'])}; test_map is {MAP_CONVENTION}", flush=True)
+    return test["masked"]
 
 
 def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int) -> dict:
@@ -591,7 +626,7 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     print(f"{checkpoint_path} ({'linear ' if config.train_mode == 'linear' else ''}epoch "
           f"{checkpoint['epoch']}): test mAP {test['map']:.2f}", flush=True)
     results = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"],
-               "test_map": test["map"], "test_ap": test["ap"]}
+               "test_map": test["map"], "test_ap": test["ap"], **masked_results(test)}
     run.folder.write_json(f"eval_{Path(checkpoint_path).stem}.json", results)
     return results
 

@@ -74,6 +74,8 @@ def method_flags(method: str) -> tuple[str, str]:
 
 def paper_map(dataset: str, method: str, train_mode: str) -> float | None:
     """The paper's test mAP for a cell, or None where the paper reports none."""
+    if dataset == "openimages":  # its own table: end-to-end, ResNet-101, 224 px, all classes
+        return OPENIMAGES_MAP.get(method) if train_mode == "end_to_end" else None
     return PAPER_MAP.get(train_mode, {}).get(dataset, {}).get(method)
 
 

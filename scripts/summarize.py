@@ -30,11 +30,13 @@ from pathlib import Path
 
 from scripts.paper_numbers import LL_SCHEMES, METHODS, PAPER_DATASETS, paper_map
 
-DATASET_ORDER = PAPER_DATASETS + ("digits",)
+DATASET_ORDER = PAPER_DATASETS + ("openimages", "digits")
+GROUP_NAMES = ("G1", "G2", "G3", "G4", "G5")  # OpenImages class groups (results.json "groups")
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
 CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
               "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
-              "paper", "diff", "differing_settings", "duplicate_seeds")
+              "paper", "diff", "differing_settings", "duplicate_seeds",
+              *(f"{name.lower()}_map" for name in GROUP_NAMES), "measured_map")
 # config.json keys that do not change the maths of a run (where it runs, how it is logged, what
 # produced it, analyses that leave training unchanged), and the seed: runs that differ only in
 # these are seeds of one configuration. Every other key (epochs, train_size, lr, amp, data_root,
@@ -205,8 +207,48 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
             "duplicate_seeds": ", ".join(f"{seed} ({seeds.count(seed)} runs)"
                                          for seed in sorted(set(seeds), key=_seed_order)
                                          if seeds.count(seed) > 1),
+            **group_means(results),
         })
     return rows
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def group_means(results: list[dict]) -> dict:
+    """Partial-label runs (OpenImages; results.json with "groups"): the mean over seeds of each
+    group's test mAP in the printed convention (map_all_classes), and of the overall mAP over
+    measurable classes only (map_measured, CSL). None where no run has the value."""
+    with_groups = [r for r in results if isinstance(r.get("groups"), dict)]
+    means = {f"{name.lower()}_map": _mean_or_none([
+        float(r["groups"][name]["map_all_classes"]) for r in with_groups if name in r["groups"]])
+        for name in GROUP_NAMES}
+    means["measured_map"] = _mean_or_none([float(r["map_measured"]) for r in with_groups
+                                           if r.get("map_measured") is not None])
+    return means
+
+
+def format_group_table(rows: list[dict]) -> list[str]:
+    """The OpenImages table beside the paper's row: G1–G5 and all, for rows with groups."""
+    rows = [row for row in rows if row.get("g1_map") is not None]
+    if not rows:
+        return []
+    lines = ["", "## Partial labels (OpenImages V3): test mAP per class group", "",
+             "mean over seeds; mAP over each class's labelled entries; G1–G5: classes sorted by "
+             "labelled training entries, ascending, five groups; G1–G5 and all count unmeasurable "
+             "classes as AP 0 (map_all_classes: IMCL, the LL table), measured leaves them out "
+             "(CSL); paper: the LL table's all-classes column (ResNet-101, 224 px).", "",
+             "| dataset | setting | method | Δrel | n | G1 | G2 | G3 | G4 | G5 | all | measured "
+             "| paper | ours − paper |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        delta = "—" if row["delta_rel"] is None else f"{row['delta_rel']:g}"
+        cells = [row["dataset"], row["train_mode"], row["method"], delta, row["n"],
+                 *(_number(row[f"{name.lower()}_map"], 2) for name in GROUP_NAMES),
+                 _number(row["test_map_mean"], 2), _number(row["measured_map"], 2),
+                 _number(row["paper"], 1), _number(row["diff"], 2, signed=True)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
 
 
 def add_chosen_delta_rel(rows: list[dict]) -> list[dict]:
@@ -258,6 +300,7 @@ def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> 
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if not rows:
         lines.append("| (no finished run) |  |  |  |  |  |  |  |  |  |  |  |  |")
+    lines += format_group_table([row for row in rows if not row["chosen_delta_rel"]])
     if incomplete:
         lines += ["", f"## Unfinished and failed runs ({len(incomplete)})", "",
                   "| status | folder | last epoch | error |", "|---|---|---|---|"]
