@@ -242,8 +242,9 @@ def test_plot_curves_clear_errors(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- sweep
 
 def run_sweep(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The sweep script, running reproduce.py with this interpreter (whatever its environment)."""
     return subprocess.run(["bash", str(SWEEP), *args], capture_output=True, text=True,
-                          env={**os.environ, **env})
+                          env={**os.environ, "RUNNER_PYTHON": sys.executable, **env})
 
 
 def flags_of(command_line: str) -> dict[str, str]:
