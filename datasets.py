@@ -26,7 +26,8 @@ import openimages
 from distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
 from errors import InputError
 from formats import LabelledSplit
-from sparse_labels import SparseLabels, SparseLabelStore, load_sparse_labels
+from sparse_labels import (SparseLabels, SparseLabelStore, is_long_csv, load_sparse_labels,
+                           read_class_names, read_long_csv)
 
 @dataclass(frozen=True)
 class Split:
@@ -259,10 +260,13 @@ def load_cole_data(dataset: str, data_root: Path, image_dir: Path | None,
 
 
 def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -> ExperimentData:
-    """The user's own data (data/README.md): CSV files with observed labels, optional clean ones."""
+    """The user's own data (data/README.md): CSV files with observed labels, optional clean ones;
+    or long CSVs (image,class,label) with class_names.txt, held sparse."""
     if not data_root.is_dir():
         raise InputError(f"dataset folder {data_root} does not exist (see data/README.md, "
                          f"'Your own data')")
+    if (data_root / "train.csv").is_file() and is_long_csv(data_root / "train.csv"):
+        return load_long_custom_data(data_root, image_dir or data_root / "images", image_size)
     try:
         class_names, splits = formats.load_custom_folder(data_root)
     except (FileNotFoundError, ValueError) as error:
@@ -287,6 +291,32 @@ def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -
         notes += check_custom_evaluation(data_root, name, split, class_names, "val" in splits)
     return ExperimentData(train=split_of(train, train_rows), val=val, test=test,
                           class_names=class_names, notes=notes)
+
+
+def load_long_custom_data(data_root: Path, image_dir: Path, image_size: int) -> ExperimentData:
+    """A custom folder of long CSVs (data/README.md, "Many classes"): class_names.txt and
+    train.csv, val.csv, test.csv of `image,class,label` rows, held sparse like OpenImages (every
+    split partially labelled: evaluation over the labelled entries of each class)."""
+    try:
+        class_names = read_class_names(data_root / "class_names.txt")
+        labels = {}
+        for split in ("train", "val", "test"):
+            path = data_root / f"{split}.csv"
+            if not path.is_file():
+                raise ValueError(f"{path} is missing: a folder of long CSVs needs train.csv, "
+                                 f"val.csv and test.csv (and class_names.txt)")
+            labels[split] = read_long_csv(path, class_names)
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    positives, negatives = labels["train"].labelled_per_class()
+
+    def split_of(split: str) -> Split:
+        images = ImageFileDataset(image_dir, labels[split].image_ids.tolist(), image_size)
+        return Split(images, None, None, sparse=labels[split],
+                     train_label_counts=positives + negatives)
+
+    return ExperimentData(train=split_of("train"), val=split_of("val"), test=split_of("test"),
+                          class_names=class_names)
 
 
 def load_openimages_data(data_root: Path, image_dir: Path | None,

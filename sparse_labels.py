@@ -231,6 +231,13 @@ def _parse_label(text: str, where: str) -> int:
     return int(value)
 
 
+def is_long_csv(path: Path) -> bool:
+    """Whether a label CSV is in the long form: its header names image, class and label."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = {cell.strip().lower() for cell in next(csv.reader(handle), [])}
+    return set(LONG_CSV_COLUMNS) <= header
+
+
 def read_long_csv(path: Path, class_names: list[str]) -> SparseLabels:
     """Read a long label CSV into CSR form.
 

@@ -141,3 +141,26 @@ def test_sparse_store_methods_train_and_clean_label_methods_refuse(prepared):
         assert torch.isfinite(output.loss)
     with pytest.raises(InputError, match="needs clean training labels"):
         methods.build("bce", datasets.observed_label_store(data.train, "cpu"))
+
+
+def test_a_custom_folder_of_long_csvs_trains_on_the_sparse_store(tmp_path):
+    """data/README.md "Many classes": class_names.txt and train/val/test.csv of image,class,label."""
+    root = tmp_path / "long"
+    rng = np.random.RandomState(0)
+    classes = ["cat", "dog", "sea", "sky"]
+    (root / "images").mkdir(parents=True)
+    (root / "class_names.txt").write_text("\n".join(classes) + "\n")
+    for split, count in (("train", 12), ("val", 8), ("test", 8)):
+        lines = ["image,class,label"]
+        for row in range(count):
+            name = f"{split}_{row}.jpg"
+            Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "images" / name)
+            lines += [f"{name},{classes[row % 4]},1", f"{name},{classes[(row + 1) % 4]},-1"]
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "run"
+    assert main.main(["--dataset", "custom", "--data_root", str(root), "--arch", "small_cnn",
+                      "--weights", "none", "--image_size", "32", "--epochs", "1", "--batch_size",
+                      "4", "--device", "cpu", "--num_workers", "0", "--out_dir", str(out_dir)]) == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["num_classes"] == 4 and results["num_measured"] == 4  # each: one + and one −
+    assert results["test_map"] == results["map_all_classes"]
