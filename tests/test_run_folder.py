@@ -193,3 +193,91 @@ def test_nan_scores_are_a_diverged_run_not_a_scikit_learn_error(tmp_path, monkey
     assert main.main([*TINY, "--epochs", "1", "--out_dir", str(out_dir)]) == 3
     assert "evaluation scores are not finite" in capsys.readouterr().err
     assert "not finite" in (out_dir / "error.txt").read_text()
+
+
+# --- 5. --resume: --epochs extends, engineering flags apply, other differences refused ----------
+
+def test_resume_with_more_epochs_extends_a_finished_run(run_copy, capsys):
+    assert main.main([*TINY, "--resume", str(run_copy / "last.pt"), "--epochs", "3",
+                      "--log_every", "1"]) == 0
+    rows = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    results = json.loads((run_copy / "results.json").read_text())
+    assert results["epochs_run"] == 3
+    assert json.loads((run_copy / "config.json").read_text())["epochs"] == 3
+
+
+def test_resume_refuses_flags_that_change_the_maths_listing_them(run_copy, capsys):
+    before = (run_copy / "config.json").read_text()
+    assert main.main([*TINY, "--resume", str(run_copy / "last.pt"), "--lr", "0.5",
+                      "--delta_rel", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--delta_rel 3.0 (saved: 1.0)" in err and "--lr 0.5 (saved: 0.001)" in err
+    assert (run_copy / "config.json").read_text() == before
+
+
+def test_explicit_flags_are_those_on_the_command_line():
+    assert config.explicit_flags(["--seed", "0", "--device", "cpu"]) == {"seed", "device"}
+    assert config.explicit_flags([]) == set()
+
+
+# --- 6. --eval_only: --split, --data_root, scores beside the checkpoint ------------------------
+
+@pytest.mark.parametrize("split, size, name", [("val", 50, "eval_best_val"),
+                                               ("test", 100, "eval_best")])
+def test_eval_only_writes_the_splits_scores_and_results(run_copy, split, size, name):
+    assert main.main(["--eval_only", str(run_copy / "best.pt"), "--split", split, "--device", "cpu",
+                      "--data_root", "data/digits"]) == 0
+    scores = np.load(run_copy / f"{name}.npy")
+    assert scores.shape == (size, 10) and scores.dtype == np.float32
+    results = json.loads((run_copy / f"{name}.json").read_text())
+    assert results["split"] == split and results["data_root"] == "data/digits"
+    assert len(results[f"{split}_ap"]) == 10 and results["scores"] == f"{name}.npy"
+
+
+# --- 8. progress lines without a terminal; the optional TensorBoard logger --------------------
+
+def test_a_progress_line_goes_to_stderr_every_log_every_steps(tmp_path, capsys):
+    assert main.main([*TINY, "--epochs", "1", "--log_every", "1",
+                      "--out_dir", str(tmp_path / "run")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if " step " in line]
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1 step 1/2", "epoch 1 step 2/2"]
+    assert all("loss " in line and "img/s" in line and "eta " in line for line in lines)
+
+
+def test_tensorboard_logger_writes_scalars_or_says_how_to_install_it(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code = main.main([*TINY, "--epochs", "1", "--logger", "tensorboard", "--out_dir", str(out_dir)])
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert code == 2
+        assert "pip install tensorboard" in capsys.readouterr().err
+        return
+    assert code == 0 and list(out_dir.glob("events.out.tfevents.*"))
+
+
+# --- 9. a run's config.json (or YAML) as --config; provenance recorded ----------------------
+
+def test_a_runs_config_json_is_accepted_as_config(finished_run):
+    recorded = json.loads((finished_run / "config.json").read_text())
+    assert recorded["command"] and "git_dirty" in recorded
+    again = config.parse_args(["--config", str(finished_run / "config.json")])
+    for key in ("dataset", "digits_train_size", "epochs", "lr", "method", "delta_rel", "image_size"):
+        assert getattr(again, key) == recorded[key]
+    assert again.out_dir != recorded["out_dir"]  # a new run, a new folder
+
+
+def test_a_yaml_config_file_sets_defaults(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("dataset: digits\nepochs: 3\nlr: 0.01\n")
+    parsed = config.parse_args(["--config", str(path), "--epochs", "4"])
+    assert (parsed.epochs, parsed.lr) == (4, 0.01)
+
+
+def test_an_unknown_key_is_still_an_error(tmp_path, capsys):
+    path = tmp_path / "settings.yml"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(SystemExit):
+        config.parse_args(["--config", str(path)])
+    assert "unknown keys ['epoch']" in capsys.readouterr().err
