@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
@@ -422,3 +423,36 @@ def test_summarize_groups_dated_run_folders_by_their_configuration(tmp_path):
     assert summarize.main([str(tmp_path / "runs"), "--csv", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1 and rows[0]["n"] == "2"
+
+
+export = load_script("export")
+
+
+@pytest.mark.filterwarnings("ignore:no observed positive")
+def test_export_gives_a_torchvision_resnet50_with_the_same_logits(tmp_path):
+    import torchvision
+    import main
+    import models
+    out_dir = tmp_path / "run"
+    assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
+                      "--num_workers", "0", "--arch", "resnet50", "--weights", "none",
+                      "--image_size", "32", "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    assert export.main([str(out_dir / "best.pt"), "--out", str(tmp_path / "resnet50.pt")]) == 0
+    exported = torchvision.models.resnet50(num_classes=10)
+    exported.load_state_dict(torch.load(tmp_path / "resnet50.pt", weights_only=True), strict=True)
+    trained = models.build_model("resnet50", "none", 10)
+    trained.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True)["model"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(exported.eval()(images), trained.eval()(images), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:no observed positive")
+def test_export_of_small_cnn_is_the_multilabelnet_state_dict(tmp_path, capsys):
+    import main
+    out_dir = tmp_path / "run"
+    assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
+                      "--num_workers", "0", "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    assert export.main([str(out_dir / "best.pt"), "--out", str(tmp_path / "cnn.pt")]) == 0
+    assert "MultiLabelNet" in capsys.readouterr().out
+    assert export.main([str(out_dir / "metrics.csv"), "--out", str(tmp_path / "x.pt")]) == 2
