@@ -1,12 +1,15 @@
 """Command-line flags, paper defaults per dataset, and the resolved, frozen run configuration.
 
-Precedence: explicit flag > `--config FILE` (JSON) > the dataset's paper default (SPEC §6) > built-in.
+Precedence: explicit flag > `--config FILE` (JSON or YAML, e.g. a run's config.json) > the
+dataset's paper default (SPEC §6) > built-in.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -106,6 +109,9 @@ class Config:
     eval_only: str | None
     stop_after: int | None
     log_every: int
+    overwrite: bool
+    split: str
+    logger: str
     # analyses
     track_train: bool
     pointing_game: bool
@@ -125,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  python main.py --loss role --dataset pascal        # a baseline",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE",
-                        help="JSON file of flag defaults (keys = flag names); explicit flags override it")
+                        help="JSON or YAML (.yaml/.yml) file of flag defaults (keys = flag names; "
+                             "a run's config.json works: its recorded keys such as git_sha, "
+                             "out_dir and resume are ignored); explicit flags override it")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="digits",
@@ -233,17 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
                              help="under torchrun on GPUs: BatchNorm statistics over the global "
                                   "batch (SyncBatchNorm) instead of each process's shard")
     engineering.add_argument("--out_dir", metavar="DIR",
-                             help="run folder (default: runs/<dataset>_<method>_seed<seed>)")
+                             help="run folder, owned by one run at a time (run.lock); one that "
+                                  "already holds a run is refused unless --resume or --overwrite "
+                                  "(default: a new dated folder runs/<dataset>_<method>[_d<Δrel>]"
+                                  "_seed<seed>/<YYYYmmdd-HHMMSS>; under torchrun the undated "
+                                  "parent)")
+    engineering.add_argument("--overwrite", action="store_true",
+                             help="replace the run an --out_dir already holds (its config, "
+                                  "metrics, checkpoints and results are removed first)")
     engineering.add_argument("--resume", metavar="CHECKPOINT",
-                             help="continue from a last.pt, in its run folder")
+                             help="continue from a last.pt, in its run folder, with its saved "
+                                  "configuration; --epochs extends a run and the engineering flags "
+                                  "apply; any other flag that differs from the saved one is refused")
     engineering.add_argument("--eval_only", metavar="CHECKPOINT",
-                             help="evaluate a best.pt/last.pt on the test split and exit")
+                             help="evaluate a best.pt/last.pt on --split (with --data_root / "
+                                  "--image_dir if the data moved) and exit; writes "
+                                  "eval_<stem>_<split>.json and the N×L logits as "
+                                  "eval_<stem>_<split>.npy beside the checkpoint")
+    engineering.add_argument("--split", choices=("val", "test"), default="test",
+                             help="the split --eval_only evaluates (default: test)")
+    engineering.add_argument("--logger", choices=("none", "tensorboard"), default="none",
+                             help="tensorboard: train loss, lr, val mAP and modified fraction per "
+                                  "epoch as TensorBoard scalars in the run folder (needs "
+                                  "pip install tensorboard) (default: none)")
     engineering.add_argument("--stop_after", type=int, metavar="EPOCH",
                              help="leave after this epoch (>= 1) as if interrupted (for time-limited jobs; "
                                   "continue with --resume RUN/last.pt)")
     engineering.add_argument("--log_every", type=int, default=50,
-                             help="steps between progress updates and NaN checks (each is one host "
-                                  "sync) (default: 50)")
+                             help="steps between progress updates and divergence checks (each is "
+                                  "one host sync; without a terminal a progress line goes to "
+                                  "stderr) (default: 50)")
 
     analyses = parser.add_argument_group("analyses (off by default; they cost time)")
     analyses.add_argument("--track_train", action="store_true",
@@ -269,16 +296,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return resolve(args, parser)
 
 
+# Keys a run's config.json records beside the flags (config_from_dict's derived values, the run's
+# provenance), ignored when it is passed back as --config; with them the folder-specific flags, so
+# the new run gets its own folder.
+RECORDED_KEYS = frozenset({"method", "git_sha", "git_dirty", "command", "versions", "num_classes",
+                           "train_size"})
+FOLDER_FLAGS = frozenset({"out_dir", "resume", "eval_only", "overwrite"})
+
+
 def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
-    """Flag defaults from a JSON file; unknown keys are an error naming the file."""
-    try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        parser.error(f"--config: file {path} does not exist")
-    except json.JSONDecodeError as error:
-        parser.error(f"--config: {path} is not valid JSON ({error})")
+    """Flag defaults from a JSON or YAML file; unknown keys are an error naming the file."""
+    values = load_config_values(parser, path)
     if not isinstance(values, dict):
-        parser.error(f"--config: {path} must hold a JSON object of flag names")
+        parser.error(f"--config: {path} must hold a mapping of flag names to values")
+    if "git_sha" in values or "versions" in values:  # a run's config.json
+        values = {key: value for key, value in values.items() if key not in FOLDER_FLAGS}
+    values = {key: value for key, value in values.items() if key not in RECORDED_KEYS}
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -289,6 +322,51 @@ def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
             parser.error(f"--config: {path}: {action.dest}={value!r} is not one of "
                          f"{list(action.choices)}")
     return values
+
+
+def load_config_values(parser: argparse.ArgumentParser, path: str):
+    """The parsed content of a .json, .yaml or .yml file (YAML through PyYAML)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        parser.error(f"--config: file {path} does not exist")
+    if Path(path).suffix.lower() not in (".yaml", ".yml"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            parser.error(f"--config: {path} is not valid JSON ({error})")
+    try:
+        import yaml  # optional: only YAML config files need it
+    except ImportError:
+        parser.error(f"--config: {path} is YAML, which needs PyYAML (pip install pyyaml); "
+                     f"or pass a .json file")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        parser.error(f"--config: {path} is not valid YAML ({str(error).splitlines()[0]})")
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags given on the command line (argparse defaults and --config
+    values do not count): argv parsed again with every default suppressed."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def default_out_dir(name: str) -> str:
+    """runs/<name>/<YYYYmmdd-HHMMSS>, made unique with -2, -3, ... when that folder exists (a
+    repeated command gets a new folder). Under torchrun every process must agree on the folder,
+    so it is runs/<name> itself (pass --out_dir there to keep runs apart)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"runs/{name}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate, number = f"runs/{name}/{stamp}", 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"runs/{name}/{stamp}-{number}"
+    return candidate
 
 
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -348,7 +426,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         num_workers = 0 if args.dataset == "digits" else 4
     seed_part = f"_d{delta_rel:g}" if mod_scheme != "none" else ""
     mode_part = "" if args.train_mode == "end_to_end" else f"_{args.train_mode}"
-    out_dir = args.out_dir or f"runs/{args.dataset}_{method}{seed_part}{mode_part}_seed{args.seed}"
+    out_dir = args.out_dir or default_out_dir(
+        f"{args.dataset}_{method}{seed_part}{mode_part}_seed{args.seed}")
     return Config(
         dataset=args.dataset,
         data_root=args.data_root or f"data/{args.dataset}",
@@ -373,7 +452,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         linear_batch_size=args.linear_batch_size or linear_batch_size,
         seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, sync_bn=args.sync_bn, out_dir=out_dir, resume=args.resume, eval_only=args.eval_only,
-        stop_after=args.stop_after, log_every=args.log_every,
+        stop_after=args.stop_after, log_every=args.log_every, overwrite=args.overwrite,
+        split=args.split, logger=args.logger,
         track_train=args.track_train, pointing_game=args.pointing_game,
         track_images=args.track_images,
     )
@@ -383,6 +463,6 @@ def config_from_dict(values: dict) -> Config:
     """Rebuild a Config saved in a checkpoint or config.json (extra keys such as git_sha ignored;
     flags added since the run was saved take their defaults)."""
     names = {field.name for field in fields(Config)}
-    added_since = {"sync_bn": False}
+    added_since = {"sync_bn": False, "overwrite": False, "split": "test", "logger": "none"}
     return Config(**{**added_since,
                      **{name: value for name, value in values.items() if name in names}})

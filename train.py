@@ -12,7 +12,12 @@ engine never asks which method it runs.
 
 The training step never synchronises with the host: labels are looked up on the device by sample
 index, the loss and the LL counts are accumulated as device tensors and read once per epoch (plus
-one NaN check every --log_every steps).
+one divergence check and progress update every --log_every steps).
+
+Divergence (exit 3): the training loss is not finite, or a training logit exceeds LOGIT_LIMIT in
+absolute value (a float32 sigmoid is already exactly 0 or 1 beyond |z| ≈ 17, and the loss of such a
+logit on a wrong label is ≥ 1e6; Adam at --lr 1e6 gives logits of 1e13); and evaluation scores that
+are not finite.
 """
 from __future__ import annotations
 
@@ -43,12 +48,13 @@ from metrics import (average_precisions, class_groups, format_masked_map, groupe
 from models import autocast, build_image_model, predict
 from distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch, init_process_group,
                          local_slice, world_from_environment)
-from run_folder import RunFolder
+from run_folder import RunFolder, checkpoint_num_classes, read_checkpoint
 
 
 MAP_CONVENTION = "map_all_classes"  # what `map` means on sparse labels (sparse_evaluation)
 NUM_CLASS_GROUPS = 5  # G1–G5 of the OpenImages table
 DISTRIBUTED_TIMEOUT_S = 600  # a collective waiting longer means a lost process: fail, not hang
+LOGIT_LIMIT = 1e6  # |logit| above this: the run diverged (module docstring)
 
 # --- building blocks ----------------------------------------------------------------------------
 
@@ -113,6 +119,7 @@ class Run:
     method: Method
     folder: RunFolder
     world: World = SINGLE_PROCESS
+    logger: object = None  # a SummaryWriter with --logger tensorboard (on the main process)
 
 
 @dataclass
@@ -171,6 +178,7 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
     phase.forward.train()
     loader.batch_sampler.set_epoch(epoch)
     loss_sum = torch.zeros((), device=device)
+    logit_max = torch.zeros((), device=device)  # the largest |logit| this epoch
     modified_count = torch.zeros((), dtype=torch.long, device=device)
     num_steps = num_images = 0
     start = time.perf_counter()
@@ -188,18 +196,32 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
             tracker.record_step(sample_ids, output.modified, logits, method.labels.rows(sample_ids))
         method.after_step(sample_ids, output)
         loss_sum += output.loss.detach()
+        logit_max = torch.maximum(logit_max, logits.detach().abs().max().float())
         modified_count += output.modified.sum()
         num_steps += 1
         num_images += global_size
         if step % log_every == 0:  # one host sync every log_every steps
-            check_finite(loss_sum, epoch, step)
-            progress.set_postfix(loss=f"{loss_sum.item() / num_steps:.4f}")
-    check_finite(loss_sum, epoch, num_steps)
+            loss = check_diverged(loss_sum, logit_max, epoch, step)
+            report_progress(progress, world, epoch, step, len(loader), loss / num_steps,
+                            num_images, time.perf_counter() - start)
+    check_diverged(loss_sum, logit_max, epoch, num_steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"train_loss": loss_sum.item() / max(num_steps, 1), "modified": int(modified_count),
             "seconds": seconds, "images_per_s": num_images / seconds}
+
+
+def report_progress(progress: tqdm, world: World, epoch: int, step: int, steps: int, loss: float,
+                    num_images: int, seconds: float) -> None:
+    """The loss on the progress bar on a terminal; otherwise (batch jobs) a line on stderr."""
+    if not progress.disable:
+        progress.set_postfix(loss=f"{loss:.4f}")
+    elif world.is_main:
+        eta = seconds / step * (steps - step)
+        print(f"epoch {epoch} step {step}/{steps}  loss {loss:.4f}  "
+              f"{num_images / max(seconds, 1e-9):.0f} img/s  eta {eta:.0f} s", file=sys.stderr,
+              flush=True)
 
 
 def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, global_size: int,
@@ -215,10 +237,19 @@ def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, globa
     return gather_global_batch(logits, sample_ids.to(device, non_blocking=True), global_size, world)
 
 
-def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
-    if not torch.isfinite(loss_sum):
-        raise TrainingDiverged(f"the training loss became {loss_sum.item()} in epoch {epoch} "
+def check_diverged(loss_sum: Tensor, logit_max: Tensor, epoch: int, step: int) -> float:
+    """TrainingDiverged when the loss is not finite or a logit passed LOGIT_LIMIT (one sync);
+    returns the loss sum."""
+    loss, largest = torch.stack([loss_sum.float(), logit_max]).tolist()
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch} "
                                f"(by step {step}); lower --lr or try --amp off")
+    if not largest <= LOGIT_LIMIT:
+        raise TrainingDiverged(f"the training diverged in epoch {epoch} (by step {step}): a logit "
+                               f"reached {largest:.3g}, beyond ±{LOGIT_LIMIT:g} (mean loss "
+                               f"{loss / max(step, 1):.3g}); "
+                               f"lower --lr")
+    return loss
 
 
 def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, device: torch.device,
@@ -227,6 +258,10 @@ def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, devic
     features. With clean labels the vectorised AP (equal to scikit-learn's) is used; sparse labels
     go to `sparse_evaluation`."""
     scores = predict(model, loader, preprocess, device, amp, world)
+    if not np.isfinite(scores).all():
+        raise TrainingDiverged(f"the model's evaluation scores are not finite "
+                               f"({int((~np.isfinite(scores)).sum())} of {scores.size}): the "
+                               f"weights diverged; lower --lr or try --amp off")
     if split.sparse is not None:
         return sparse_evaluation(scores, split)
     targets, known = split.eval_targets()
@@ -260,7 +295,7 @@ def train_phase(run: Run, phase: Phase, state: TrainState) -> bool:
     Returns False when --stop_after left early (the run continues with --resume).
     """
     num_unobserved = max(run.method.labels.num_unobserved, 1)
-    while state.epoch < phase.epochs:
+    while state.epoch < phase.epochs and not state.stopped_early:  # (a resumed early stop)
         epoch = state.epoch + 1
         row = {"phase": phase.name, "epoch": epoch}
         row.update(train_one_epoch(phase, run.method, epoch, run.device, run.config.log_every,
@@ -292,12 +327,15 @@ def record_epoch(run: Run, phase: Phase, state: TrainState, row: dict) -> None:
     if row["val_map"] > state.best_val_map:
         state.best_val_map, state.best_epoch = row["val_map"], row["epoch"]
         run.folder.save_checkpoint(phase.best_file, {
-            "config": run.config.to_dict(), "epoch": row["epoch"], "val_map": row["val_map"],
+            "config": run.config.to_dict(), "class_names": list(run.data.class_names),
+            "epoch": row["epoch"], "val_map": row["val_map"],
             "model": phase.model.state_dict(), "method": run.method.state_dict()})
     if phase.save_last:
         run.folder.save_checkpoint("last.pt", {"config": run.config.to_dict(),
+                                               "class_names": list(run.data.class_names),
                                                **training_state(run, phase, state)})
     run.folder.write_metrics(state.history)
+    log_scalars(run.logger, phase, row, len(state.history))
     print(phase.label + epoch_summary(row, phase.epochs, state.best_val_map, state.best_epoch),
           flush=True)
 
@@ -324,6 +362,11 @@ def restore_training_state(run: Run, phase: Phase, state: TrainState, saved: dic
     state.epoch, state.best_epoch = saved["epoch"], saved["best_epoch"]
     state.best_val_map, state.history = saved["best_val_map"], saved["history"]
     state.stopped_early = saved["stopped_early"]
+    if state.stopped_early and phase.epochs > saved["config"]["epochs"]:
+        print(f"note: the run stopped early at epoch {state.epoch}; extended to {phase.epochs} "
+              f"epochs it trains on, early stopping still measured from its best val mAP "
+              f"{state.best_val_map:.2f}", flush=True)
+        state.stopped_early = False
     if phase.tracker is not None and saved.get("tracker") is not None:
         phase.tracker.load_state_dict(saved["tracker"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -463,6 +506,7 @@ def write_run_header(run: Run) -> None:
     """config.json and the first stdout line."""
     config, data = run.config, run.data
     run.folder.create()
+    run.folder.clear_failure()  # a stale error.txt of an earlier attempt
     run.folder.write_config(config.to_dict(), num_classes=data.num_classes,
                             train_size=len(data.train))
     print(f"run folder {run.folder.path}  method {config.method}  dataset {config.dataset} "
@@ -519,10 +563,17 @@ def fit(config: Config, data: ExperimentData | None = None) -> dict:
     linear_init trains the head on cached features first; linear trains only that head.
     data: the splits when already loaded (features for --train_mode linear), else loaded here."""
     check_train_mode(config)
+    logger_class = summary_writer_class(config.logger)
     run = start_run(config, data)
+    saved = None
+    if config.resume:  # checked against the data before anything is written
+        saved = read_checkpoint(config.resume, "--resume", run.device)
+        check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
     datasets.warn_classes_without_positives(run.data)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
     write_run_header(run)
+    if logger_class is not None and run.world.is_main:
+        run.logger = logger_class(log_dir=str(run.folder.path))
     state = TrainState()
     if config.train_mode == "linear":
         phase = linear_phase(run, run.model, run.data, "best.pt")
@@ -531,13 +582,54 @@ def fit(config: Config, data: ExperimentData | None = None) -> dict:
         if config.train_mode == "linear_init" and not config.resume:
             linear_init_phase(run, state)  # a resumed run is already in phase 2
         phase = end_to_end_phase(run)
-    if config.resume:
-        restore_training_state(run, phase, state, torch.load(config.resume, map_location=run.device,
-                                                             weights_only=True))
+    if saved is not None:
+        restore_training_state(run, phase, state, saved)
         print(f"resumed from {config.resume} after epoch {state.epoch}", flush=True)
     if not train_phase(run, phase, state):
         return {"status": "interrupted", "epoch": state.epoch}
     return test_best_model(run, phase, state)
+
+
+def summary_writer_class(logger: str):
+    """--logger tensorboard: torch's SummaryWriter (an InputError when tensorboard is missing)."""
+    if logger == "none":
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # optional: needs tensorboard
+    except ImportError:
+        raise InputError("--logger tensorboard needs the tensorboard package: pip install "
+                         "tensorboard (or use --logger none)") from None
+    return SummaryWriter
+
+
+def log_scalars(logger, phase: Phase, row: dict, step: int) -> None:
+    """One epoch's scalars for TensorBoard; `step` counts the epochs of every phase."""
+    if logger is None:
+        return
+    prefix = f"{phase.name}/"
+    logger.add_scalar(prefix + "train_loss", row["train_loss"], step)
+    logger.add_scalar(prefix + "lr", phase.optimizer.param_groups[0]["lr"], step)
+    logger.add_scalar(prefix + "val_map", row["val_map"], step)
+    logger.add_scalar(prefix + "modified_fraction", row["modified_fraction"], step)
+    logger.flush()
+
+
+def check_checkpoint_fits(checkpoint: dict, what: str, config: Config,
+                          data: ExperimentData) -> None:
+    """The checkpoint was trained on this dataset with this many classes (and these class names,
+    when it records them): an InputError naming what differs."""
+    saved_dataset = checkpoint["config"].get("dataset")
+    if saved_dataset != config.dataset:
+        raise InputError(f"{what}: trained on dataset {saved_dataset}, not {config.dataset}")
+    num_classes = checkpoint_num_classes(checkpoint)
+    if num_classes is not None and num_classes != data.num_classes:
+        raise InputError(f"{what}: its model has {num_classes} classes, the data at "
+                         f"{config.data_root} has {data.num_classes}")
+    names = checkpoint.get("class_names")
+    if names is not None and list(names) != list(data.class_names):
+        raise InputError(f"{what}: its class names differ from those of the data at "
+                         f"{config.data_root} (first saved {list(names)[:3]}, data "
+                         f"{list(data.class_names)[:3]})")
 
 
 def check_train_mode(config: Config) -> None:
@@ -609,34 +701,60 @@ def masked_results(test: dict) -> dict:
     return test["masked"]
 
 
-def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int) -> dict:
-    """--eval_only: test mAP of a best.pt / last.pt with the configuration saved inside it."""
-    if not Path(checkpoint_path).is_file():
-        raise InputError(f"--eval_only {checkpoint_path}: no such file")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int,
+                        split: str = "test", data_paths: dict | None = None) -> dict:
+    """--eval_only: mAP of a best.pt / last.pt on `split` with the configuration saved inside it
+    (data_paths: data_root / image_dir where given, the data moved). Writes
+    eval_<stem>[_val].json and the split's N×L float32 logits, rows in the split's order, as
+    eval_<stem>[_val].npy beside the checkpoint."""
+    path = Path(checkpoint_path)
+    checkpoint = read_checkpoint(path, "--eval_only")
     config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
-                                 num_workers=num_workers, resume=None)
+                                 num_workers=num_workers, resume=None, out_dir=str(path.parent),
+                                 **(data_paths or {}))
     if config.train_mode != "linear":  # the checkpoint holds every weight (a linear run's
         config = dataclasses.replace(config, weights="none")  # features depend on them)
-    run = start_run(dataclasses.replace(config, out_dir=str(Path(checkpoint_path).parent)),
-                    training=False)
+    run = start_run(config, training=False)
+    check_checkpoint_fits(checkpoint, f"--eval_only {path}", config, run.data)
     run.model.load_state_dict(checkpoint["model"])
-    test = evaluate(run.model, run.data.test, run.loaders["test"], run.preprocess, run.device,
-                    run.config.amp if config.train_mode != "linear" else "off", run.world)
-    print(f"{checkpoint_path} ({'linear ' if config.train_mode == 'linear' else ''}epoch "
-          f"{checkpoint['epoch']}): test mAP {test['map']:.2f}", flush=True)
-    results = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"],
-               "test_map": test["map"], "test_ap": test["ap"], **masked_results(test)}
-    run.folder.write_json(f"eval_{Path(checkpoint_path).stem}.json", results)
+    result = evaluate(run.model, getattr(run.data, split), run.loaders[split], run.preprocess,
+                      run.device, config.amp if config.train_mode != "linear" else "off", run.world)
+    print(f"{path} ({'linear ' if config.train_mode == 'linear' else ''}epoch "
+          f"{checkpoint['epoch']}): {split} mAP {result['map']:.2f}", flush=True)
+    name = f"eval_{path.stem}" + ("" if split == "test" else f"_{split}")
+    results = {"checkpoint": str(path), "epoch": checkpoint["epoch"], "split": split,
+               "data_root": config.data_root, "image_dir": config.image_dir,
+               f"{split}_map": result["map"], f"{split}_ap": result["ap"],
+               "scores": f"{name}.npy"}
+    run.folder.write_npy(f"{name}.npy", result["scores"].astype(np.float32))
+    run.folder.write_json(f"{name}.json", results)
     return results
 
 
-def resume_config(checkpoint_path: str, override: Config) -> Config:
-    """The saved configuration of a run, with this invocation's engineering flags."""
-    if not Path(checkpoint_path).is_file():
-        raise InputError(f"--resume {checkpoint_path}: no such file")
-    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["config"]
-    return dataclasses.replace(config_from_dict(saved), resume=checkpoint_path,
-                               device=override.device, num_workers=override.num_workers,
-                               stop_after=override.stop_after, log_every=override.log_every,
-                               out_dir=str(Path(checkpoint_path).parent))
+# Flags a --resume takes when given: --epochs (extends the run), the engineering flags that change
+# no maths, and where the data is (the same data moved: checked against the checkpoint). The saved
+# --stop_after is never kept (the resumed run would stop again at once).
+RESUME_FLAGS = frozenset({"epochs", "device", "num_workers", "log_every", "stop_after", "amp",
+                          "channels_last", "compile", "logger", "data_root", "image_dir",
+                          "feature_cache", "cache_images"})
+
+
+def resume_config(checkpoint_path: str, override: Config, given: set[str] = frozenset()) -> Config:
+    """The saved configuration of a run, with this invocation's engineering flags, and --epochs
+    and the data paths where given; any other given flag that differs from the saved one is an
+    InputError listing them (never silently dropped)."""
+    saved = read_checkpoint(checkpoint_path, "--resume")["config"]
+    folder = Path(checkpoint_path).parent
+    differing = [f"--{flag} {getattr(override, flag)} (saved: {saved.get(flag)})"
+                 for flag in sorted(given - RESUME_FLAGS - {"resume", "config"})
+                 if flag != "out_dir" and getattr(override, flag, None) != saved.get(flag)]
+    if "out_dir" in given and Path(override.out_dir).resolve() != folder.resolve():
+        differing.append(f"--out_dir {override.out_dir} (the run's folder: {folder})")
+    if differing:
+        raise InputError(f"--resume {checkpoint_path} continues the saved configuration; these "
+                         f"flags differ from it: {', '.join(differing)} (only --epochs, the data "
+                         f"paths and the engineering flags may change; start a new run instead)")
+    return dataclasses.replace(
+        config_from_dict(saved), resume=checkpoint_path, out_dir=str(folder),
+        stop_after=override.stop_after,
+        **{flag: getattr(override, flag) for flag in RESUME_FLAGS if flag in given})

@@ -11,7 +11,9 @@ authors' Δrel sweep of the large-loss schemes.
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
 epochs, train_mode, seed, out_dir), with the paper's number for the cell beside it, then run one after
 another. The first failing run stops the script with that run's exit code. A run whose folder already
-holds results.json is skipped (pass --force to run it again), so an interrupted reproduction resumes.
+holds results.json is skipped (pass --force to run it again, with --overwrite), so an interrupted
+reproduction resumes: an unfinished run with a last.pt continues with --resume, a folder that holds
+only a failed start is replaced (--overwrite; main.py refuses to reuse a run folder otherwise).
 """
 from __future__ import annotations
 
@@ -122,6 +124,18 @@ def sweep_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, st
     return runs
 
 
+def folder_flags(out_dir: str, force: bool) -> list[str]:
+    """What main.py needs to reuse a folder that already holds a run (it refuses otherwise):
+    --resume of an unfinished run's last.pt, else --overwrite."""
+    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+        return []
+    last = os.path.join(out_dir, "last.pt")
+    finished = os.path.isfile(os.path.join(out_dir, "results.json"))
+    if os.path.isfile(last) and not (finished and force):
+        return ["--resume", last]
+    return ["--overwrite"]
+
+
 def run_all(runs: list[tuple[str, str, list[str]]], dry_run: bool, force: bool) -> int:
     """Print each command, then run it unless dry_run; skip folders holding results.json unless
     force; stop at the first failure with its exit code."""
@@ -131,6 +145,8 @@ def run_all(runs: list[tuple[str, str, list[str]]], dry_run: bool, force: bool) 
         if done and not force:
             print(f"# [{index}/{len(runs)}] done, skipped (results.json exists): {line}", flush=True)
             continue
+        command = command + folder_flags(out_dir, force)
+        line = shlex.join(command) + (f"  {note}" if note else "")
         print(line if dry_run else f"# [{index}/{len(runs)}]\n{line}", flush=True)
         if dry_run:
             continue

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
@@ -388,3 +389,71 @@ def test_reproduce_skips_finished_runs(tmp_path, monkeypatch, capsys):
     assert "done, skipped" in capsys.readouterr().out
     assert reproduce.main(argv + ["--force"]) == 0
     assert len(calls.read_text().splitlines()) == 3
+
+
+def test_reproduce_resumes_an_unfinished_run_and_overwrites_with_force(tmp_path, monkeypatch, capsys):
+    """main.py refuses to reuse a run folder: reproduce passes --resume (unfinished, last.pt) or
+    --overwrite (--force over a finished run, or a folder without last.pt)."""
+    monkeypatch.chdir(tmp_path)
+    unfinished = tmp_path / "runs/pascal/end_to_end/an/seed0"
+    make_run(unfinished, dataset="pascal")
+    (unfinished / "last.pt").write_bytes(b"")
+    make_run(tmp_path / "runs/pascal/end_to_end/an/seed1", dataset="pascal", test_map=85.0)
+    make_run(tmp_path / "runs/pascal/end_to_end/an/seed2", dataset="pascal", error="failed")
+    argv = ["--dataset", "pascal", "--method", "an", "--seeds", "3", "--runs_dir", "runs",
+            "--dry_run"]
+    assert reproduce.main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "--seed" in line]
+    assert lines[0].split("  #")[0].endswith("--resume runs/pascal/end_to_end/an/seed0/last.pt")
+    assert "done, skipped" in lines[1] and "--overwrite" not in lines[1]
+    assert "--overwrite" in lines[2]
+    assert reproduce.main(argv + ["--force"]) == 0
+    forced = [line for line in capsys.readouterr().out.splitlines() if "--seed 1" in line]
+    assert "--overwrite" in forced[0]
+
+
+def test_summarize_groups_dated_run_folders_by_their_configuration(tmp_path):
+    """Default folders are runs/<name>/<YYYYmmdd-HHMMSS>: runs differing only in the command line,
+    the dirty flag and the engineering flags are seeds of one configuration."""
+    for seed in (0, 1):
+        make_run(tmp_path / f"runs/digits_an_seed{seed}/20260101-00000{seed}", dataset="digits",
+                 seed=seed, test_map=80.0 + seed,
+                 settings={"command": ["main.py", "--seed", str(seed)], "git_dirty": bool(seed),
+                           "overwrite": bool(seed), "logger": "none", "split": "test"})
+    out = tmp_path / "table.csv"
+    assert summarize.main([str(tmp_path / "runs"), "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1 and rows[0]["n"] == "2"
+
+
+export = load_script("export")
+
+
+@pytest.mark.filterwarnings("ignore:no observed positive")
+def test_export_gives_a_torchvision_resnet50_with_the_same_logits(tmp_path):
+    import torchvision
+    import main
+    import models
+    out_dir = tmp_path / "run"
+    assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
+                      "--num_workers", "0", "--arch", "resnet50", "--weights", "none",
+                      "--image_size", "32", "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    assert export.main([str(out_dir / "best.pt"), "--out", str(tmp_path / "resnet50.pt")]) == 0
+    exported = torchvision.models.resnet50(num_classes=10)
+    exported.load_state_dict(torch.load(tmp_path / "resnet50.pt", weights_only=True), strict=True)
+    trained = models.build_model("resnet50", "none", 10)
+    trained.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True)["model"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(exported.eval()(images), trained.eval()(images), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:no observed positive")
+def test_export_of_small_cnn_is_the_multilabelnet_state_dict(tmp_path, capsys):
+    import main
+    out_dir = tmp_path / "run"
+    assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
+                      "--num_workers", "0", "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    assert export.main([str(out_dir / "best.pt"), "--out", str(tmp_path / "cnn.pt")]) == 0
+    assert "MultiLabelNet" in capsys.readouterr().out
+    assert export.main([str(out_dir / "metrics.csv"), "--out", str(tmp_path / "x.pt")]) == 2
