@@ -44,7 +44,8 @@ from datasets import DevicePreprocess, ExperimentData, Split
 from errors import InputError, TrainingDiverged
 from methods import Method
 from metrics import (average_precisions, class_groups, format_masked_map, grouped_map,
-                     ranked_average_precisions, sparse_masked_average_precisions)
+                     masked_map_summary, ranked_average_precisions,
+                     sparse_masked_average_precisions)
 from models import autocast, build_image_model, predict
 from distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch, init_process_group,
                          local_slice, world_from_environment)
@@ -267,7 +268,16 @@ def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, devic
     targets, known = split.eval_targets()
     aps = (ranked_average_precisions(scores, targets) if known is None
            else average_precisions(scores, targets, known))
-    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores}
+    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores,
+            "coverage": masked_map_summary(aps, measurable_classes(targets, known))}
+
+
+def measurable_classes(targets: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """L bool: classes with a positive and a negative among the known entries (AP means
+    something only for them: without a positive the papers count AP 0, without a negative AP 1)."""
+    known = np.ones(targets.shape, dtype=bool) if known is None else known
+    positive = targets == 1
+    return (positive & known).any(axis=0) & (~positive & known).any(axis=0)
 
 
 def sparse_evaluation(scores, split: Split) -> dict:
@@ -679,6 +689,7 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
         results.update(linear_best_epoch=best_linear["epoch"],
                        linear_val_map=best_linear["val_map"])
     results.update(masked_results(test))
+    results.update(coverage_results(test))
     if config.track_train:
         results.update(analysis.highest_loss_phase(state.history))
     if config.pointing_game:
@@ -690,6 +701,23 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     print(f"best {phase.label}epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
           f"test mAP {test['map']:.2f}  ({run.folder.path / 'results.json'})", flush=True)
     return results
+
+
+def coverage_results(test: dict) -> dict:
+    """How many classes the test mAP averages and the mAP over the measurable ones (dense splits),
+    said aloud when some class cannot be measured."""
+    if "coverage" not in test:
+        return {}
+    coverage = test["coverage"]
+    if coverage["num_measured"] < coverage["num_classes"]:
+        print(f"note: {coverage['num_classes'] - coverage['num_measured']} of "
+              f"{coverage['num_classes']} test classes have no positive or no negative: test mAP "
+              f"counts them (AP 0 without positives, as the papers); over the "
+              f"{coverage['num_measured']} measurable classes it is {coverage['map_measured']:.2f}",
+              flush=True)
+    return {"test_num_classes": coverage["num_classes"],
+            "test_num_measured": coverage["num_measured"],
+            "test_map_measured": coverage["map_measured"]}
 
 
 def masked_results(test: dict) -> dict:

@@ -35,7 +35,7 @@ GROUP_NAMES = ("G1", "G2", "G3", "G4", "G5")  # OpenImages class groups (results
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
 CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
               "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
-              "paper", "diff", "differing_settings", "duplicate_seeds",
+              "paper", "diff", "differing_settings", "duplicate_seeds", "unmeasured_classes",
               *(f"{name.lower()}_map" for name in GROUP_NAMES), "measured_map")
 # config.json keys that do not change the maths of a run (where it runs, how it is logged, what
 # produced it, analyses that leave training unchanged), and the seed: runs that differ only in
@@ -208,6 +208,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
             "duplicate_seeds": ", ".join(f"{seed} ({seeds.count(seed)} runs)"
                                          for seed in sorted(set(seeds), key=_seed_order)
                                          if seeds.count(seed) > 1),
+            "unmeasured_classes": unmeasured_classes(results),
             **group_means(results),
         })
     return rows
@@ -311,9 +312,20 @@ def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> 
     return "\n".join(lines) + "\n"
 
 
+def unmeasured_classes(results: list[dict]) -> str:
+    """'k of L' test classes without a positive or a negative (their AP means nothing), or ''."""
+    counts = {(r["test_num_classes"] - r["test_num_measured"], r["test_num_classes"])
+              for r in results if r.get("test_num_measured") is not None}
+    return ", ".join(f"{missing} of {total}" for missing, total in sorted(counts) if missing)
+
+
 def check_cell(row: dict) -> str:
-    """What a reader must know before trusting the row: mixed settings, duplicate seeds."""
+    """What a reader must know before trusting the row: mixed settings, duplicate seeds, test
+    classes that cannot be measured."""
     checks = []
+    if row.get("unmeasured_classes"):
+        checks.append(f"test classes without a positive or a negative: "
+                      f"{row['unmeasured_classes']}")
     if row["differing_settings"]:
         checks.append(f"settings differ: {row['differing_settings']}")
     if row["duplicate_seeds"]:
@@ -332,7 +344,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({name: _csv_value(row[name]) for name in CSV_FIELDS})
+            writer.writerow({name: _csv_value(row.get(name)) for name in CSV_FIELDS})
 
 
 def main(argv: list[str] | None = None) -> int:

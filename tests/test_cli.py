@@ -19,6 +19,7 @@ import formats
 import main
 import methods
 import train
+from scripts import summarize
 
 RUN_KEYS = {"epoch", "train_loss", "val_map", "modified", "seconds", "images_per_s"}
 TIMING_KEYS = {"seconds", "images_per_s"}
@@ -424,3 +425,27 @@ def test_custom_folder_without_clean_training_labels_trains_one_epoch(tmp_path, 
                       "--batch_size", "4", "--epochs", "1", "--out_dir", str(out_dir)])
     assert code == 0
     check_run_folder(out_dir, 1, num_classes=3, loss="an", mod_scheme="LL-R")
+
+
+@pytest.mark.filterwarnings("ignore:no observed positive")
+def test_test_classes_without_a_positive_are_counted_and_said(tmp_path, cole_folder, capsys):
+    """The papers count a class absent from the test set as AP 0: results.json says how many
+    classes the mean holds and the mAP over the measurable ones; summarize flags the row."""
+    data_root = cole_folder("pascal", num_train=20, num_test=3)  # 3 test images, 20 classes
+    out_dir = tmp_path / "runs" / "run"
+    assert main.main(["--dataset", "pascal", "--data_root", str(data_root), *TINY_FOLDER,
+                      "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    test_labels = np.load(formats.cole_file(data_root, "val", "labels"))
+    measurable = int(((test_labels == 1).any(axis=0) & (test_labels == 0).any(axis=0)).sum())
+    assert (results["test_num_classes"], results["test_num_measured"]) == (20, measurable)
+    assert measurable < 20
+    aps = np.array(results["test_ap"])
+    assert results["test_map"] == pytest.approx(aps.mean())
+    measured = (test_labels == 1).any(axis=0) & (test_labels == 0).any(axis=0)
+    assert results["test_map_measured"] == pytest.approx(aps[measured].mean())
+    assert f"{20 - measurable} of 20 test classes have no positive or no negative" in \
+        capsys.readouterr().out
+    assert summarize.main([str(tmp_path / "runs")]) == 0
+    assert f"test classes without a positive or a negative: {20 - measurable} of 20" in \
+        capsys.readouterr().out
