@@ -10,7 +10,9 @@ InputError naming the file, also when a worker read it (`ImageLoader`).
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -542,10 +544,29 @@ class ImageLoader(DataLoader):
     workers. Options as DataLoader's; `loader.dataset.images` is the dataset passed in."""
 
     def __init__(self, images: Dataset, **options):
-        super().__init__(_FailuresAsData(images), collate_fn=collate_or_fail, **options)
+        with torch_worker_count_warning_off():
+            super().__init__(_FailuresAsData(images), collate_fn=collate_or_fail, **options)
 
     def __iter__(self):
-        return iterate(super().__iter__())
+        with torch_worker_count_warning_off():
+            batches = super().__iter__()
+        return iterate(batches)
+
+
+@contextmanager
+def torch_worker_count_warning_off():
+    """DataLoader warns about too many workers at construction and again at the first iteration,
+    for every loader; `warn_if_too_many_workers` says it once per run instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
+        yield
+
+
+def warn_if_too_many_workers(num_workers: int) -> None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus and num_workers > cpus:
+        warnings.warn(f"--num_workers {num_workers} exceeds the {cpus} CPUs this process may use; "
+                      f"loading may slow down (each loader starts that many workers)")
 
 
 def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,

@@ -439,6 +439,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
     check_world(config, world, training)
     device = resolve_device(config.device, world)
     init_process_group(world, device, DISTRIBUTED_TIMEOUT_S)
+    datasets.warn_if_too_many_workers(config.num_workers)
     if data is None:
         data = main_process_first(world, lambda: load_run_data(config, device))
     if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:

@@ -1,7 +1,9 @@
 """datasets.py: image decoding, loader errors, evaluation checks of custom data, warnings."""
 from __future__ import annotations
 
+import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import torch
 from PIL import Image
 
 import datasets
-from datasets import ImageFileDataset, InputError
+from datasets import ImageFileDataset
+from errors import InputError
 
 
 # ------------------------------------------------------------------------------- image decoding
@@ -226,3 +229,17 @@ def test_custom_class_without_observed_positive_is_warned_once(custom_folder):
     assert [str(warning.message) for warning in caught] == [
         "no observed positive in the training labels for 1 of 3 classes: 'sea' (training gets no "
         "positive signal for them)"]
+
+
+def test_too_many_workers_is_said_once_not_per_loader():
+    workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) + 1
+    images = datasets.TensorImageDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        datasets.warn_if_too_many_workers(workers)
+        for shuffle in (True, False):
+            assert sum(len(ids) for _, ids in datasets.make_loader(images, 2, shuffle, workers, 0,
+                                                                   False)) == 4
+    messages = [str(warning.message) for warning in caught]
+    assert sum(f"--num_workers {workers} exceeds" in message for message in messages) == 1
+    assert not any("This DataLoader will create" in message for message in messages)
