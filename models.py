@@ -164,15 +164,16 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
 
 
 def build_image_model(arch: str, weights: str, num_classes: int, device: torch.device,
-                      channels_last: bool) -> MultiLabelNet:
+                      channels_last: bool, boost_alpha: float = 1.0) -> MultiLabelNet:
     """build_model on `device`, in channels_last memory format when asked."""
-    model = build_model(arch, weights, num_classes).to(device)
+    model = build_model(arch, weights, num_classes, boost_alpha).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def build_model(arch: str, weights: str, num_classes: int) -> MultiLabelNet:
+def build_model(arch: str, weights: str, num_classes: int, boost_alpha: float = 1.0) -> MultiLabelNet:
     """`arch` in resnet50, resnet101, small_cnn or a timm name; `weights` imagenet_v1 (the papers'),
-    imagenet_v2, none, or a path to a local ImageNet state dict of that arch."""
+    imagenet_v2, none, or a path to a local ImageNet state dict of that arch; boost_alpha ≠ 1: the
+    BoostLU head (MultiLabelNet)."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if arch == "small_cnn":
         backbone, num_features = small_cnn()
@@ -181,7 +182,7 @@ def build_model(arch: str, weights: str, num_classes: int) -> MultiLabelNet:
         backbone, num_features = torchvision_backbone(arch, weights)
     else:
         backbone, num_features, mean, std = timm_backbone(arch, weights)
-    return MultiLabelNet(backbone, num_features, num_classes, mean, std)
+    return MultiLabelNet(backbone, num_features, num_classes, mean, std, boost_alpha)
 
 
 # --- running a model ------------------------------------------------------------------------------

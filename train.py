@@ -330,13 +330,11 @@ def start_run(config: Config, data: ExperimentData | None = None) -> Run:
         loaders = features.feature_loaders(data, config.linear_batch_size, config.seed)
     else:
         model = build_image_model(config.arch, config.weights, data.num_classes, device,
-                                  config.channels_last)
+                                  config.channels_last, config.boostlu_alpha)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device)
     method = methods.build(config.method, data.train.observed, data.train.true_labels,
-                           device=device, delta_rel=config.delta_rel,
-                           expected_num_pos=config.expected_num_pos, seed=config.seed,
-                           estimator_lr_mult=config.head_lr_mult)
+                           device=device, hyper=config.method_hyper_parameters())
     return Run(config, device, data, model, preprocess, loaders, method, RunFolder(config.out_dir))
 
 
