@@ -49,8 +49,9 @@ DATASET_DEFAULTS = {
 # The scheme a loss gets when --mod_scheme is not given: the LL paper's AN runs LL-R.
 DEFAULT_SCHEME = {"an": "LL-R"}
 
-# The flags of the methods after the LL paper (SPEC_PEERS) and their defaults, the authors': the
-# keys are the hyper-parameter names the method classes declare. EM's α and APL's β, T_w are per
+# The flags of the methods after the LL paper (SPEC_PEERS) and their defaults, the authors' (and
+# LL-Cp's relabel rule, whose BoostLU variant came with them): the keys are the hyper-parameter
+# names the method classes declare; a flag is refused for a method that does not declare it. EM's α and APL's β, T_w are per
 # dataset in the EM code (EM_DEFAULTS); other datasets get pascal's, peer_losses' defaults.
 PEER_DEFAULTS = {
     "em_alpha": peer_losses.EM_ALPHA, "apl_beta": peer_losses.APL_BETA,
@@ -59,7 +60,7 @@ PEER_DEFAULTS = {
     "focal_margin": peer_losses.HILL_MARGIN, "focal_gamma": peer_losses.HILL_GAMMA,
     "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
     "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
-    "gr_schedule": "reference", "gr_observed_negatives": "bce",
+    "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
 }
 EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset["loss"]["beta"],
                          "apl_warmup_epochs": preset["apl"]["warmup_epochs"]}
@@ -138,6 +139,7 @@ class Config:
     gr_q3: float = PEER_DEFAULTS["gr_q3"]
     gr_schedule: str = PEER_DEFAULTS["gr_schedule"]
     gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
+    llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
                              "authors' best per dataset and scheme; BoostLU's with --boostlu_alpha "
                              "on pascal/coco/nuswide/cub)")
+    method.add_argument("--llcp_relabel", choices=("above", "modified"),
+                        help="LL-Cp: which modified entries become positives for good: those strictly "
+                             "above the k-th largest loss (SPEC §4; with k = 1 none) or every modified "
+                             "one, as BoostLU's code (default: above)")
     method.add_argument("--boostlu_alpha", type=float, default=1.0, metavar="ALPHA",
                         help="BoostLU (Kim et al., CVPR 2023): the head is applied at every position "
                              "of the feature map (bias included) and positive activations are "

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 import peer_losses
 from errors import InputError
-from losses import LabelEstimator, LossOutput, ObservedLabelStore, compute_loss, ll_num_modified
+from losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore, compute_loss,
+                    ll_num_modified)
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -107,6 +108,11 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
     cls = method_class(name)
     chosen = chosen_hyper_parameters(name, hyper, **named)
     return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 class Method:
@@ -324,8 +330,26 @@ class LargeLossCorrectionTemporary(LargeLoss):
 
 @register
 class LargeLossCorrectionPermanent(LargeLoss):
-    """LL-Cp: the entries above the threshold become observed positives for good."""
+    """LL-Cp: the entries above the threshold become observed positives for good.
+
+    llcp_relabel "above" (SPEC §4): the candidates strictly above the k-th largest loss; "modified":
+    every modified candidate, loss ≥ it (BoostLU's code, SPEC_PEERS §1.2)."""
     name = "LL-Cp"
+    hyper_parameters = ("delta_rel", "llcp_relabel")
+
+    def __init__(self, observed, true_labels=None, *, device="cpu", delta_rel: float,
+                 llcp_relabel: str = "above"):
+        super().__init__(observed, true_labels, device=device, delta_rel=delta_rel)
+        self.llcp_relabel = llcp_relabel
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        super().check_hyper_parameters(hyper)
+        _require(hyper.get("llcp_relabel", "above") in LLCP_RELABEL,
+                 f"--llcp_relabel must be one of {LLCP_RELABEL}, got {hyper.get('llcp_relabel')!r}")
+
+    def _loss_arguments(self, sample_ids: Tensor) -> dict:
+        return {"delta_rel": self.delta_rel, "llcp_relabel": self.llcp_relabel}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         self.labels.apply_relabel(sample_ids, output.relabel)
@@ -335,20 +359,16 @@ class LargeLossCorrectionPermanent(LargeLoss):
         (e.g. pascal's B=16, L=20, Δrel=0.1) nothing is ever relabeled and LL-Cp acts as LL-Ct."""
         num_classes = self.labels.observed.shape[1]
         k = ll_num_modified("LL-Cp", 2, self.delta_rel, batch_size, num_classes)
-        if k <= 1:
+        if k <= 1 and self.llcp_relabel == "above":
             warnings.warn(f"LL-Cp with --delta_rel {self.delta_rel:g}, batch {batch_size} and "
                           f"{num_classes} classes modifies k = {k} entry per batch; only entries "
                           f"strictly above the k-th largest loss are relabeled, so none will be and "
-                          f"LL-Cp behaves like LL-Ct (raise --delta_rel to get k >= 2)")
+                          f"LL-Cp behaves like LL-Ct (raise --delta_rel to get k >= 2, or "
+                          f"relabel every modified entry as BoostLU's code: --llcp_relabel modified)")
 
 
 
 # --- after the LL paper (SPEC_PEERS): the maths is peer_losses.py's ---------------------------------
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
 
 @register
 class EntropyMaximisation(Method):

@@ -142,6 +142,9 @@ _PEER_FLAGS = {
     "SPLC": {"tau": "--splc_tau", **_FOCAL_FLAGS},
     "GR": {"beta": "--gr_beta", "alpha": "--gr_alpha", "q2": "--gr_q2", "q3": "--gr_q3"},
 }
+# The authors' code behaviour that differs from this project's default and shaped their numbers
+# (on their datasets): BoostLU's LL-Cp relabels every modified entry (SPEC_PEERS §1.2).
+_CODE_VARIANTS = {f"LL-Cp{BOOSTLU}": ["--llcp_relabel", "modified"]}
 _TRAIN_FLAGS = {"optimizer": "--optimizer", "lr": "--lr", "head_lr_mult": "--head_lr_mult",
                 "weight_decay": "--weight_decay", "batch_size": "--batch_size",
                 "num_epochs": "--epochs"}
@@ -177,6 +180,8 @@ def peer_flags(dataset: str, method: str) -> list[str]:
     words = _flag_values(_TRAIN_FLAGS, recipe)
     if isinstance(recipe.get("early_stop"), float):
         words += ["--early_stop_drop", str(recipe["early_stop"])]
+    if dataset in peer_losses.PEER_PRESETS[name]:
+        words += _CODE_VARIANTS.get(method, [])
     return words + _flag_values(_PEER_FLAGS[name], values)
 
 

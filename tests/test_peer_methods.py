@@ -100,6 +100,25 @@ def test_the_registry_offers_the_peer_methods():
         assert flags in help_text
 
 
+@pytest.mark.parametrize("llcp_relabel,expected", [("above", []), ("modified", [(0, 1)])])
+def test_llcp_relabel_rule_of_boostlus_code_relabels_the_kth_entry_too(llcp_relabel, expected):
+    """Δrel 8 % of 3×4 entries: k = ⌈0.96⌉ = 1, so only the largest candidate loss, (0, 1), is
+    modified and nothing lies strictly above it: SPEC §4's LL-Cp relabels nothing, BoostLU's code
+    (loss ≥ R) relabels that entry (SPEC_PEERS §1.2)."""
+    logits = torch.tensor([[0.0, 5.0, 4.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    method = methods.build("LL-Cp", OBSERVED[:3], delta_rel=8.0, llcp_relabel=llcp_relabel)
+    output = method.loss(logits, torch.arange(3), epoch=2)
+    expected_output = losses.compute_loss("LL-Cp", logits, OBSERVED[:3], epoch=2, delta_rel=8.0,
+                                          llcp_relabel=llcp_relabel)
+    assert torch.equal(output.relabel, expected_output.relabel)
+    assert output.modified.nonzero().tolist() == [[0, 1]]
+    method.after_step(torch.arange(3), output)
+    assert output.relabel.nonzero().tolist() == [list(entry) for entry in expected]
+    assert method.num_relabeled == len(expected)
+    with pytest.raises(ValueError, match="llcp_relabel"):
+        losses.compute_loss("LL-Cp", logits, OBSERVED[:3], epoch=2, llcp_relabel="ge")
+
+
 # --- APL: its own store, filled after the warm-up, checkpointed ------------------------------------
 
 def apl(**hyper) -> methods.Method:
@@ -208,6 +227,8 @@ REFUSED = {
                              "--apl_warmup_epochs", "4"], "--apl_warmup_epochs must be between 1"),
     "apl_on_an": (["--loss", "an", "--mod_scheme", "APL"], "--mod_scheme APL applies to --loss em"),
     "ll_on_em": (["--loss", "em", "--mod_scheme", "LL-R"], "--mod_scheme LL-R applies to --loss an"),
+    "llcp_relabel_on_llr": (["--mod_scheme", "LL-R", "--llcp_relabel", "modified"],
+                            "--llcp_relabel is a hyper-parameter of LL-Cp, not of LL-R"),
     "hill_flag_elsewhere": (["--hill_lambda", "2"],
                             "--hill_lambda is a hyper-parameter of hill, not of LL-R"),
     "apl_flag_on_em": (["--loss", "em", "--apl_beta", "0.1"],

@@ -368,6 +368,9 @@ def test_reproduce_skips_finished_runs(tmp_path, monkeypatch, capsys):
     ("nuswide", "splc", {"--loss": "splc", "--splc_tau": "0.6", "--focal_margin": "1.0",
                          "--optimizer": "adam", "--lr": "1e-05", "--batch_size": "16"},
      "# paper: none (SPLC's paper has no number on the Cole protocol)"),
+    ("cub", "LL-Cp+BoostLU", {"--mod_scheme": "LL-Cp", "--boostlu_alpha": "5.0",
+                              "--delta_rel": "0.1", "--llcp_relabel": "modified"},
+     "# paper E2E cub LL-Cp+BoostLU: 19.34"),
     ("digits", "LL-Cp+BoostLU", {"--mod_scheme": "LL-Cp", "--boostlu_alpha": "5.0",
                                  "--delta_rel": "1.0", "--lr": "0.001", "--epochs": "20"},
      "# paper: none (digits is not in the paper)"),
@@ -380,6 +383,7 @@ def test_reproduce_dry_run_of_a_later_method_uses_its_authors_preset(capsys, dat
     assert {name: flags[name] for name in expected} == expected
     assert flags["--out_dir"] == f"runs/repro/{dataset}/end_to_end/{method}/seed0"
     assert line.endswith(note)
+    assert ("--llcp_relabel" in flags) == (method == "LL-Cp+BoostLU" and dataset != "digits")
     if method == "gr":
         words = shlex.split(line.split("  #")[0])
         start = words.index("--gr_beta")
