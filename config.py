@@ -51,8 +51,9 @@ DEFAULT_SCHEME = {"an": "LL-R"}
 
 # The flags of the methods after the LL paper (SPEC_PEERS) and their defaults, the authors' (and
 # LL-Cp's relabel rule, whose BoostLU variant came with them): the keys are the hyper-parameter
-# names the method classes declare; a flag is refused for a method that does not declare it. EM's α and APL's β, T_w are per
-# dataset in the EM code (EM_DEFAULTS); other datasets get pascal's, peer_losses' defaults.
+# names the method classes declare; a flag is refused for a method that does not declare it.
+# EM's α and APL's β, T_w are per dataset in the EM code (EM_DEFAULTS); other datasets get pascal's,
+# peer_losses' defaults.
 PEER_DEFAULTS = {
     "em_alpha": peer_losses.EM_ALPHA, "apl_beta": peer_losses.APL_BETA,
     "apl_warmup_epochs": peer_losses.APL_WARMUP_EPOCHS,
@@ -358,7 +359,8 @@ def method_lines() -> list[str]:
         summary = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".")
         lines.append(f"  {flags:<29} {summary}")
     boosted = ", ".join(name for name, cls in methods.METHODS.items() if cls.composes_with_boostlu)
-    return lines + [f"  {'--boostlu_alpha 5':<29} BoostLU's head (Kim et al., CVPR 2023), with: {boosted}"]
+    flag = "--boostlu_alpha 5"
+    return lines + [f"  {flag:<29} BoostLU's head (Kim et al., CVPR 2023), with: {boosted}"]
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -384,7 +384,8 @@ class EntropyMaximisation(Method):
 
     @classmethod
     def check_hyper_parameters(cls, hyper: dict) -> None:
-        _require(hyper.get("em_alpha", 0.0) >= 0, f"--em_alpha must be >= 0, got {hyper.get('em_alpha')}")
+        alpha = hyper.get("em_alpha", peer_losses.EM_ALPHA)
+        _require(alpha >= 0, f"--em_alpha must be >= 0, got {alpha}")
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         return peer_losses.em_loss(logits, self.labels.rows(sample_ids), alpha=self.em_alpha)
@@ -427,7 +428,8 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
                  f"epochs T_w … T−1), got {warmup} with {num_epochs} epochs")
         proportion = hyper.get("apl_proportion", peer_losses.APL_PROPORTION)
         _require(0 < proportion <= 1, f"--apl_proportion must be in (0, 1], got {proportion}")
-        _require(hyper.get("apl_beta", 0.0) >= 0, f"--apl_beta must be >= 0, got {hyper.get('apl_beta')}")
+        beta = hyper.get("apl_beta", peer_losses.APL_BETA)
+        _require(beta >= 0, f"--apl_beta must be >= 0, got {beta}")
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         return peer_losses.em_loss(logits, self.labels.rows(sample_ids), alpha=self.em_alpha,

@@ -52,7 +52,8 @@ def default_label(run_dir: str) -> str:
     except (OSError, json.JSONDecodeError):
         return os.path.basename(os.path.normpath(run_dir))
     method = method_of(config) or "?"
-    delta = f" Δrel {config['delta_rel']:g}" if takes_delta_rel(method) and "delta_rel" in config else ""
+    shows_delta = takes_delta_rel(method) and "delta_rel" in config
+    delta = f" Δrel {config['delta_rel']:g}" if shows_delta else ""
     return f"{method}{delta} seed{config.get('seed', '?')}"
 
 
