@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import methods
+import peer_losses
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features", "openimages")
 PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
@@ -58,6 +59,27 @@ DATASET_DEFAULTS = {
 
 # The scheme a loss gets when --mod_scheme is not given: the LL paper's AN runs LL-R.
 DEFAULT_SCHEME = {"an": "LL-R"}
+
+# The flags of the methods after the LL paper (SPEC_PEERS) and their defaults, the authors' (and
+# LL-Cp's relabel rule, whose BoostLU variant came with them): the keys are the hyper-parameter
+# names the method classes declare; a flag is refused for a method that does not declare it.
+# EM's α and APL's β, T_w are per dataset in the EM code (EM_DEFAULTS); other datasets get pascal's,
+# peer_losses' defaults.
+PEER_DEFAULTS = {
+    "em_alpha": peer_losses.EM_ALPHA, "apl_beta": peer_losses.APL_BETA,
+    "apl_warmup_epochs": peer_losses.APL_WARMUP_EPOCHS,
+    "apl_proportion": peer_losses.APL_PROPORTION, "hill_lambda": peer_losses.HILL_LAMBDA,
+    "focal_margin": peer_losses.HILL_MARGIN, "focal_gamma": peer_losses.HILL_GAMMA,
+    "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
+    "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
+    "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
+}
+EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset["loss"]["beta"],
+                         "apl_warmup_epochs": preset["apl"]["warmup_epochs"]}
+               for dataset, preset in peer_losses.PEER_PRESETS["EM+APL"].items()}
+# BoostLU's Δrel per scheme (the same for every dataset), used instead of the LL paper's where
+# DATASET_DEFAULTS holds the LL paper's (PAPER_DATASETS); digits and custom keep ours.
+BOOSTLU_DELTA_REL = peer_losses.BOOSTLU_DELTA_REL
 
 # Cole et al.'s LinearInit phase-1 settings per loss (SPEC §6); other losses use an_ls's.
 LINEAR_DEFAULTS = {"role": (1e-3, 16)}
@@ -116,9 +138,35 @@ class Config:
     track_train: bool
     pointing_game: bool
     track_images: int
+    # the methods after the LL paper (defaults so that configurations saved before them load)
+    boostlu_alpha: float = 1.0
+    em_alpha: float = PEER_DEFAULTS["em_alpha"]
+    apl_beta: float = PEER_DEFAULTS["apl_beta"]
+    apl_warmup_epochs: int = PEER_DEFAULTS["apl_warmup_epochs"]
+    apl_proportion: float = PEER_DEFAULTS["apl_proportion"]
+    hill_lambda: float = PEER_DEFAULTS["hill_lambda"]
+    focal_margin: float = PEER_DEFAULTS["focal_margin"]
+    focal_gamma: float = PEER_DEFAULTS["focal_gamma"]
+    splc_tau: float = PEER_DEFAULTS["splc_tau"]
+    reduction: str = PEER_DEFAULTS["reduction"]
+    gr_beta: tuple = PEER_DEFAULTS["gr_beta"]
+    gr_alpha: tuple = PEER_DEFAULTS["gr_alpha"]
+    gr_q2: float = PEER_DEFAULTS["gr_q2"]
+    gr_q3: float = PEER_DEFAULTS["gr_q3"]
+    gr_schedule: str = PEER_DEFAULTS["gr_schedule"]
+    gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
+    llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def method_hyper_parameters(self) -> dict:
+        """Everything methods.build offers the method; it takes the ones it declares. num_epochs,
+        T of the APL and GR schedules, is the epochs of the one phase they run in."""
+        return {"delta_rel": self.delta_rel, "expected_num_pos": self.expected_num_pos,
+                "seed": self.seed, "estimator_lr_mult": self.head_lr_mult,
+                "num_epochs": self.linear_epochs if self.train_mode == "linear" else self.epochs,
+                **{name: getattr(self, name) for name in PEER_DEFAULTS}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,9 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Weakly supervised multi-label classification: the large-loss schemes of Kim et "
                     "al. (CVPR 2022) and the single-positive baselines of Cole et al. (CVPR 2021).",
-        epilog="Examples:\n  python main.py                                   # digits demo, AN + LL-R\n"
+        epilog="Methods (the registry, methods.py):\n" + "\n".join(method_lines()) + "\n\n"
+               "Examples:\n  python main.py                                   # digits demo, AN + LL-R\n"
                "  python main.py --dataset coco --mod_scheme LL-Ct   # a paper cell, authors' defaults\n"
-               "  python main.py --loss role --dataset pascal        # a baseline",
+               "  python main.py --loss role --dataset pascal        # a baseline\n"
+               "  python main.py --dataset coco --loss em --mod_scheme APL   # EM+APL, authors' α, β, T_w",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE",
                         help="JSON or YAML (.yaml/.yml) file of flag defaults (keys = flag names; "
@@ -176,9 +226,68 @@ def build_parser() -> argparse.ArgumentParser:
                              "LL-Cp corrects permanently (default: LL-R for an, none otherwise)")
     method.add_argument("--delta_rel", type=float,
                         help="Δrel in percent per epoch, 0 to 100: from epoch 2 on, LL-R/LL-Ct modify "
-                             "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %%, capped at the "
-                             "unobserved entries (default: the authors' best per dataset and "
-                             "scheme)")
+                             "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
+                             "authors' best per dataset and scheme; BoostLU's with --boostlu_alpha "
+                             "on pascal/coco/nuswide/cub)")
+    method.add_argument("--llcp_relabel", choices=("above", "modified"),
+                        help="LL-Cp: which modified entries become positives for good: those strictly "
+                             "above the k-th largest loss (SPEC §4; with k = 1 none) or every modified "
+                             "one, as BoostLU's code (default: above)")
+    method.add_argument("--boostlu_alpha", type=float, default=1.0, metavar="ALPHA",
+                        help="BoostLU (Kim et al., CVPR 2023): the head is applied at every position "
+                             "of the feature map (bias included) and positive activations are "
+                             "multiplied by ALPHA before average pooling, in training, validation and "
+                             "test; 1 is the plain head, the authors use 5. With --loss an and its "
+                             "large-loss schemes, end to end; on pascal/coco/nuswide/cub --delta_rel "
+                             "then defaults to BoostLU's (LL-R 0.5, LL-Ct 0.2, LL-Cp 0.1) (default: 1)")
+    method.add_argument("--em_alpha", type=float,
+                        help="EM and EM+APL: weight α of the entropy term −α·H(p) on unobserved "
+                             "entries (default: the authors' per dataset: pascal 0.2, coco 0.1, "
+                             "nuswide 0.1, cub 0.01; otherwise 0.2)")
+    method.add_argument("--apl_beta", type=float,
+                        help="EM+APL (--loss em --mod_scheme APL): weight β of the pseudo-negatives' "
+                             "soft BCE (default per dataset: pascal 0.02, coco 0.9, nuswide 0.2, cub "
+                             "0.4; otherwise 0.02)")
+    method.add_argument("--apl_warmup_epochs", type=int, metavar="T_W",
+                        help="EM+APL: the pseudo-labelling passes over the training set run after "
+                             "epochs T_W … T−1 (T = --epochs), each pass's labels used from the next "
+                             "epoch (default per dataset: pascal 5, coco 5, nuswide 4, cub 3; "
+                             "otherwise 5)")
+    method.add_argument("--apl_proportion", type=float, metavar="THETA",
+                        help="EM+APL: fraction θ of each class's unobserved entries labelled negative "
+                             "by the last pass, ⌊θ·U_j/(T−T_W)⌋ per pass (default: 0.9)")
+    method.add_argument("--hill_lambda", type=float,
+                        help="Hill: λ of the negative term (λ − p)·p² (default: 1.5)")
+    method.add_argument("--focal_margin", type=float, metavar="M",
+                        help="Hill and SPLC: margin subtracted from observed positives' logits "
+                             "(default: 1)")
+    method.add_argument("--focal_gamma", type=float, metavar="GAMMA",
+                        help="Hill and SPLC: exponent γ of the focal weights (default: 2)")
+    method.add_argument("--splc_tau", type=float, metavar="TAU",
+                        help="SPLC: from epoch 2 on, unobserved entries with σ(x) > TAU count as "
+                             "positives in their batch (default: 0.6)")
+    method.add_argument("--reduction", choices=("mean", "sum"),
+                        help="Hill and SPLC: mean = Σ/(B·L), the protocol of every method here; "
+                             "sum = Σ, the authors' code (with Adam and no weight decay the two differ "
+                             "only through Adam's ε; with SGD or weight decay sum scales the step by "
+                             "B·L) (default: mean)")
+    method.add_argument("--gr_beta", type=float, nargs=4, metavar=("W0", "W_T", "B0", "B_T"),
+                        help="GR: soft pseudo-label k̂ = σ(w·p + b), w and b moving linearly over "
+                             "the --epochs (default: 0 2 -2 -2)")
+    method.add_argument("--gr_alpha", type=float, nargs=4, metavar=("MU0", "SIGMA0", "MU_T", "SIGMA_T"),
+                        help="GR: weight v = exp(−(p − μ)²/(2σ²)), μ and σ moving linearly over the "
+                             "--epochs (default: 0.5 2 0.8 0.5)")
+    method.add_argument("--gr_q2", type=float,
+                        help="GR: q₂ of (1 − p^q)/q, the soft-positive side (default: 0.01)")
+    method.add_argument("--gr_q3", type=float,
+                        help="GR: q₃ of (1 − (1−p)^q)/q, the negative side (default: 1)")
+    method.add_argument("--gr_schedule", choices=("reference", "aligned"),
+                        help="GR: reference = the authors' code, whose w and b move one epoch behind "
+                             "μ and σ and reach only (T−1)/T of the way at epoch T; aligned = all four "
+                             "arrive at epoch T (default: reference)")
+    method.add_argument("--gr_observed_negatives", choices=("bce", "ignore"),
+                        help="GR on observed negatives (−1): bce = −log(1−p), our extension; ignore "
+                             "= no loss, the authors' code (default: bce)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits; small_cnn_gn: "
@@ -286,6 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def method_lines() -> list[str]:
+    """--help's list of the registered methods: flags and the first sentence of the docstring."""
+    lines = []
+    for name, cls in methods.METHODS.items():
+        if cls.base_loss is not None:
+            flags = f"--loss {cls.base_loss} --mod_scheme {name}"
+        else:
+            flags = f"--loss {name}" + (" --mod_scheme none" if name in DEFAULT_SCHEME else "")
+        summary = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        lines.append(f"  {flags:<29} {summary}")
+    boosted = ", ".join(name for name, cls in methods.METHODS.items() if cls.composes_with_boostlu)
+    flag = "--boostlu_alpha 5"
+    return lines + [f"  {flag:<29} BoostLU's head (Kim et al., CVPR 2023), with: {boosted}"]
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     """Parse flags (with an optional --config file under them) into a resolved Config."""
     parser = build_parser()
@@ -311,6 +435,10 @@ def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
         parser.error(f"--config: {path} must hold a mapping of flag names to values")
     if "git_sha" in values or "versions" in values:  # a run's config.json
         values = {key: value for key, value in values.items() if key not in FOLDER_FLAGS}
+    recorded_method = methods.METHODS.get(values.get("method"))
+    if recorded_method is not None:  # a run's config.json: its other methods' values mean nothing
+        values = {key: value for key, value in values.items()
+                  if key not in PEER_DEFAULTS or key in recorded_method.hyper_parameters}
     values = {key: value for key, value in values.items() if key not in RECORDED_KEYS}
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
@@ -410,7 +538,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
     method = mod_scheme if mod_scheme != "none" else args.loss
     delta_rel = args.delta_rel
     if delta_rel is None:
-        delta_rel = defaults.delta_rel.get(mod_scheme, 0.0)
+        boosted = args.boostlu_alpha != 1 and args.dataset in PAPER_DATASETS
+        delta_rel = (BOOSTLU_DELTA_REL if boosted else defaults.delta_rel).get(mod_scheme, 0.0)
     if not 0 <= delta_rel <= 100:  # above 100 % of the entries per epoch means nothing
         parser.error(f"--delta_rel must be between 0 and 100 (percent of the batch's entries per "
                      f"epoch), got {delta_rel:g}")
@@ -421,14 +550,11 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
     linear_lr, linear_batch_size = LINEAR_DEFAULTS.get(args.loss, LINEAR_DEFAULT)
     arch = args.arch or defaults.arch
     check_flags(args, parser)
+    peer_values = resolve_method_flags(args, parser, method)
     num_workers = args.num_workers
     if num_workers is None:
         num_workers = 0 if args.dataset == "digits" else 4
-    seed_part = f"_d{delta_rel:g}" if mod_scheme != "none" else ""
-    mode_part = "" if args.train_mode == "end_to_end" else f"_{args.train_mode}"
-    out_dir = args.out_dir or default_out_dir(
-        f"{args.dataset}_{method}{seed_part}{mode_part}_seed{args.seed}")
-    return Config(
+    return checked(parser, Config(
         dataset=args.dataset,
         data_root=args.data_root or f"data/{args.dataset}",
         image_dir=args.image_dir,
@@ -451,12 +577,63 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         linear_lr=args.linear_lr if args.linear_lr is not None else linear_lr,
         linear_batch_size=args.linear_batch_size or linear_batch_size,
         seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
-        compile=args.compile, sync_bn=args.sync_bn, out_dir=out_dir, resume=args.resume, eval_only=args.eval_only,
+        compile=args.compile, sync_bn=args.sync_bn,
+        out_dir=args.out_dir or default_out_dir(default_run_name(args, method, delta_rel)),
+        resume=args.resume, eval_only=args.eval_only,
         stop_after=args.stop_after, log_every=args.log_every, overwrite=args.overwrite,
         split=args.split, logger=args.logger,
         track_train=args.track_train, pointing_game=args.pointing_game,
-        track_images=args.track_images,
-    )
+        track_images=args.track_images, **peer_values,
+    ))
+
+
+def checked(parser: argparse.ArgumentParser, config: Config) -> Config:
+    """`config`, once its method accepts its hyper-parameters (e.g. not an APL warm-up as long as
+    the run)."""
+    try:
+        methods.chosen_hyper_parameters(config.method, config.method_hyper_parameters())
+    except ValueError as error:
+        parser.error(str(error))
+    return config
+
+
+def default_run_name(args: argparse.Namespace, method: str, delta_rel: float) -> str:
+    """<dataset>_<method>[_d<Δrel>][_boostlu<α>][_<train_mode>]_seed<seed> (default_out_dir
+    dates it)."""
+    delta_part = (f"_d{delta_rel:g}" if "delta_rel" in methods.method_class(method).hyper_parameters
+                  else "")
+    boost_part = f"_boostlu{args.boostlu_alpha:g}" if args.boostlu_alpha != 1 else ""
+    mode_part = "" if args.train_mode == "end_to_end" else f"_{args.train_mode}"
+    return f"{args.dataset}_{method}{delta_part}{boost_part}{mode_part}_seed{args.seed}"
+
+
+def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                         method: str) -> dict:
+    """The values of the peer methods' flags (explicit > the authors' per dataset > theirs), after
+    refusing what cannot run: a flag of another method, BoostLU where its paper does not put it."""
+    cls = methods.method_class(method)
+    for name in PEER_DEFAULTS:
+        if getattr(args, name) is not None and name not in cls.hyper_parameters:
+            users = [user for user, other in methods.METHODS.items() if name in other.hyper_parameters]
+            parser.error(f"--{name} is a hyper-parameter of {', '.join(users)}, not of {method}")
+    if args.boostlu_alpha != 1:
+        boosted = [name for name, other in methods.METHODS.items() if other.composes_with_boostlu]
+        if not cls.composes_with_boostlu:
+            parser.error(f"--boostlu_alpha applies to {', '.join(boosted)} (BoostLU's paper puts "
+                         f"its head under AN and the large-loss schemes only), not to {method}")
+        if args.train_mode != "end_to_end":
+            parser.error("--boostlu_alpha needs --train_mode end_to_end: the linear head on pooled "
+                         "features has no class activation maps to boost")
+        if args.boostlu_alpha <= 0:
+            parser.error(f"--boostlu_alpha must be > 0, got {args.boostlu_alpha}")
+    if cls.schedule_spans_the_run and args.train_mode == "linear_init":
+        parser.error(f"{method}'s schedule spans the run's epochs; --train_mode linear_init has two "
+                     f"phases, each restarting the epoch count (use end_to_end or linear)")
+    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {})}
+    values.update({name: getattr(args, name) for name in PEER_DEFAULTS
+                   if getattr(args, name) is not None})
+    values["gr_beta"], values["gr_alpha"] = tuple(values["gr_beta"]), tuple(values["gr_alpha"])
+    return {**values, "boostlu_alpha": args.boostlu_alpha}
 
 
 def config_from_dict(values: dict) -> Config:

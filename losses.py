@@ -27,6 +27,9 @@ BASELINES = ("bce", "bce_ls", "iun", "iu", "an", "an_ls", "wan", "epr", "role")
 METHODS = BASELINES + LL_SCHEMES
 NEEDS_TRUE_LABELS = ("bce", "bce_ls", "iun")
 NEEDS_EXPECTED_NUM_POS = ("epr", "role")
+# Which of LL-Cp's modified entries become positives for good: those strictly above the threshold
+# R (SPEC §4, the LL authors' code), or every modified one, loss ≥ R (BoostLU's code, SPEC_PEERS §1.2).
+LLCP_RELABEL = ("above", "modified")
 LABEL_SMOOTHING = 0.1  # ε of bce_ls and an_ls
 
 
@@ -151,7 +154,7 @@ def _role_loss(logits, observed, estimator_logits, expected_num_pos):
     return per_entry, regulariser
 
 
-def _large_loss(logits, observed, scheme, epoch, delta_rel):
+def _large_loss(logits, observed, scheme, epoch, delta_rel, llcp_relabel="above"):
     """AN with the large unobserved losses rejected (LL-R) or their targets flipped (LL-Ct, LL-Cp)."""
     negative_losses = bce(logits, 0.0)
     per_entry = torch.where(observed == 1, bce(logits, 1.0), negative_losses)
@@ -162,15 +165,17 @@ def _large_loss(logits, observed, scheme, epoch, delta_rel):
         per_entry = per_entry.masked_fill(modified, 0.0)
     else:
         per_entry = torch.where(modified, bce(logits, 1.0), per_entry)
-    relabel = above if scheme == "LL-Cp" else torch.zeros_like(modified)
-    return per_entry, modified, relabel
+    if scheme != "LL-Cp":
+        return per_entry, modified, torch.zeros_like(modified)
+    return per_entry, modified, above if llcp_relabel == "above" else modified
 
 
 # --- the entry point ----------------------------------------------------------------------------
 
 def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: Tensor | None = None,
                  epoch: int = 1, delta_rel: float = 0.0, expected_num_pos: float | None = None,
-                 estimator_logits: Tensor | None = None, check_values: bool = True) -> LossOutput:
+                 estimator_logits: Tensor | None = None, check_values: bool = True,
+                 llcp_relabel: str = "above") -> LossOutput:
     """The loss of `method` on one batch.
 
     Args:
@@ -184,7 +189,11 @@ def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: 
         estimator_logits: B×L rows of ROLE's θ for this batch (role).
         check_values: verify the encodings (one host sync); the trainer validates once at load
             time and passes False.
+        llcp_relabel: LL-Cp's permanent relabels, "above" R (SPEC §4) or every "modified" entry
+            (BoostLU's code; with k = 1 the former relabels nothing, the latter one entry).
     """
+    if llcp_relabel not in LLCP_RELABEL:
+        raise ValueError(f"llcp_relabel must be one of {LLCP_RELABEL}, got {llcp_relabel!r}")
     _check_arguments(method, logits, observed, true_labels, epoch, delta_rel, expected_num_pos,
                      estimator_logits, check_values)
     logits = logits.float()
@@ -192,7 +201,8 @@ def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: 
     modified = relabel = no_modification
     regulariser = None
     if method in LL_SCHEMES:
-        per_entry, modified, relabel = _large_loss(logits, observed, method, epoch, delta_rel)
+        per_entry, modified, relabel = _large_loss(logits, observed, method, epoch, delta_rel,
+                                                   llcp_relabel)
     elif method in ("bce", "bce_ls"):
         per_entry, regulariser = _full_label_loss(logits, true_labels.float(),
                                                   smoothing=method == "bce_ls")

@@ -14,7 +14,10 @@ The trainer never asks which method it runs; it calls
 
 Adding a method: one subclass of `Method`, decorated with `@register`, its tests and a README row.
 `--loss` offers every registered method without `base_loss`; `--mod_scheme` offers those that
-modify a base loss (the large-loss schemes modify `an`).
+modify a base loss (the large-loss schemes modify `an`, APL modifies `em`).
+
+The methods after the LL paper (BoostLU's head is a model option, --boostlu_alpha; EM, EM+APL, Hill,
+SPLC, GR) wrap the pure maths of peer_losses.py (SPEC_PEERS).
 
     import torch, methods
     observed = torch.tensor([[1, 0, 0], [0, 1, 0]])              # N×L in {-1, 0, +1}
@@ -32,8 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import peer_losses
 from errors import InputError
-from losses import LabelEstimator, LossOutput, ObservedLabelStore, compute_loss, ll_num_modified
+from losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore, compute_loss,
+                    ll_num_modified)
 from sparse_labels import SparseLabelStore
 
 METHODS: dict[str, type[Method]] = {}
@@ -63,24 +68,53 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
+# What `build` offers when the caller gives nothing (the values it has always defaulted to); the
+# other hyper-parameters default to the authors' values in each class's __init__.
+DEFAULT_HYPER_PARAMETERS = {"delta_rel": 0.0, "expected_num_pos": None, "seed": 0,
+                            "estimator_lr_mult": 10.0}
+
+
+def declared_hyper_parameters() -> set[str]:
+    """Every hyper-parameter name some registered method takes."""
+    return {name for cls in METHODS.values() for name in cls.hyper_parameters}
+
+
+def chosen_hyper_parameters(name: str, hyper: dict | None = None, **named) -> dict:
+    """The hyper-parameters of method `name` out of everything offered (`named` over `hyper` over
+    DEFAULT_HYPER_PARAMETERS), checked; a keyword no registered method takes is a TypeError."""
+    cls = method_class(name)
+    unknown = sorted(set(named) - declared_hyper_parameters())
+    if unknown:
+        raise TypeError(f"unknown hyper-parameter(s) {unknown}; methods take "
+                        f"{sorted(declared_hyper_parameters())}")
+    offered = {**DEFAULT_HYPER_PARAMETERS, **(hyper or {}), **named}
+    chosen = {key: offered[key] for key in cls.hyper_parameters if key in offered}
+    cls.check_hyper_parameters(chosen)
+    return chosen
+
+
 def build(name: str, observed, true_labels=None, *, device: torch.device | str = "cpu",
-          delta_rel: float = 0.0, expected_num_pos: float | None = None, seed: int = 0,
-          estimator_lr_mult: float = 10.0) -> Method:
+          hyper: dict | None = None, **named) -> Method:
     """The method `name` for a training split.
 
     Args:
         observed: N×L in {-1, 0, +1}, the training split's observed labels, or a ready
             sparse_labels.SparseLabelStore (label sets too large for an N×L matrix), used as is.
         true_labels: N×L in {0, 1} or None; given only to methods that declare needs_true_labels.
-        delta_rel, expected_num_pos, seed, estimator_lr_mult: the hyper-parameters; each method
-            takes the ones it declares in `hyper_parameters`.
+        hyper: every hyper-parameter the caller holds (e.g. Config.method_hyper_parameters():
+            delta_rel, expected_num_pos, seed, estimator_lr_mult, num_epochs, em_alpha, ...).
+        named: hyper-parameters by keyword (delta_rel=20.0), over `hyper`.
+    Each method takes the ones it declares in `hyper_parameters`; those not offered take the
+    method's defaults (the authors'). A value the method cannot run with is a ValueError.
     """
     cls = method_class(name)
-    offered = {"delta_rel": delta_rel, "expected_num_pos": expected_num_pos, "seed": seed,
-               "estimator_lr_mult": estimator_lr_mult}
-    hyper_parameters = {key: offered[key] for key in cls.hyper_parameters}
-    return cls(observed, true_labels if cls.needs_true_labels else None, device=device,
-               **hyper_parameters)
+    chosen = chosen_hyper_parameters(name, hyper, **named)
+    return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 def label_store(observed, device, name: str, dense_bytes_per_entry: int):
@@ -120,6 +154,9 @@ class Method:
         hyper_parameters: the keyword arguments of __init__ that `build` passes.
         dense_bytes_per_entry: bytes of N×L state the method keeps besides the labels (refused
             on a SparseLabelStore, whose point is that N×L does not fit).
+        composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
+        schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
+            num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
@@ -129,6 +166,8 @@ class Method:
     modifies_entries: ClassVar[bool] = False
     hyper_parameters: ClassVar[tuple[str, ...]] = ()
     dense_bytes_per_entry: ClassVar[int] = 0
+    composes_with_boostlu: ClassVar[bool] = False
+    schedule_spans_the_run: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
         self.labels = label_store(observed, device, self.name, self.dense_bytes_per_entry)
@@ -146,6 +185,11 @@ class Method:
         if cls.needs_observed_negatives and not bool((observed == -1).any()):
             raise InputError(f"--loss {cls.name} needs observed negatives, and the training labels "
                              f"have none (prepare them with --num_neg > 0)")
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        """Raise ValueError, naming the flag, for a value the method cannot run with. `hyper` holds
+        the declared hyper-parameters that were offered (the others take __init__'s defaults)."""
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         """The loss on a batch. logits: B×L; sample_ids: B training-set rows on the logits'
@@ -222,6 +266,7 @@ class IgnoreUnobserved(Method):
 class AssumeNegative(Method):
     """AN: every unobserved label is a negative."""
     name = "an"
+    composes_with_boostlu = True
 
 
 @register
@@ -291,6 +336,7 @@ class LargeLoss(Method):
     base_loss = "an"
     modifies_entries = True
     hyper_parameters = ("delta_rel",)
+    composes_with_boostlu = True
 
     def __init__(self, observed, true_labels=None, *, device="cpu", delta_rel: float):
         super().__init__(observed, true_labels, device=device)
@@ -316,8 +362,26 @@ class LargeLossCorrectionTemporary(LargeLoss):
 
 @register
 class LargeLossCorrectionPermanent(LargeLoss):
-    """LL-Cp: the entries above the threshold become observed positives for good."""
+    """LL-Cp: the entries above the threshold become observed positives for good.
+
+    llcp_relabel "above" (SPEC §4): the candidates strictly above the k-th largest loss; "modified":
+    every modified candidate, loss ≥ it (BoostLU's code, SPEC_PEERS §1.2)."""
     name = "LL-Cp"
+    hyper_parameters = ("delta_rel", "llcp_relabel")
+
+    def __init__(self, observed, true_labels=None, *, device="cpu", delta_rel: float,
+                 llcp_relabel: str = "above"):
+        super().__init__(observed, true_labels, device=device, delta_rel=delta_rel)
+        self.llcp_relabel = llcp_relabel
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        super().check_hyper_parameters(hyper)
+        _require(hyper.get("llcp_relabel", "above") in LLCP_RELABEL,
+                 f"--llcp_relabel must be one of {LLCP_RELABEL}, got {hyper.get('llcp_relabel')!r}")
+
+    def _loss_arguments(self, sample_ids: Tensor) -> dict:
+        return {"delta_rel": self.delta_rel, "llcp_relabel": self.llcp_relabel}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         self.labels.apply_relabel(sample_ids, output.relabel)
@@ -327,9 +391,201 @@ class LargeLossCorrectionPermanent(LargeLoss):
         (e.g. pascal's B=16, L=20, Δrel=0.1) nothing is ever relabeled and LL-Cp acts as LL-Ct."""
         num_classes = self.labels.num_classes
         k = ll_num_modified("LL-Cp", 2, self.delta_rel, batch_size, num_classes)
-        if k <= 1:
+        if k <= 1 and self.llcp_relabel == "above":
             warnings.warn(f"LL-Cp with --delta_rel {self.delta_rel:g}, batch {batch_size} and "
                           f"{num_classes} classes modifies k = {k} entry per batch; only entries "
                           f"strictly above the k-th largest loss are relabeled, so none will be and "
-                          f"LL-Cp behaves like LL-Ct (raise --delta_rel to get k >= 2)")
+                          f"LL-Cp behaves like LL-Ct (raise --delta_rel to get k >= 2, or "
+                          f"relabel every modified entry as BoostLU's code: --llcp_relabel modified)")
 
+
+
+# --- after the LL paper (SPEC_PEERS): the maths is peer_losses.py's ---------------------------------
+
+@register
+class EntropyMaximisation(Method):
+    """EM (Zhou et al., ECCV 2022): −log p on positives, −α·H(p) on unobserved entries (SPEC_PEERS
+    §2.1); observed negatives get BCE (an extension). The loss can be negative."""
+    name = "em"
+    hyper_parameters = ("em_alpha",)
+
+    def __init__(self, observed, true_labels=None, *, device="cpu",
+                 em_alpha: float = peer_losses.EM_ALPHA):
+        super().__init__(observed, true_labels, device=device)
+        self.em_alpha = em_alpha
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        alpha = hyper.get("em_alpha", peer_losses.EM_ALPHA)
+        _require(alpha >= 0, f"--em_alpha must be >= 0, got {alpha}")
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return peer_losses.em_loss(logits, self.labels.rows(sample_ids), alpha=self.em_alpha)
+
+
+@register
+class AsymmetricPseudoLabelling(EntropyMaximisation):
+    """EM+APL (Zhou et al., ECCV 2022): EM, plus soft pseudo-negatives from a pass over the training
+    set after epochs T_w … T−1, scored β·BCE(x, s) with s = p at labelling (SPEC_PEERS §2.2).
+
+    The pseudo-negatives live in their own N×L store (soft targets float32 + mask bool, 5 bytes per
+    entry: COCO 26 MB), never in the ±1 observed labels, and go into every checkpoint. `modified`
+    counts the pseudo-negatives a batch scores. T is num_epochs, the run's --epochs."""
+    name = "APL"
+    base_loss = "em"
+    hyper_parameters = ("em_alpha", "apl_beta", "apl_warmup_epochs", "apl_proportion", "num_epochs")
+    schedule_spans_the_run = True
+    dense_bytes_per_entry = 5  # the N×L soft pseudo-negatives (float32) and their mask
+
+    def __init__(self, observed, true_labels=None, *, device="cpu",
+                 em_alpha: float = peer_losses.EM_ALPHA, apl_beta: float = peer_losses.APL_BETA,
+                 apl_warmup_epochs: int = peer_losses.APL_WARMUP_EPOCHS,
+                 apl_proportion: float = peer_losses.APL_PROPORTION,
+                 num_epochs: int = peer_losses.APL_NUM_EPOCHS):
+        super().__init__(observed, true_labels, device=device, em_alpha=em_alpha)
+        self.apl_beta, self.warmup_epochs, self.num_epochs = apl_beta, apl_warmup_epochs, num_epochs
+        shape = self.labels.observed.shape
+        self.pseudo_targets = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.pseudo_mask = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.num_per_pass = peer_losses.apl_num_per_pass(
+            peer_losses.apl_unobserved_counts(self.labels.observed), warmup_epochs=apl_warmup_epochs,
+            num_epochs=num_epochs, proportion=apl_proportion).to(device)
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        super().check_hyper_parameters(hyper)
+        warmup = hyper.get("apl_warmup_epochs", peer_losses.APL_WARMUP_EPOCHS)
+        num_epochs = hyper.get("num_epochs", peer_losses.APL_NUM_EPOCHS)
+        _require(0 < warmup < num_epochs,
+                 f"--apl_warmup_epochs must be between 1 and the run's epochs − 1 (APL labels after "
+                 f"epochs T_w … T−1), got {warmup} with {num_epochs} epochs")
+        proportion = hyper.get("apl_proportion", peer_losses.APL_PROPORTION)
+        _require(0 < proportion <= 1, f"--apl_proportion must be in (0, 1], got {proportion}")
+        beta = hyper.get("apl_beta", peer_losses.APL_BETA)
+        _require(beta >= 0, f"--apl_beta must be >= 0, got {beta}")
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return peer_losses.em_loss(logits, self.labels.rows(sample_ids), alpha=self.em_alpha,
+                                   pseudo_targets=self.pseudo_targets[sample_ids],
+                                   pseudo_mask=self.pseudo_mask[sample_ids], beta=self.apl_beta)
+
+    def end_epoch(self, epoch: int, training_set_logits: Callable[[], Tensor]) -> None:
+        """The pseudo-labelling pass after epochs T_w … T−1 (none after T: its labels would never
+        be used); its labels count from the next epoch."""
+        if not peer_losses.apl_pass_after_epoch(epoch, warmup_epochs=self.warmup_epochs,
+                                                num_epochs=self.num_epochs):
+            return
+        probs = torch.sigmoid(training_set_logits().detach().to(self.pseudo_targets.device))
+        self.pseudo_targets, self.pseudo_mask = peer_losses.apl_pass(
+            probs, self.labels.observed, self.pseudo_targets, self.pseudo_mask, self.num_per_pass)
+
+    @property
+    def num_pseudo_negatives(self) -> int:
+        return int(self.pseudo_mask.sum())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "pseudo_targets": self.pseudo_targets.cpu(),
+                "pseudo_mask": self.pseudo_mask.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state["pseudo_mask"].shape != self.pseudo_mask.shape:
+            raise ValueError(f"APL's pseudo-labels in the checkpoint have shape "
+                             f"{tuple(state['pseudo_mask'].shape)}, expected "
+                             f"{tuple(self.pseudo_mask.shape)}")
+        device = self.pseudo_mask.device
+        self.pseudo_targets = state["pseudo_targets"].to(device=device, dtype=torch.float32)
+        self.pseudo_mask = state["pseudo_mask"].to(device=device, dtype=torch.bool)
+
+
+def _check_reduction(hyper: dict) -> None:
+    _require(hyper.get("reduction", "mean") in ("mean", "sum"),
+             f"--reduction must be mean or sum, got {hyper.get('reduction')!r}")
+
+
+@register
+class Hill(Method):
+    """Hill (Zhang et al., 2021): focal-margin positives, (λ − p)·p² on every other entry
+    (SPEC_PEERS §3.1)."""
+    name = "hill"
+    hyper_parameters = ("hill_lambda", "focal_margin", "focal_gamma", "reduction")
+
+    def __init__(self, observed, true_labels=None, *, device="cpu",
+                 hill_lambda: float = peer_losses.HILL_LAMBDA,
+                 focal_margin: float = peer_losses.HILL_MARGIN,
+                 focal_gamma: float = peer_losses.HILL_GAMMA, reduction: str = "mean"):
+        super().__init__(observed, true_labels, device=device)
+        self.arguments = {"lam": hill_lambda, "margin": focal_margin, "gamma": focal_gamma,
+                          "reduction": reduction}
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        _check_reduction(hyper)
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return peer_losses.hill_loss(logits, self.labels.rows(sample_ids), **self.arguments)
+
+
+@register
+class SelfPacedLossCorrection(Method):
+    """SPLC (Zhang et al., 2021): focal margin loss; from epoch 2 on, unobserved entries with
+    σ(x) > τ count as positives in their batch, never stored (SPEC_PEERS §3.2)."""
+    name = "splc"
+    modifies_entries = True
+    hyper_parameters = ("splc_tau", "focal_margin", "focal_gamma", "reduction")
+
+    def __init__(self, observed, true_labels=None, *, device="cpu",
+                 splc_tau: float = peer_losses.SPLC_TAU,
+                 focal_margin: float = peer_losses.SPLC_MARGIN,
+                 focal_gamma: float = peer_losses.SPLC_GAMMA, reduction: str = "mean"):
+        super().__init__(observed, true_labels, device=device)
+        self.arguments = {"tau": splc_tau, "margin": focal_margin, "gamma": focal_gamma,
+                          "reduction": reduction}
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        _check_reduction(hyper)
+        tau = hyper.get("splc_tau", peer_losses.SPLC_TAU)
+        _require(0 < tau < 1, f"--splc_tau is a probability threshold in (0, 1), got {tau}")
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return peer_losses.splc_loss(logits, self.labels.rows(sample_ids), epoch, **self.arguments)
+
+
+@register
+class GeneralizedRobustLoss(Method):
+    """GR loss (Chen et al., IJCAI 2024): −log p on positives; unobserved entries weighted
+    v(p̄)·[k̂(p̄)·L1 + (1 − k̂(p̄))·L2], soft label k̂ and weight v on epoch schedules over the run's
+    --epochs T (SPEC_PEERS §4)."""
+    name = "gr"
+    hyper_parameters = ("num_epochs", "gr_beta", "gr_alpha", "gr_q2", "gr_q3", "gr_schedule",
+                        "gr_observed_negatives")
+    schedule_spans_the_run = True
+
+    def __init__(self, observed, true_labels=None, *, device="cpu",
+                 num_epochs: int = peer_losses.GR_NUM_EPOCHS, gr_beta=peer_losses.GR_BETA,
+                 gr_alpha=peer_losses.GR_ALPHA, gr_q2: float = peer_losses.GR_Q2,
+                 gr_q3: float = peer_losses.GR_Q3, gr_schedule: str = "reference",
+                 gr_observed_negatives: str = "bce"):
+        super().__init__(observed, true_labels, device=device)
+        self.arguments = {"num_epochs": num_epochs, "beta": tuple(map(float, gr_beta)),
+                          "alpha": tuple(map(float, gr_alpha)), "q2": gr_q2, "q3": gr_q3,
+                          "reference_off_by_one": gr_schedule == "reference",
+                          "observed_negatives": gr_observed_negatives}
+
+    @classmethod
+    def check_hyper_parameters(cls, hyper: dict) -> None:
+        beta = tuple(hyper.get("gr_beta", peer_losses.GR_BETA))
+        alpha = tuple(hyper.get("gr_alpha", peer_losses.GR_ALPHA))
+        _require(len(beta) == 4, f"--gr_beta is W0 W_T B0 B_T, got {beta}")
+        _require(len(alpha) == 4 and min(alpha[1], alpha[3]) > 0,
+                 f"--gr_alpha is MU0 SIGMA0 MU_T SIGMA_T with both σ > 0, got {alpha}")
+        _require(min(hyper.get("gr_q2", 0.0), hyper.get("gr_q3", 0.0)) >= 0,
+                 "--gr_q2 and --gr_q3 must be >= 0")
+        _require(hyper.get("gr_schedule", "reference") in ("reference", "aligned"),
+                 f"--gr_schedule must be reference or aligned, got {hyper.get('gr_schedule')!r}")
+        _require(hyper.get("gr_observed_negatives", "bce") in ("bce", "ignore"),
+                 "--gr_observed_negatives must be bce or ignore")
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return peer_losses.gr_loss(logits, self.labels.rows(sample_ids), epoch, **self.arguments)

@@ -304,18 +304,19 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
 
 
 def build_image_model(arch: str, weights: str, num_classes: int, device: torch.device,
-                      channels_last: bool, image_size: int | None = None) -> MultiLabelNet:
+                      channels_last: bool, image_size: int | None = None,
+                      boost_alpha: float = 1.0) -> MultiLabelNet:
     """build_model on `device`, in channels_last memory format when asked."""
-    model = build_model(arch, weights, num_classes, image_size).to(device)
+    model = build_model(arch, weights, num_classes, image_size, boost_alpha).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def build_model(arch: str, weights: str, num_classes: int,
-                image_size: int | None = None) -> MultiLabelNet:
+def build_model(arch: str, weights: str, num_classes: int, image_size: int | None = None,
+                boost_alpha: float = 1.0) -> MultiLabelNet:
     """`arch`: small_cnn, a torchvision or a timm name (module docstring); `weights`: imagenet_v1
     (the papers'), imagenet_v2, a torchvision weight name (IMAGENET1K_V2, DEFAULT), none, or a
     path to a local ImageNet state dict of that arch. `image_size` (S) builds timm models made for
-    one input size at S."""
+    one input size at S; boost_alpha ≠ 1: the BoostLU head (MultiLabelNet)."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     source, name = arch.split(":", 1) if arch.startswith(("timm:", "torchvision:")) else ("", arch)
     if name in SMALL_CNNS and not source:
@@ -325,7 +326,7 @@ def build_model(arch: str, weights: str, num_classes: int,
         backbone, num_features = torchvision_backbone(name, weights)
     else:
         backbone, num_features, mean, std = timm_backbone(name, weights, image_size)
-    return MultiLabelNet(backbone, num_features, num_classes, mean, std)
+    return MultiLabelNet(backbone, num_features, num_classes, mean, std, boost_alpha)
 
 
 def is_torchvision_first(arch: str) -> bool:

@@ -452,16 +452,15 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
         loaders = features.feature_loaders(data, config.linear_batch_size, config.seed, world)
     else:
         model = build_image_model(config.arch, config.weights, data.num_classes, device,
-                                  config.channels_last, config.image_size)
+                                  config.channels_last, config.image_size,
+                                  boost_alpha=config.boostlu_alpha)
         if config.sync_bn and world.size > 1:  # BatchNorm statistics over the global batch
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
     method = methods.build(config.method, datasets.observed_label_store(data.train, device),
-                           data.train.true_labels,
-                           device=device, delta_rel=config.delta_rel,
-                           expected_num_pos=config.expected_num_pos, seed=config.seed,
-                           estimator_lr_mult=config.head_lr_mult)
+                           data.train.true_labels, device=device,
+                           hyper=config.method_hyper_parameters())
     return Run(config, device, data, model, preprocess, loaders, method,
                RunFolder(config.out_dir, writes=world.is_main), world)
 

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
 
-from scripts.paper_numbers import LL_SCHEMES
+from scripts.paper_numbers import takes_delta_rel
 from scripts.summarize import method_of, read_metrics
 
 LOSS_GROUPS = (("loss_observed_pos", "observed positives", "-"),
@@ -52,7 +52,8 @@ def default_label(run_dir: str) -> str:
     except (OSError, json.JSONDecodeError):
         return os.path.basename(os.path.normpath(run_dir))
     method = method_of(config) or "?"
-    delta = f" Δrel {config['delta_rel']:g}" if method in LL_SCHEMES and "delta_rel" in config else ""
+    shows_delta = takes_delta_rel(method) and "delta_rel" in config
+    delta = f" Δrel {config['delta_rel']:g}" if shows_delta else ""
     return f"{method}{delta} seed{config.get('seed', '?')}"
 
 

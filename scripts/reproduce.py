@@ -6,7 +6,13 @@ authors' Δrel sweep of the large-loss schemes.
     python scripts/reproduce.py --dataset cub --method an_ls --setting linear_init \
         --extra "--data_root /data/cub --device cuda"
     python scripts/reproduce.py --dataset coco --sweep_delta_rel --seeds 1     # 3 schemes x 5 Δrel
+    python scripts/reproduce.py --dataset coco --method gr --dry_run           # a later method
+    python scripts/reproduce.py --dataset pascal --method peers --seeds 3      # all 8 later rows
     python scripts/summarize.py runs/repro                                      # then the table
+
+The methods after the LL paper (PEER_METHODS: LL-R/Ct/Cp+BoostLU, em, APL, hill, splc, gr) run with
+their authors' published hyper-parameters per dataset (scripts/paper_numbers.py's peer_flags, from
+peer_losses.PEER_PRESETS), end to end only, their paper's number beside each command.
 
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
 epochs, train_mode, seed, out_dir), with the paper's number for the cell beside it, then run one after
@@ -27,8 +33,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from config import DATASET_DEFAULTS
-from scripts.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, SETTINGS, best_hparams,
-                                   method_flags, paper_map)
+from scripts.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
+                                   best_hparams, method_flags, paper_map, peer_flags, peer_note)
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
 
@@ -44,8 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "paper (no paper number).",
         epilog="Example: python scripts/reproduce.py --dataset coco --method LL-Ct --dry_run")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--method", choices=METHODS + ("all",),
-                        help="a row of the table, or 'all' for the whole column (in the paper's order)")
+    parser.add_argument("--method", choices=METHODS + PEER_METHODS + ("all", "peers"),
+                        help="a row of the table, 'all' for the LL paper's whole column (in the paper's "
+                             "order), or 'peers' for the rows of the later methods (end to end only)")
     parser.add_argument("--sweep_delta_rel", action="store_true",
                         help=f"instead of --method: every large-loss scheme ({', '.join(LL_SCHEMES)}) "
                              f"at every Δrel the authors searched ({', '.join(map(str, DELTA_REL_GRID))}), "
@@ -74,9 +81,12 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
                   extra: list[str]) -> list[str]:
     """The full main.py command for one run; every hyper-parameter explicit."""
     loss, mod_scheme = method_flags(method)
-    hparams = best_hparams(dataset, method)
     main_py = os.path.relpath(REPO_ROOT / "main.py")
     command = [python, main_py, "--dataset", dataset, "--loss", loss, "--mod_scheme", mod_scheme]
+    if method in PEER_METHODS:
+        return command + peer_flags(dataset, method) + [
+            "--train_mode", setting, "--seed", str(seed), "--out_dir", out_dir] + extra
+    hparams = best_hparams(dataset, method)
     if method in LL_SCHEMES:  # Δrel means nothing to the other methods
         command += ["--delta_rel", str(hparams["delta_rel"])]
     command += ["--optimizer", hparams["optimizer"], "--lr", str(hparams["lr"]),
@@ -87,6 +97,8 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
 
 
 def paper_note(dataset: str, method: str, setting: str) -> str:
+    if method in PEER_METHODS:
+        return peer_note(dataset, method)
     value = paper_map(dataset, method, setting)
     column = {"end_to_end": "E2E", "linear_init": "LI"}[setting]
     if value is None:
@@ -96,7 +108,7 @@ def paper_note(dataset: str, method: str, setting: str) -> str:
 
 def table_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
     """(what, out_dir, command) of each cell run: methods in the paper's order, then seeds."""
-    methods = METHODS if args.method == "all" else (args.method,)
+    methods = {"all": METHODS, "peers": PEER_METHODS}.get(args.method, (args.method,))
     runs = []
     for method in methods:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -168,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print("reproduce: --seeds must be at least 1", file=sys.stderr)
         return 2
+    if args.setting != "end_to_end" and (args.method in PEER_METHODS or args.method == "peers"):
+        parser.error(f"--method {args.method}: the later methods' papers report end-to-end "
+                     f"numbers only (use --setting end_to_end)")
     args.runs_dir = args.runs_dir or ("runs/sweep" if args.sweep_delta_rel else "runs/repro")
     extra = shlex.split(args.extra)
     runs = sweep_runs(args, extra) if args.sweep_delta_rel else table_runs(args, extra)

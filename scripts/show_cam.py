@@ -52,7 +52,8 @@ def load_model_and_test_split(checkpoint_path: str, data_root: str | None, image
     data = datasets.load_data(config["dataset"], data_root or config["data_root"],
                               image_dir or config["image_dir"], config["image_size"],
                               config["digits_train_size"])
-    model = build_model(config["arch"], "none", data.num_classes)
+    model = build_model(config["arch"], "none", data.num_classes,
+                        boost_alpha=config.get("boostlu_alpha", 1.0))
     model.load_state_dict(checkpoint["model"])
     return model.eval(), data.test, data.class_names
 

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 
-from scripts.paper_numbers import LL_SCHEMES, METHODS, PAPER_DATASETS, paper_map
+from scripts.paper_numbers import (METHODS, PAPER_DATASETS, PEER_METHODS, method_label, paper_map,
+                                   takes_delta_rel)
 
 DATASET_ORDER = PAPER_DATASETS + ("openimages", "digits")
 GROUP_NAMES = ("G1", "G2", "G3", "G4", "G5")  # OpenImages class groups (results.json "groups")
@@ -94,8 +95,9 @@ def error_line(path: str) -> str:
 
 
 def method_of(config: dict) -> str | None:
+    """The run's row: its method (+BoostLU with that head); older configs: from loss and scheme."""
     if config.get("method"):
-        return config["method"]
+        return method_label(config)
     scheme = config.get("mod_scheme")
     if config.get("loss") == "an" and scheme not in (None, "none"):
         return scheme
@@ -131,7 +133,7 @@ def load_run(run_dir: str) -> dict:
         return config.get(name, (run["results"] or {}).get(name))
 
     method = method_of(config) or (run["results"] or {}).get("method")
-    delta_rel = value("delta_rel") if method in LL_SCHEMES else None  # Δrel means nothing elsewhere
+    delta_rel = value("delta_rel") if takes_delta_rel(method or "") else None  # means nothing elsewhere
     run["key"] = (value("dataset"), value("train_mode"), method,
                   None if delta_rel is None else float(delta_rel))
     run["settings"] = settings_of(config)
@@ -164,7 +166,8 @@ def _order(key: tuple) -> tuple:
     def rank(item, order):
         return (order.index(item), "") if item in order else (len(order), str(item))
 
-    return (rank(dataset, DATASET_ORDER), rank(train_mode, TRAIN_MODE_ORDER), rank(method, METHODS),
+    return (rank(dataset, DATASET_ORDER), rank(train_mode, TRAIN_MODE_ORDER),
+            rank(method, METHODS + PEER_METHODS),
             -1.0 if delta_rel is None else delta_rel)
 
 
@@ -286,7 +289,7 @@ def _cell(text) -> str:
 def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> str:
     lines = [f"# Test mAP: {runs_dir}", "",
              "mean ± sample std (ddof=1) over seeds, 0-100; paper: SPEC §7 (E2E for end_to_end, LI for "
-             "linear_init); chosen Δrel: best mean val mAP.", "",
+             "linear_init), SPEC_PEERS for the later methods; chosen Δrel: best mean val mAP.", "",
              "| dataset | setting | method | Δrel | n | seeds | test mAP | val mAP | best epoch "
              "| early stops | paper | ours − paper | check |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -44,10 +44,14 @@ def test_method_loss_equals_compute_loss_on_its_rows(name):
     assert torch.equal(output.modified, expected.modified)
 
 
+PEER_METHODS = {"em", "APL", "hill", "splc", "gr"}  # SPEC_PEERS, tests/test_peer_methods.py
+
+
 def test_the_registry_is_the_cli_choice_list():
-    assert set(methods.base_losses()) | set(methods.schemes()) == set(losses.METHODS)
-    assert methods.schemes() == losses.LL_SCHEMES
+    assert set(methods.base_losses()) | set(methods.schemes()) == set(losses.METHODS) | PEER_METHODS
+    assert methods.schemes() == losses.LL_SCHEMES + ("APL",)
     assert all(methods.METHODS[name].base_loss == "an" for name in losses.LL_SCHEMES)
+    assert config.build_parser().get_default("loss") == "an"
 
 
 def test_only_llcp_relabels_after_a_step():

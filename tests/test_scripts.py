@@ -457,3 +457,74 @@ def test_export_of_small_cnn_is_the_multilabelnet_state_dict(tmp_path, capsys):
     assert export.main([str(out_dir / "best.pt"), "--out", str(tmp_path / "cnn.pt")]) == 0
     assert "MultiLabelNet" in capsys.readouterr().out
     assert export.main([str(out_dir / "metrics.csv"), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+# ------------------------------------------------------------------- the methods after the LL paper
+
+@pytest.mark.parametrize("dataset, method, expected, note", [
+    ("coco", "gr", {"--loss": "gr", "--mod_scheme": "none", "--optimizer": "adam", "--lr": "1e-05",
+                    "--head_lr_mult": "10", "--batch_size": "8", "--epochs": "8",
+                    "--early_stop_drop": "2.0", "--gr_q2": "0.01", "--gr_q3": "1.0"},
+     "# paper E2E coco GR: 73.17"),
+    ("pascal", "LL-R+BoostLU", {"--loss": "an", "--mod_scheme": "LL-R", "--boostlu_alpha": "5.0",
+                                "--delta_rel": "0.5", "--optimizer": "adam", "--lr": "1e-05",
+                                "--batch_size": "16", "--epochs": "10"},
+     "# paper E2E pascal LL-R+BoostLU: 89.29"),
+    ("cub", "APL", {"--loss": "em", "--mod_scheme": "APL", "--em_alpha": "0.01", "--apl_beta": "0.4",
+                    "--apl_warmup_epochs": "3", "--apl_proportion": "0.9", "--lr": "0.0001",
+                    "--head_lr_mult": "1", "--batch_size": "8", "--epochs": "10"},
+     "# paper E2E cub EM+APL: 21.84 ± 0.34"),
+    ("nuswide", "splc", {"--loss": "splc", "--splc_tau": "0.6", "--focal_margin": "1.0",
+                         "--optimizer": "adam", "--lr": "1e-05", "--batch_size": "16"},
+     "# paper: none (SPLC's paper has no number on the Cole protocol)"),
+    ("cub", "LL-Cp+BoostLU", {"--mod_scheme": "LL-Cp", "--boostlu_alpha": "5.0",
+                              "--delta_rel": "0.1", "--llcp_relabel": "modified"},
+     "# paper E2E cub LL-Cp+BoostLU: 19.34"),
+    ("digits", "LL-Cp+BoostLU", {"--mod_scheme": "LL-Cp", "--boostlu_alpha": "5.0",
+                                 "--delta_rel": "1.0", "--lr": "0.001", "--epochs": "20"},
+     "# paper: none (digits is not in the paper)"),
+])
+def test_reproduce_dry_run_of_a_later_method_uses_its_authors_preset(capsys, dataset, method,
+                                                                    expected, note):
+    assert reproduce.main(["--dataset", dataset, "--method", method, "--seeds", "1", "--dry_run"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    flags = flags_of(line)
+    assert {name: flags[name] for name in expected} == expected
+    assert flags["--out_dir"] == f"runs/repro/{dataset}/end_to_end/{method}/seed0"
+    assert line.endswith(note)
+    assert ("--llcp_relabel" in flags) == (method == "LL-Cp+BoostLU" and dataset != "digits")
+    if method == "gr":
+        words = shlex.split(line.split("  #")[0])
+        start = words.index("--gr_beta")
+        assert words[start + 1:start + 5] == ["0.0", "2.0", "-2.0", "-2.0"]
+
+
+def test_reproduce_every_later_method_and_refuse_linear_init(capsys):
+    assert reproduce.main(["--dataset", "coco", "--method", "peers", "--seeds", "1", "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [flags_of(line)["--out_dir"].split("/")[-2] for line in lines] == \
+        list(paper_numbers.PEER_METHODS)
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--dataset", "coco", "--method", "gr", "--setting", "linear_init", "--dry_run"])
+    assert exit_info.value.code == 2
+    assert "end-to-end numbers only" in capsys.readouterr().err
+
+
+def test_summarize_keeps_boostlu_runs_apart_with_their_paper_numbers(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed in range(2):
+        make_run(runs / f"LL-R/seed{seed}", dataset="pascal", method="LL-R", seed=seed,
+                 delta_rel=0.2, test_map=88.0)
+        boosted = runs / f"LL-R+BoostLU/seed{seed}"
+        make_run(boosted, dataset="pascal", method="LL-R", seed=seed, delta_rel=0.5, test_map=89.0)
+        config = json.loads((boosted / "config.json").read_text())
+        (boosted / "config.json").write_text(json.dumps({**config, "boostlu_alpha": 5.0}))
+        make_run(runs / f"gr/seed{seed}", dataset="pascal", method="gr", seed=seed, test_map=90.0)
+    assert summarize.main([str(runs)]) == 0
+    report = capsys.readouterr().out
+    # (the last column is summarize's "check")
+    assert table_row(report, "pascal", "end_to_end", "LL-R", "0.2").endswith("| 89.2 | -1.20 | — |")
+    assert table_row(report, "pascal", "end_to_end", "LL-R+BoostLU", "0.5").endswith(
+        "| 89.3 | -0.29 | — |")
+    assert table_row(report, "pascal", "end_to_end", "gr", "—").endswith("| 89.8 | +0.17 | — |")
+    assert "(chosen Δrel)" not in report  # LL-R and LL-R+BoostLU are different rows
