@@ -19,6 +19,7 @@ exactly its N rows, in dataset order.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -143,8 +144,10 @@ class _GatherRows(torch.autograd.Function):
         return own * ctx.world_size, None, None
 
 
+@functools.lru_cache(maxsize=8)  # two sizes per run (full batches and the last one)
 def real_rows_index(global_size: int, world_size: int, device: torch.device) -> Tensor:
-    """Positions of the real rows among the W·c gathered ones (no host sync: built on the host)."""
+    """Positions of the real rows among the W·c gathered ones (no host sync: built on the host,
+    copied to the device once per size)."""
     size = shard_size(global_size, world_size)
     index = [rank * size + row for rank, count in enumerate(shard_counts(global_size, world_size))
              for row in range(count)]
@@ -166,8 +169,9 @@ def gather_global_batch(logits: Tensor, sample_ids: Tensor, global_size: int,
 
 
 def local_slice(global_values: Tensor, global_size: int, world: World) -> Tensor:
-    """This rank's c entries of values drawn for the whole global batch (padding: the last
-    value repeated, or zeros), so random draws do not depend on the number of processes."""
+    """This rank's c entries of values drawn for the whole global batch (padded with zeros for the
+    padding rows, whose outputs are dropped), so random draws do not depend on the number of
+    processes."""
     if world.size == 1:
         return global_values
     size = shard_size(global_size, world.size)

@@ -20,7 +20,7 @@ from pathlib import Path
 from config import Config, explicit_flags, parse_args
 from distributed import destroy, world_from_environment
 from errors import InputError, TrainingDiverged
-from run_folder import RunFolder
+from run_folder import RunFolder, read_checkpoint
 from train import evaluate_checkpoint, fit, resume_config
 
 
@@ -60,9 +60,11 @@ def run(config: Config, given: set[str], writes: bool = True) -> int:
 
 def train(config: Config, given: set[str], folder: RunFolder) -> int:
     try:
-        if config.resume:
-            config = resume_config(config.resume, config, given)
-        fit(config)
+        saved = None
+        if config.resume:  # read once: for its configuration, then its state
+            saved = read_checkpoint(config.resume, "--resume")
+            config = resume_config(config.resume, config, given, saved)
+        fit(config, saved=saved)
     except (InputError, TrainingDiverged) as error:
         folder.record_failure(str(error))
         print(f"error: {error}", file=sys.stderr)

@@ -22,6 +22,7 @@ are not finite.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -310,11 +311,13 @@ def train_phase(run: Run, phase: Phase, state: TrainState) -> bool:
         row = {"phase": phase.name, "epoch": epoch}
         row.update(train_one_epoch(phase, run.method, epoch, run.device, run.config.log_every,
                                    run.world))
-        run.method.end_epoch(epoch, lambda: training_set_logits(run, phase))
+        # one eval pass over the training set at most, run when the method or the tracker asks
+        logits_of_training_set = functools.cache(lambda: training_set_logits(run, phase))
+        run.method.end_epoch(epoch, logits_of_training_set)
         row["modified_fraction"] = row["modified"] / num_unobserved
         row["relabeled"] = run.method.num_relabeled
         if phase.tracker is not None:
-            row.update(track_training_set(run, phase.tracker, epoch))
+            row.update(track_training_set(run, phase.tracker, epoch, logits_of_training_set()))
         row["val_map"] = evaluate(phase.model, run.data.val, phase.loaders["val"], phase.preprocess,
                                   run.device, phase.amp, run.world)["map"]
         record_epoch(run, phase, state, row)
@@ -415,13 +418,13 @@ def training_set_logits(run: Run, phase: Phase) -> Tensor:
     return torch.from_numpy(logits).to(run.device)
 
 
-def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int) -> dict:
-    """--track_train (SPEC §8): loss groups and clean mAP from one extra eval pass over the
-    training set, this epoch's precision of modification, and corrections.json."""
+def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int,
+                       logits: Tensor) -> dict:
+    """--track_train (SPEC §8): loss groups and clean mAP from the eval pass over the training set
+    (`logits`, N×L, training_set_logits), this epoch's precision of modification, and
+    corrections.json."""
     train = run.data.train
-    with torch.random.fork_rng(devices=[]):  # a loader pass draws a seed from the CPU generator:
-        logits = predict(run.model, run.loaders["train_eval"], run.preprocess, run.device,
-                         run.config.amp, run.world)  # restore it: tracking leaves training unchanged
+    logits = logits.cpu().numpy()
     metrics = analysis.training_set_metrics(logits, run.method.labels.observed.cpu().numpy(),
                                             train.true_labels)
     metrics.update(tracker.end_epoch(epoch))
@@ -568,16 +571,16 @@ def training_forward(model: nn.Module, run: Run, compile_model: bool) -> nn.Modu
 
 # --- fit ----------------------------------------------------------------------------------------
 
-def fit(config: Config, data: ExperimentData | None = None) -> dict:
+def fit(config: Config, data: ExperimentData | None = None, saved: dict | None = None) -> dict:
     """Train with per-epoch val mAP, keep the best-val weights, report their test mAP.
     linear_init trains the head on cached features first; linear trains only that head.
-    data: the splits when already loaded (features for --train_mode linear), else loaded here."""
+    data: the splits when already loaded (features for --train_mode linear), else loaded here.
+    saved: with --resume, the checkpoint resume_config read (read once, on the CPU)."""
     check_train_mode(config)
     logger_class = summary_writer_class(config.logger)
     run = start_run(config, data)
-    saved = None
     if config.resume:  # checked against the data before anything is written
-        saved = read_checkpoint(config.resume, "--resume", run.device)
+        saved = saved if saved is not None else read_checkpoint(config.resume, "--resume")
         check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
     datasets.warn_classes_without_positives(run.data)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
@@ -767,11 +770,14 @@ RESUME_FLAGS = frozenset({"epochs", "device", "num_workers", "log_every", "stop_
                           "feature_cache", "cache_images"})
 
 
-def resume_config(checkpoint_path: str, override: Config, given: set[str] = frozenset()) -> Config:
+def resume_config(checkpoint_path: str, override: Config, given: set[str] = frozenset(),
+                  checkpoint: dict | None = None) -> Config:
     """The saved configuration of a run, with this invocation's engineering flags, and --epochs
     and the data paths where given; any other given flag that differs from the saved one is an
-    InputError listing them (never silently dropped)."""
-    saved = read_checkpoint(checkpoint_path, "--resume")["config"]
+    InputError listing them (never silently dropped). checkpoint: already read, else read here."""
+    if checkpoint is None:
+        checkpoint = read_checkpoint(checkpoint_path, "--resume")
+    saved = checkpoint["config"]
     folder = Path(checkpoint_path).parent
     differing = [f"--{flag} {getattr(override, flag)} (saved: {saved.get(flag)})"
                  for flag in sorted(given - RESUME_FLAGS - {"resume", "config"})
