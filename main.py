@@ -7,78 +7,10 @@
     python main.py --resume runs/X/last.pt --epochs 30   # extend a finished run to 30 epochs
     python main.py --eval_only runs/X/best.pt         # test mAP of a saved model
     torchrun --nproc_per_node=4 main.py --dataset coco --mod_scheme LL-Ct   # 4 GPUs, global batch 16
+
+`python -m largeloss` and the `largeloss` command run the same entry (largeloss/cli.py).
 """
-from __future__ import annotations
-
-import dataclasses
-import os
-import sys
-import traceback
-from contextlib import nullcontext, redirect_stdout
-from pathlib import Path
-
-from config import Config, explicit_flags, parse_args
-from distributed import destroy, world_from_environment
-from errors import InputError, TrainingDiverged
-from run_folder import RunFolder, read_checkpoint
-from train import evaluate_checkpoint, fit, resume_config
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    given = explicit_flags(argv)
-    world = world_from_environment()  # torchrun's processes; only rank 0 prints
-    with open(os.devnull, "w") as devnull:
-        with nullcontext() if world.is_main else redirect_stdout(devnull):
-            try:
-                return run(config, given, world.is_main)
-            finally:
-                destroy(world)
-
-
-def run(config: Config, given: set[str], writes: bool = True) -> int:
-    """Train (or evaluate) as configured; the exit code. A run first owns its folder (the
-    checkpoint's with --resume); a failure is recorded in error.txt only in a folder it owns."""
-    try:
-        if config.eval_only:
-            evaluate_checkpoint(config.eval_only, config.device, config.num_workers, config.split,
-                                {flag: getattr(config, flag) for flag in ("data_root", "image_dir")
-                                 if flag in given})
-            return 0
-        if config.resume:
-            if not Path(config.resume).is_file():
-                raise InputError(f"--resume {config.resume}: no such file")
-            config = dataclasses.replace(config, out_dir=str(Path(config.resume).parent))
-        folder = RunFolder(config.out_dir, writes=writes)
-        with folder.owned(resume=bool(config.resume), overwrite=config.overwrite):
-            return train(config, given, folder)
-    except (InputError, TrainingDiverged) as error:  # a clear message, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return exit_code(error)
-
-
-def train(config: Config, given: set[str], folder: RunFolder) -> int:
-    try:
-        saved = None
-        if config.resume:  # read once: for its configuration, then its state
-            saved = read_checkpoint(config.resume, "--resume")
-            config = resume_config(config.resume, config, given, saved)
-        fit(config, saved=saved)
-    except (InputError, TrainingDiverged) as error:
-        folder.record_failure(str(error))
-        print(f"error: {error}", file=sys.stderr)
-        return exit_code(error)
-    except BaseException:
-        folder.record_failure(traceback.format_exc())
-        raise
-    return 0
-
-
-def exit_code(error: Exception) -> int:
-    """2 for bad input, 3 for a diverged run."""
-    return 2 if isinstance(error, InputError) else 3
-
+from largeloss.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,8 +6,8 @@ sample photos), with the same model, batch size, image size and number of loader
   reference  PIL decode → Resize → RandomHorizontalFlip → ToTensor → Normalize in the workers
              (float32 images and the labels through the loader), workers re-forked every epoch,
              fp32, `loss.item()` after every step (a host sync), as the authors' code does.
-  fast       datasets.ImageFileDataset (uint8 from the workers) + datasets.make_loader (persistent
-             workers, pinned memory on cuda) + datasets.DevicePreprocess (flip and normalisation on
+  fast       loading.ImageFileDataset (uint8 from the workers) + loading.make_loader (persistent
+             workers, pinned memory on cuda) + loading.DevicePreprocess (flip and normalisation on
              the device) + the real train.train_one_epoch and models.predict, with --amp,
              --channels_last and optionally --compile.
 
@@ -55,13 +55,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-
-import datasets
-import train
-from config import parse_args
-import methods
-from losses import compute_loss
-from models import autocast, build_model, predict
+from largeloss.data import loading
+from largeloss.engine import train
+from largeloss.experiment.config import parse_args
+from largeloss.methods import registry as methods
+from largeloss.methods.losses import compute_loss
+from largeloss.nn.models import autocast, build_model, predict
 
 DEVICE_DEFAULTS = {
     "cpu": {"arch": "small_cnn", "image_size": 128, "num_images": 256, "num_workers": 2,
@@ -98,7 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "small_cnn evaluation 1.27x faster and training neither faster nor slower)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's model")
     parser.add_argument("--cache_images", action="store_true",
-                        help="fast path trains and evaluates from datasets.cache_images (decoded "
+                        help="fast path trains and evaluates from loading.cache_images (decoded "
                              "once, untimed); the cached loader is timed either way")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per figure (median)")
     parser.add_argument("--steps", type=int,
@@ -231,7 +230,7 @@ def fast_config(args: argparse.Namespace, method: str):
     return parse_args(flags)
 
 
-def drain_fast(loader, preprocess: datasets.DevicePreprocess, device: torch.device) -> None:
+def drain_fast(loader, preprocess: loading.DevicePreprocess, device: torch.device) -> None:
     """Iterate the loader and make the device batch the model would see (uint8 → float, flip)."""
     for images, sample_ids in loader:
         preprocess(images.to(device, non_blocking=True), train=True)
@@ -342,7 +341,7 @@ def run_benchmark(args: argparse.Namespace, image_dir: Path, image_paths: list[s
         fast_model = fast_model.to(memory_format=torch.channels_last)
     forward = torch.compile(fast_model) if config.compile else fast_model
     mean, std = reference_model.mean, reference_model.std
-    preprocess = datasets.DevicePreprocess(mean, std, device, config.channels_last)
+    preprocess = loading.DevicePreprocess(mean, std, device, config.channels_last)
     timed_method, an_method = (methods.build(name, observed, device=device,
                                              delta_rel=config.delta_rel)
                                for name in (METHOD, "an"))
@@ -368,14 +367,14 @@ def run_benchmark(args: argparse.Namespace, image_dir: Path, image_paths: list[s
     reference_optimizer = train.build_optimizer(
         train.image_model_groups(reference_model, config.lr, config.head_lr_mult), None,
         config.optimizer, config.lr, config.momentum, config.weight_decay)
-    file_images = datasets.ImageFileDataset(image_dir, image_paths, args.image_size)
+    file_images = loading.ImageFileDataset(image_dir, image_paths, args.image_size)
     start = time.perf_counter()
-    cached_images = datasets.cache_images(file_images, args.num_workers)
+    cached_images = loading.cache_images(file_images, args.num_workers)
     results = {"cache_seconds": time.perf_counter() - start}
     fast_images = cached_images if args.cache_images else file_images
     pin = device.type == "cuda"
     fast_train, fast_eval, cached_train = (
-        datasets.make_loader(images, args.batch_size, shuffle, args.num_workers, args.seed, pin)
+        loading.make_loader(images, args.batch_size, shuffle, args.num_workers, args.seed, pin)
         for images, shuffle in ((fast_images, True), (fast_images, False), (cached_images, True)))
 
     print("timing training ...", flush=True)
@@ -434,7 +433,7 @@ def report(args: argparse.Namespace, results: dict, num_images: int, loads: tupl
         ratios[label] = fast / reference
         lines.append(f"{label:<14}{reference:>10.1f} ± {reference_spread:>2.0f} %"
                      f"{fast:>10.1f} ± {fast_spread:>2.0f} %{ratios[label]:>8.2f}x")
-    lines.append(f"(loader, cache: datasets.cache_images, built once in "
+    lines.append(f"(loader, cache: loading.cache_images, built once in "
                  f"{results['cache_seconds']:.1f} s, not timed; every loader row ends with "
                  f"normalised float images on the device)")
     an_seconds = statistics.median(results["steps"]["AN"]) / args.steps

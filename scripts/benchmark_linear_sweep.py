@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-import formats
-from features import FeatureDataset
-import train
-from config import parse_args
-from datasets import ExperimentData, Split
+from largeloss.data import formats
+from largeloss.data.splits import ExperimentData, Split
+from largeloss.engine import train
+from largeloss.engine.features import FeatureDataset
+from largeloss.experiment.config import parse_args
 
 SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 DELTA_RELS = (0.1, 0.2, 0.3, 0.4, 0.5)

@@ -32,13 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import numpy as np
 import torch
 
-import openimages
-from sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
-                           save_sparse_labels)
+from largeloss.data import openimages
+from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
+                                          save_sparse_labels)
 
 V3_TRAIN_ROWS = 21_000_000  # annotation rows of V3 train, for the extrapolation
 GIB = 1 << 30

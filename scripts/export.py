@@ -18,10 +18,10 @@ import sys
 from torch import nn
 from torchvision import models as tv_models
 
-import atomic
-from errors import InputError
-from models import SMALL_CNNS, is_torchvision_first
-from run_folder import read_checkpoint
+from largeloss.engine.run_folder import read_checkpoint
+from largeloss.nn.models import SMALL_CNNS, is_torchvision_first
+from largeloss.utils import atomic
+from largeloss.utils.errors import InputError
 
 
 def export_state_dict(checkpoint: dict) -> tuple[dict, str]:

@@ -25,9 +25,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-
-from scripts.plot_curves import LOSS_GROUPS, default_label, series
-from scripts.summarize import read_metrics
+from largeloss.reporting.plot_curves import LOSS_GROUPS, default_label, series
+from largeloss.reporting.summarize import read_metrics
 
 GROUP_COLORS = {"loss_observed_pos": "tab:green", "loss_true_neg": "tab:blue",
                 "loss_false_neg": "tab:red"}

@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-import formats
-import openimages
-import prepare
-from sparse_labels import load_sparse_labels
+from largeloss.data import formats, openimages, prepare
+from largeloss.data.sparse_labels import load_sparse_labels
 
 SPARSE_DATASETS = ("openimages",)  # real partial labels, written in the sparse format
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from config import DATASET_DEFAULTS
-from scripts.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
-                                   best_hparams, method_flags, paper_map, peer_flags, peer_note)
+from largeloss.experiment.config import DATASET_DEFAULTS
+from largeloss.experiment.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
+                                                best_hparams, method_flags, paper_map, peer_flags, peer_note)
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
 

@@ -22,12 +22,11 @@ import torch
 import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
-
-import analysis
-import datasets
-from datasets import DevicePreprocess
-from errors import InputError
-from models import build_model
+from largeloss.data import datasets
+from largeloss.data.loading import DevicePreprocess
+from largeloss.engine import analysis
+from largeloss.nn.models import build_model
+from largeloss.utils.errors import InputError
 
 
 def get_args_parser() -> argparse.ArgumentParser:

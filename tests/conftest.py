@@ -16,10 +16,8 @@ import torch
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the modules live flat in the repository root
-    sys.path.insert(0, str(REPO_ROOT))
 
-import formats  # noqa: E402  (needs the path above)
+from largeloss.data import formats  # noqa: E402  (needs the path above)
 
 # One intra-op thread: the tiny tensors here gain nothing from more, and on a shared 2-core
 # machine a second thread makes each run several times slower (measured: 0.7 s vs 2-6 s for a

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,13 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import analysis  # noqa: E402
-import datasets  # noqa: E402
-import main as cli  # noqa: E402
-import train  # noqa: E402
-from datasets import ExperimentData, Split  # noqa: E402
-from errors import InputError  # noqa: E402
+from largeloss import cli  # noqa: E402
+from largeloss.data import loading
+from largeloss.data.splits import ExperimentData, Split
+from largeloss.engine import analysis  # noqa: E402
+from largeloss.engine import train  # noqa: E402
+from largeloss.utils.errors import InputError  # noqa: E402
 
 TINY_RUN = ["--dataset", "digits", "--digits_train_size", "32", "--arch", "small_cnn",
             "--image_size", "48", "--batch_size", "16", "--optimizer", "adam", "--lr", "1e-3",
@@ -209,7 +207,7 @@ def test_analyses_add_no_work_when_off(tmp_path, monkeypatch):
         return wrapper
 
     monkeypatch.setattr(train, "predict", counting("predict", train.predict))
-    monkeypatch.setattr(datasets, "make_loader", counting("make_loader", datasets.make_loader))
+    monkeypatch.setattr(loading, "make_loader", counting("make_loader", loading.make_loader))
     run_dir = tmp_path / "run"
     assert cli.main(TINY_RUN + ["--mod_scheme", "LL-R", "--delta_rel", "5", "--epochs", "2",
                                 "--out_dir", str(run_dir)]) == 0

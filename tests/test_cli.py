@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import config
-import formats
-import main
-import methods
-import train
-from scripts import summarize
+from largeloss import cli as main
+from largeloss.data import formats
+from largeloss.engine import train
+from largeloss.experiment import config
+from largeloss.methods import registry as methods
+from largeloss.reporting import summarize
 
 RUN_KEYS = {"epoch", "train_loss", "val_map", "modified", "seconds", "images_per_s"}
 TIMING_KEYS = {"seconds", "images_per_s"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-import config
+from largeloss.experiment import config
 
 
 @pytest.mark.parametrize("dataset,num_workers,early_stop_drop", [

@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets
-from datasets import ImageFileDataset
-from errors import InputError
-
+from largeloss.data import datasets, loading, splits
+from largeloss.data.loading import ImageFileDataset
+from largeloss.utils.errors import InputError
 
 # ------------------------------------------------------------------------------- image decoding
 
@@ -51,7 +50,7 @@ def test_16_bit_png_is_scaled_to_8_bit_not_clipped_to_white(tmp_path, channels):
 @pytest.mark.parametrize("dtype", [np.uint16, ">u2", np.int32])  # modes I;16, I;16B, I
 def test_16_bit_grey_modes_scale_by_256(dtype):
     values = (np.arange(12).reshape(3, 4) * 5000 + 255).astype(dtype)
-    rgb = np.asarray(datasets.to_rgb(Image.fromarray(values)))
+    rgb = np.asarray(loading.to_rgb(Image.fromarray(values)))
     assert rgb.shape == (3, 4, 3)
     np.testing.assert_array_equal(rgb[..., 1], values.astype(np.int64) >> 8)
 
@@ -83,7 +82,7 @@ def test_unreadable_image_in_a_worker_is_a_one_line_input_error_naming_it(tmp_pa
     """A worker's InputError used to reach the main process as 'Caught InputError in DataLoader
     worker process 0' plus a traceback, which main.py printed whole."""
     images = ImageFileDataset(truncated_jpeg_folder(tmp_path), ["good.jpg", "bad.jpg"], 8)
-    loader = datasets.make_loader(images, batch_size=2, shuffle=False, num_workers=num_workers,
+    loader = loading.make_loader(images, batch_size=2, shuffle=False, num_workers=num_workers,
                                   seed=0, pin_memory=False)
     with pytest.raises(InputError) as error:
         for _ in loader:
@@ -96,12 +95,12 @@ def test_unreadable_image_in_a_worker_is_a_one_line_input_error_naming_it(tmp_pa
 def test_cache_images_reports_an_unreadable_image_in_one_line(tmp_path):
     images = ImageFileDataset(truncated_jpeg_folder(tmp_path), ["good.jpg", "bad.jpg"], 8)
     with pytest.raises(InputError, match=r"^cannot read image .*bad\.jpg \(row 1\): [^\n]*$"):
-        datasets.cache_images(images, num_workers=1)
+        loading.cache_images(images, num_workers=1)
 
 
 @pytest.mark.filterwarnings("ignore:.*no observed positive")
 def test_cli_reports_a_corrupt_image_read_by_a_worker_in_one_line(tmp_path, custom_folder, capsys):
-    import main  # the entry point, in process: what a user sees on stderr
+    from largeloss import cli as main  # the entry point, in process: what a user sees on stderr
     data_root = custom_folder(train_clean=True)
     bad = data_root / "images" / "train_02.jpg"
     bad.write_bytes(bad.read_bytes()[:100])
@@ -126,10 +125,10 @@ def test_decompression_bomb_sized_image_is_a_one_line_input_error(tmp_path, monk
 
 # ------------------------------------------------------------------- evaluation splits (custom)
 
-def split_of(observed, true_labels=None) -> datasets.Split:
+def split_of(observed, true_labels=None) -> splits.Split:
     observed = np.array(observed, dtype=np.int8)
-    images = datasets.TensorImageDataset(torch.zeros((len(observed), 3, 2, 2), dtype=torch.uint8))
-    return datasets.Split(images, observed, None if true_labels is None
+    images = loading.TensorImageDataset(torch.zeros((len(observed), 3, 2, 2), dtype=torch.uint8))
+    return splits.Split(images, observed, None if true_labels is None
                           else np.array(true_labels, dtype=np.uint8))
 
 
@@ -138,14 +137,14 @@ CLASSES = ["cat", "dog", "sea"]
 
 def test_evaluation_problems_of_a_positives_only_split():
     """Observed 0/1 only (0 = unknown): every scored entry is a positive, every AP is 1."""
-    problems = datasets.evaluation_problems(split_of([[1, 0, 0], [0, 1, 1]]), CLASSES)
+    problems = splits.evaluation_problems(split_of([[1, 0, 0], [0, 1, 1]]), CLASSES)
     assert problems == ["no known negative at all: every labelled entry is a positive, so every "
                         "class's AP is 1 whatever the scores"]
 
 
 def test_evaluation_problems_name_unmeasurable_and_thin_classes():
     observed = [[1, -1, -1, 1]] * 6 + [[-1, -1, -1, 0]] * 6 + [[1, 1, 0, 1]]
-    problems = datasets.evaluation_problems(split_of(observed), ["cat", "dog", "sea", "owl"])
+    problems = splits.evaluation_problems(split_of(observed), ["cat", "dog", "sea", "owl"])
     assert problems == [  # cat: 7 positives, 6 negatives, measured
         "1 of 4 classes have no positive (AP 0 whatever the scores): 'sea'",
         "1 of 4 classes have no known negative (AP 1 whatever the scores): 'owl'",
@@ -156,10 +155,10 @@ def test_evaluation_problems_use_clean_labels_and_truncate_long_class_lists():
     true_labels = np.zeros((10, 13), dtype=np.uint8)
     true_labels[:5, 0] = 1  # class c0: 5 positives, 5 negatives; c1 … c12: no positive
     names = [f"c{index}" for index in range(13)]
-    problems = datasets.evaluation_problems(split_of(np.zeros((10, 13)), true_labels), names)
+    problems = splits.evaluation_problems(split_of(np.zeros((10, 13)), true_labels), names)
     assert problems == ["12 of 13 classes have no positive (AP 0 whatever the scores): 'c1', 'c2', "
                         "'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9', 'c10' and 2 more"]
-    assert datasets.evaluation_problems(split_of(np.zeros((10, 1)), true_labels[:, :1]),
+    assert splits.evaluation_problems(split_of(np.zeros((10, 1)), true_labels[:, :1]),
                                         ["c0"]) == []
 
 
@@ -206,9 +205,9 @@ def test_classes_without_observed_positive_are_one_warning_listing_them():
     observed = np.zeros((4, 13), dtype=np.int8)
     observed[:, 0] = 1  # c0 has positives; c1 … c12 none
     split = split_of(observed, np.clip(observed, 0, 1))
-    data = datasets.ExperimentData(split, split, split, [f"c{index}" for index in range(13)])
+    data = splits.ExperimentData(split, split, split, [f"c{index}" for index in range(13)])
     with pytest.warns(UserWarning) as caught:
-        datasets.warn_classes_without_positives(data)
+        splits.warn_classes_without_positives(data)
     assert [str(warning.message) for warning in caught] == [
         "no observed positive in the training labels for 12 of 13 classes: 'c1', 'c2', 'c3', "
         "'c4', 'c5', 'c6', 'c7', 'c8', 'c9', 'c10' and 2 more (training gets no positive signal "
@@ -225,7 +224,7 @@ def test_custom_class_without_observed_positive_is_warned_once(custom_folder):
     train_csv.write_text("\n".join([header, *rows]) + "\n")
     with pytest.warns(UserWarning) as caught:
         data = datasets.load_data("custom", str(data_root), None, 8)
-        datasets.warn_classes_without_positives(data)
+        splits.warn_classes_without_positives(data)
     assert [str(warning.message) for warning in caught] == [
         "no observed positive in the training labels for 1 of 3 classes: 'sea' (training gets no "
         "positive signal for them)"]
@@ -233,12 +232,12 @@ def test_custom_class_without_observed_positive_is_warned_once(custom_folder):
 
 def test_too_many_workers_is_said_once_not_per_loader():
     workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) + 1
-    images = datasets.TensorImageDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
+    images = loading.TensorImageDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        datasets.warn_if_too_many_workers(workers)
+        loading.warn_if_too_many_workers(workers)
         for shuffle in (True, False):
-            assert sum(len(ids) for _, ids in datasets.make_loader(images, 2, shuffle, workers, 0,
+            assert sum(len(ids) for _, ids in loading.make_loader(images, 2, shuffle, workers, 0,
                                                                    False)) == 4
     messages = [str(warning.message) for warning in caught]
     assert sum(f"--num_workers {workers} exceeds" in message for message in messages) == 1

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import distributed
-import main
-from distributed import EvalBatches, TrainBatches, World
+from largeloss import cli as main
+from largeloss.utils import distributed
+from largeloss.utils.distributed import EvalBatches, TrainBatches, World
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 37 training images, global batch 16: the last batch has 5 rows, split 3 + 2 (one padding row)

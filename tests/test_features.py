@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import formats
-import datasets
-import features
-import models
-import main
-import train
-from config import parse_args
-from errors import InputError
-from metrics import average_precisions, ranked_average_precisions
+from largeloss import cli as main
+from largeloss.data import digits, formats, loading
+from largeloss.engine import features, train
+from largeloss.engine.metrics import average_precisions, ranked_average_precisions
+from largeloss.experiment.config import parse_args
+from largeloss.nn import models
+from largeloss.utils.errors import InputError
 
 # 64 training digits (50 val, 100 test) at 24 px, the small CNN (seeded random init), CPU.
 TINY = ["--dataset", "digits", "--digits_train_size", "64", "--image_size", "24", "--device", "cpu",
@@ -71,8 +69,8 @@ def test_cached_features_are_the_pooled_features_of_the_unflipped_images(tmp_pat
     data = features.load_linear_data(config, torch.device("cpu"))
     torch.manual_seed(0)
     model = models.build_model("small_cnn", "none", 10).eval()
-    images = datasets.load_digits_data(64, 24).train.images.images
-    preprocess = datasets.DevicePreprocess(model.mean, model.std, torch.device("cpu"))
+    images = digits.load_digits_data(64, 24).train.images.images
+    preprocess = loading.DevicePreprocess(model.mean, model.std, torch.device("cpu"))
     with torch.inference_mode():
         expected = model.pooled_features(preprocess(images, train=False))
     torch.testing.assert_close(features.features_of(data.train), expected)

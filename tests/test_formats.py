@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import atomic
-import formats
-from formats import (LabelledSplit, class_names_for, load_boxes, load_cole_folder,
-                     load_custom_folder, make_observed_labels, train_val_split)
-
+from largeloss.data import formats
+from largeloss.data.formats import (LabelledSplit, class_names_for, load_boxes, load_cole_folder,
+                                    load_custom_folder, make_observed_labels, train_val_split)
+from largeloss.utils import atomic
 
 # ---------------------------------------------------------------- make_observed_labels (SPEC §2)
 

@@ -2,14 +2,15 @@
 per-epoch metrics recorded from the code before it (tests/golden/metrics.json) to 1e-6."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "golden"))
-import record  # noqa: E402
+_spec = importlib.util.spec_from_file_location("golden_record", Path(__file__).parent / "golden" / "record.py")
+record = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(record)
 
 GOLDEN = json.loads(record.GOLDEN_FILE.read_text())
 

@@ -12,24 +12,13 @@ from __future__ import annotations
 
 import io
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from losses import (  # noqa: E402
-    LL_SCHEMES,
-    METHODS,
-    LabelEstimator,
-    LossOutput,
-    ObservedLabelStore,
-    compute_loss,
-    ll_num_modified,
-)
+from largeloss.methods.losses import (LL_SCHEMES, METHODS, LabelEstimator, LossOutput,  # noqa: E402
+                                      ObservedLabelStore, compute_loss, ll_num_modified)
 
 EPS = 0.1  # label-smoothing ε of bce_ls / an_ls
 

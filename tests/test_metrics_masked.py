@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from metrics import (class_groups, format_masked_map, grouped_map, masked_average_precisions,
-                     masked_map_summary, sparse_masked_average_precisions)
-from sparse_labels import SparseLabels
+from largeloss.data.sparse_labels import SparseLabels
+from largeloss.engine.metrics import (class_groups, format_masked_map, grouped_map, masked_average_precisions,
+                                      masked_map_summary, sparse_masked_average_precisions)
 
 # Four classes, five images. known = False marks an unlabelled entry (its target is ignored).
 SCORES = np.array([[0.9, 0.3, 0.6, 0.5],

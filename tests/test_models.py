@@ -10,9 +10,9 @@ import torch
 from torchvision import models as tv_models
 from torchvision.models import _api as tv_api
 
-import models
-from errors import InputError
-from models import build_model
+from largeloss.nn import models
+from largeloss.nn.models import build_model
+from largeloss.utils.errors import InputError
 
 # The offline ImageNet weights beside the repository (../shared/weights, see its README).
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "shared" / "weights"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import openimages
-from sparse_labels import check_sparse_labels, load_sparse_labels
+from largeloss.data import openimages
+from largeloss.data.sparse_labels import check_sparse_labels, load_sparse_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets
-import main
-from scripts import summarize
-import methods
-import openimages
-from errors import InputError
+from largeloss import cli as main
+from largeloss.data import datasets, openimages
+from largeloss.methods import registry as methods
+from largeloss.reporting import summarize
+from largeloss.utils.errors import InputError
 
 CLASSES = [f"/m/c{index}" for index in range(7)]  # 7 classes: G1, G2 take two, G3–G5 one
 SPLIT_SIZES = {"train": 24, "validation": 8, "test": 8}

@@ -14,28 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-import losses
-import peer_losses
-from models import MultiLabelNet, build_model
-from peer_losses import (
-    PEER_DATASETS,
-    PEER_PAPER_MAP,
-    PEER_PRESETS,
-    apl_num_per_pass,
-    apl_pass,
-    apl_pass_after_epoch,
-    apl_unobserved_counts,
-    boostlu,
-    em_loss,
-    em_per_entry,
-    gr_loss,
-    gr_per_entry,
-    gr_schedule,
-    hill_loss,
-    hill_per_entry,
-    splc_loss,
-    splc_per_entry,
-)
+from largeloss.methods import losses, peer_losses
+from largeloss.methods.peer_losses import (PEER_DATASETS, PEER_PAPER_MAP, PEER_PRESETS, apl_num_per_pass,
+                                           apl_pass, apl_pass_after_epoch, apl_unobserved_counts, boostlu,
+                                           em_loss, em_per_entry, gr_loss, gr_per_entry, gr_schedule,
+                                           hill_loss, hill_per_entry, splc_loss, splc_per_entry)
+from largeloss.nn.models import MultiLabelNet, build_model
 
 TOL = 2e-6  # the spec prints 6 decimals
 EX_A = ([[2.0, -1.0, 0.0]], [[1, 0, 0]])

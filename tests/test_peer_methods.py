@@ -12,11 +12,10 @@ import os
 import pytest
 import torch
 
-import config
-import losses
-import main
-import methods
-import peer_losses
+from largeloss import cli as main
+from largeloss.experiment import config
+from largeloss.methods import losses, peer_losses
+from largeloss.methods import registry as methods
 
 TINY_DIGITS = ["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
                "--num_workers", "0", "--batch_size", "16", "--image_size", "32",

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import formats
-import prepare
-from formats import PASCAL_CLASSES, load_boxes, load_cole_folder, make_observed_labels
+from largeloss.data import formats, prepare
+from largeloss.data.formats import PASCAL_CLASSES, load_boxes, load_cole_folder, make_observed_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-import config
-import main
-import train
+from largeloss import cli as main
+from largeloss.engine import train
+from largeloss.experiment import config
 
 TINY = ["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu", "--num_workers", "0",
         "--batch_size", "16", "--image_size", "32", "--early_stop_drop", "0"]

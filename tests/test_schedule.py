@@ -9,15 +9,11 @@ or computed with exact rational arithmetic (fractions.Fraction of the decimal Δ
 from __future__ import annotations
 
 import math
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from losses import LL_SCHEMES, ll_num_modified  # noqa: E402
+from largeloss.methods.losses import LL_SCHEMES, ll_num_modified  # noqa: E402
 
 GROWING = ("LL-R", "LL-Ct")
 EPOCHS = list(range(1, 11))

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from largeloss.experiment import paper_numbers
+from largeloss.reporting import plot_curves, summarize
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 SWEEP = SCRIPTS / "sweep_delta_rel.sh"
@@ -27,10 +30,7 @@ def load_script(name: str):
     return module
 
 
-paper_numbers = load_script("paper_numbers")
 reproduce = load_script("reproduce")
-summarize = load_script("summarize")
-plot_curves = load_script("plot_curves")
 
 
 def make_run(folder: Path, *, dataset="coco", method="an", seed=0, delta_rel=0.2, train_mode="end_to_end",
@@ -281,7 +281,7 @@ def test_sweep_leaves_optimizer_lr_and_epochs_to_the_cli_defaults(tmp_path, data
 
 def test_paper_numbers_read_the_cli_defaults():
     """scripts/paper_numbers.py derives its hyper-parameters from config.DATASET_DEFAULTS."""
-    import config
+    from largeloss.experiment import config
     for dataset, hparams in paper_numbers.BEST_HPARAMS.items():
         entry = config.DATASET_DEFAULTS[dataset]
         assert (entry.optimizer, entry.lr, entry.epochs, dict(entry.delta_rel)) == (
@@ -432,8 +432,9 @@ export = load_script("export")
 @pytest.mark.filterwarnings("ignore:no observed positive")
 def test_export_gives_a_torchvision_resnet50_with_the_same_logits(tmp_path):
     import torchvision
-    import main
-    import models
+
+    from largeloss import cli as main
+    from largeloss.nn import models
     out_dir = tmp_path / "run"
     assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
                       "--num_workers", "0", "--arch", "resnet50", "--weights", "none",
@@ -450,7 +451,7 @@ def test_export_gives_a_torchvision_resnet50_with_the_same_logits(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:no observed positive")
 def test_export_of_small_cnn_is_the_multilabelnet_state_dict(tmp_path, capsys):
-    import main
+    from largeloss import cli as main
     out_dir = tmp_path / "run"
     assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
                       "--num_workers", "0", "--epochs", "1", "--out_dir", str(out_dir)]) == 0

@@ -14,13 +14,12 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import datasets  # noqa: E402
-import train  # noqa: E402
-from config import parse_args  # noqa: E402
-from losses import ObservedLabelStore, compute_loss  # noqa: E402
-from models import build_model  # noqa: E402
+from largeloss.data import loading
+from largeloss.engine import train  # noqa: E402
+from largeloss.experiment.config import parse_args  # noqa: E402
+from largeloss.methods.losses import ObservedLabelStore, compute_loss  # noqa: E402
+from largeloss.nn.models import build_model  # noqa: E402
 
 BENCHMARK = REPO_ROOT / "scripts" / "benchmark.py"
 IMAGE_SIZE = 40
@@ -58,8 +57,8 @@ def reference_batch(jpegs, mean, std, flip_probability):
 def fast_uint8_batch(jpegs):
     """One batch through the project's loader: uint8 images and sample indices."""
     folder, names, _ = jpegs
-    images = datasets.ImageFileDataset(folder, names, IMAGE_SIZE)
-    loader = datasets.make_loader(images, NUM_IMAGES, False, num_workers=0, seed=0, pin_memory=False)
+    images = loading.ImageFileDataset(folder, names, IMAGE_SIZE)
+    loader = loading.make_loader(images, NUM_IMAGES, False, num_workers=0, seed=0, pin_memory=False)
     return next(iter(loader))
 
 
@@ -74,7 +73,7 @@ def test_fast_path_gives_the_reference_images_and_losses(jpegs, flip, channels_l
     assert uint8_images.dtype == torch.uint8
     if flip:  # the flip the device path would draw for every image
         uint8_images = uint8_images.flip(3)
-    preprocess = datasets.DevicePreprocess(model.mean, model.std, torch.device("cpu"), channels_last)
+    preprocess = loading.DevicePreprocess(model.mean, model.std, torch.device("cpu"), channels_last)
     fast_images = preprocess(uint8_images, train=False)
     torch.testing.assert_close(fast_images, reference_images, rtol=0, atol=1e-5)
 
@@ -97,7 +96,7 @@ def test_device_flip_is_per_image_mirror_of_the_reference(jpegs):
     unflipped, _ = reference_batch(jpegs, mean, std, 0.0)
     mirrored, _ = reference_batch(jpegs, mean, std, 1.0)
     uint8_images, _ = fast_uint8_batch(jpegs)
-    preprocess = datasets.DevicePreprocess(mean, std, torch.device("cpu"))
+    preprocess = loading.DevicePreprocess(mean, std, torch.device("cpu"))
     torch.manual_seed(3)
     flipped_seen = set()
     for _ in range(4):
@@ -111,13 +110,13 @@ def test_device_flip_is_per_image_mirror_of_the_reference(jpegs):
 
 def test_cached_images_are_the_decoded_images(jpegs):
     folder, names, _ = jpegs
-    images = datasets.ImageFileDataset(folder, names, IMAGE_SIZE)
-    cached = datasets.cache_images(images, num_workers=0, batch_size=4)
-    assert isinstance(cached, datasets.TensorImageDataset) and len(cached) == len(images)
+    images = loading.ImageFileDataset(folder, names, IMAGE_SIZE)
+    cached = loading.cache_images(images, num_workers=0, batch_size=4)
+    assert isinstance(cached, loading.TensorImageDataset) and len(cached) == len(images)
     for index in range(len(images)):
         image, sample_id = cached[index]
         assert sample_id == index and torch.equal(image, images[index][0])
-    assert datasets.cache_images(cached, num_workers=0) is cached
+    assert loading.cache_images(cached, num_workers=0) is cached
 
 
 def test_bf16_autocast_does_not_move_the_map(tmp_path):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-import atomic
-from formats import (CLASS_NAMES_FILE, NUM_CLASSES, PASCAL_CLASSES, PHASES, check_label_matrix,
-                     class_names_for, cole_file, load_image_paths, load_npy, make_observed_labels)
-
+from largeloss.data.formats import (CLASS_NAMES_FILE, NUM_CLASSES, PASCAL_CLASSES, PHASES, check_label_matrix,
+                                    class_names_for, cole_file, load_image_paths, load_npy,
+                                    make_observed_labels)
+from largeloss.utils import atomic
 
 # ---------------------------------------------------------------------------------------------
 # Formatters: official archives → Cole arrays (SPEC §2); scripts/prepare_data.py writes them

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets import ExperimentData, Split
-from errors import InputError
-from metrics import average_precisions
+from largeloss.data.splits import ExperimentData, Split
+from largeloss.engine.metrics import average_precisions
+from largeloss.utils.errors import InputError
 
 LOSS_GROUP_KEYS = ("loss_observed_pos", "loss_true_neg", "loss_false_neg")
 BATCH_LOSS_GROUP_KEYS = tuple("batch_" + key for key in LOSS_GROUP_KEYS)

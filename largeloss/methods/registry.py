@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import peer_losses
-from errors import InputError
-from losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore, compute_loss,
-                    ll_num_modified)
-from sparse_labels import SparseLabelStore
+from largeloss.data.sparse_labels import SparseLabelStore
+from largeloss.methods import peer_losses
+from largeloss.methods.losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore,
+                                      compute_loss, ll_num_modified)
+from largeloss.utils.errors import InputError
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import atomic
+from largeloss.utils import atomic
 
 CSR_KEYS = ("indptr", "indices", "values", "image_ids", "class_names")
 LONG_CSV_COLUMNS = ("image", "class", "label")
@@ -101,12 +101,12 @@ def check_sparse_labels(labels: SparseLabels, source: str) -> None:
         if not isinstance(array, np.ndarray) or array.ndim != 1:
             raise ValueError(f"{source}: {key} must be a 1-D array, got "
                              f"{getattr(array, 'shape', type(array).__name__)}")
-    for key, kind in (("indptr", "iu"), ("indices", "iu"), ("values", "iu"),
-                      ("image_ids", "U"), ("class_names", "U")):
+    for key, expected in (("indptr", np.integer), ("indices", np.integer), ("values", np.integer),
+                          ("image_ids", np.str_), ("class_names", np.str_)):
         dtype = getattr(labels, key).dtype
-        if dtype.kind not in kind:
+        if not np.issubdtype(dtype, expected):
             raise ValueError(f"{source}: {key} has dtype {dtype}, expected "
-                             f"{'integers' if kind == 'iu' else 'unicode strings'}")
+                             f"{'integers' if expected is np.integer else 'unicode strings'}")
     indptr, indices, values = labels.indptr, labels.indices, labels.values
     num_images, num_classes = len(labels.image_ids), len(labels.class_names)
     if len(indptr) != num_images + 1:
@@ -238,6 +238,18 @@ def is_long_csv(path: Path) -> bool:
     return set(LONG_CSV_COLUMNS) <= header
 
 
+def _refuse_repeated_entries(path: Path, sorted_keys: np.ndarray, lines: np.ndarray,
+                             image_ids: list[str], class_names: list[str]) -> None:
+    """ValueError at the earliest line that repeats an (image, class) entry; keys sorted stably."""
+    repeated = np.nonzero(sorted_keys[1:] == sorted_keys[:-1])[0] + 1
+    if len(repeated):
+        second = repeated[np.argmin(lines[repeated])]  # the earliest repeat in the file
+        raise ValueError(f"{path}, line {lines[second]}: duplicate entry for image "
+                         f"{image_ids[sorted_keys[second] // len(class_names)]!r}, class "
+                         f"{class_names[sorted_keys[second] % len(class_names)]!r} (first on line "
+                         f"{lines[second - 1]})")
+
+
 def read_long_csv(path: Path, class_names: list[str]) -> SparseLabels:
     """Read a long label CSV into CSR form.
 
@@ -287,15 +299,7 @@ def read_long_csv(path: Path, class_names: list[str]) -> SparseLabels:
     keys = np.asarray(rows, dtype=np.int64) * len(class_names) + np.asarray(classes)
     order = np.argsort(keys, kind="stable")  # stable: equal keys keep their file order
     keys = keys[order]
-    repeated = np.nonzero(keys[1:] == keys[:-1])[0] + 1
-    if len(repeated):
-        lines = np.asarray(lines)[order]
-        second = repeated[np.argmin(lines[repeated])]  # the earliest repeat in the file
-        image_ids = list(row_of_image)
-        raise ValueError(f"{path}, line {lines[second]}: duplicate entry for image "
-                         f"{image_ids[keys[second] // len(class_names)]!r}, class "
-                         f"{class_names[keys[second] % len(class_names)]!r} (first on line "
-                         f"{lines[second - 1]})")
+    _refuse_repeated_entries(path, keys, np.asarray(lines)[order], list(row_of_image), class_names)
     indptr = np.zeros(len(row_of_image) + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // len(class_names), minlength=len(row_of_image)), out=indptr[1:])
     return SparseLabels(indptr, (keys % len(class_names)).astype(np.int32),

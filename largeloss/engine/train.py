@@ -36,22 +36,21 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import analysis
-import datasets
-import features
-import methods
-from config import Config, config_from_dict
-from datasets import DevicePreprocess, ExperimentData, Split
-from errors import InputError, TrainingDiverged
-from methods import Method
-from metrics import (average_precisions, class_groups, format_masked_map, grouped_map,
-                     masked_map_summary, ranked_average_precisions,
-                     sparse_masked_average_precisions)
-from models import autocast, build_image_model, predict
-from distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch, init_process_group,
-                         local_slice, world_from_environment)
-from run_folder import RunFolder, checkpoint_num_classes, read_checkpoint
-
+from largeloss.data import datasets, loading, splits
+from largeloss.data.loading import DevicePreprocess
+from largeloss.data.splits import ExperimentData, Split
+from largeloss.engine import analysis, features
+from largeloss.engine.metrics import (average_precisions, class_groups, format_masked_map, grouped_map,
+                                      masked_map_summary, ranked_average_precisions,
+                                      sparse_masked_average_precisions)
+from largeloss.engine.run_folder import RunFolder, checkpoint_num_classes, read_checkpoint
+from largeloss.experiment.config import Config, config_from_dict
+from largeloss.methods import registry as methods
+from largeloss.methods.registry import Method
+from largeloss.nn.models import autocast, build_image_model, predict
+from largeloss.utils.distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch,
+                                         init_process_group, local_slice, world_from_environment)
+from largeloss.utils.errors import InputError, TrainingDiverged
 
 MAP_CONVENTION = "map_all_classes"  # what `map` means on sparse labels (sparse_evaluation)
 NUM_CLASS_GROUPS = 5  # G1–G5 of the OpenImages table
@@ -442,11 +441,11 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
     check_world(config, world, training)
     device = resolve_device(config.device, world)
     init_process_group(world, device, DISTRIBUTED_TIMEOUT_S)
-    datasets.warn_if_too_many_workers(config.num_workers)
+    loading.warn_if_too_many_workers(config.num_workers)
     if data is None:
         data = main_process_first(world, lambda: load_run_data(config, device))
     if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:
-        config = dataclasses.replace(config, expected_num_pos=datasets.mean_label_count(data))
+        config = dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
     torch.manual_seed(config.seed)
     if config.train_mode == "linear":
         model = features.new_linear_head(features.features_of(data.train).shape[1],
@@ -491,7 +490,7 @@ def load_image_data(config: Config) -> ExperimentData:
     if not config.cache_images:
         return data
     return dataclasses.replace(data, **{  # decode once; every later epoch reads memory
-        name: dataclasses.replace(split, images=datasets.cache_images(split.images,
+        name: dataclasses.replace(split, images=loading.cache_images(split.images,
                                                                       config.num_workers))
         for name, split in (("train", data.train), ("val", data.val), ("test", data.test))})
 
@@ -499,7 +498,7 @@ def load_image_data(config: Config) -> ExperimentData:
 def image_loaders(data: ExperimentData, config: Config, device: torch.device,
                   world: World) -> dict:
     pin = device.type == "cuda"
-    loaders = {name: datasets.make_loader(getattr(data, name).images,
+    loaders = {name: loading.make_loader(getattr(data, name).images,
                                           config.batch_size * (1 if name == "train" else 2),
                                           name == "train", config.num_workers, config.seed, pin,
                                           world)
@@ -511,7 +510,7 @@ def image_loaders(data: ExperimentData, config: Config, device: torch.device,
 
 def train_eval_loader(data: ExperimentData, config: Config, device: torch.device, world: World):
     """The training set in order, evaluated without flip (SPEC §8)."""
-    return datasets.make_loader(data.train.images, config.batch_size * 2, False,
+    return loading.make_loader(data.train.images, config.batch_size * 2, False,
                                 config.num_workers, config.seed, device.type == "cuda", world)
 
 
@@ -582,7 +581,7 @@ def fit(config: Config, data: ExperimentData | None = None, saved: dict | None =
     if config.resume:  # checked against the data before anything is written
         saved = saved if saved is not None else read_checkpoint(config.resume, "--resume")
         check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
-    datasets.warn_classes_without_positives(run.data)
+    splits.warn_classes_without_positives(run.data)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
     write_run_header(run)
     if logger_class is not None and run.world.is_main:

@@ -61,14 +61,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-import atomic
-import datasets
-import formats
-from config import PAPER_DATASETS, Config
-from datasets import DevicePreprocess, ExperimentData, ImageFileDataset, Split, TensorImageDataset
-from distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
-from errors import InputError
-from models import SMALL_CNNS, MultiLabelNet, build_image_model, is_local_path, predict
+from largeloss.data import datasets, formats, loading
+from largeloss.data.loading import DevicePreprocess, ImageFileDataset, TensorImageDataset
+from largeloss.data.splits import ExperimentData, Split
+from largeloss.experiment.config import PAPER_DATASETS, Config
+from largeloss.nn.models import SMALL_CNNS, MultiLabelNet, build_image_model, is_local_path, predict
+from largeloss.utils import atomic
+from largeloss.utils.distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
+from largeloss.utils.errors import InputError
 
 PAPER_IMAGE_SIZE = 448
 COLE_FEATURE_DIM = 2048   # ResNet-50's pooled features
@@ -304,7 +304,7 @@ def extract_unit(unit: CacheUnit, data: ExperimentData, model: MultiLabelNet,
 def extract_features(model: MultiLabelNet, images: Dataset, preprocess: DevicePreprocess,
                      device: torch.device, batch_size: int, num_workers: int) -> np.ndarray:
     """N×D float32 pooled features of the unflipped images (eval mode), in dataset order."""
-    loader = datasets.make_loader(images, batch_size, False, num_workers, 0, device.type == "cuda")
+    loader = loading.make_loader(images, batch_size, False, num_workers, 0, device.type == "cuda")
     return predict(model.pooled_features, loader, preprocess, device, "off")
 
 

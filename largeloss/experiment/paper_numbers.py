@@ -14,9 +14,9 @@ that every place reads the same table.
 """
 from __future__ import annotations
 
-import methods
-import peer_losses
-from config import DATASET_DEFAULTS, PAPER_DATASETS
+from largeloss.experiment.config import DATASET_DEFAULTS, PAPER_DATASETS
+from largeloss.methods import peer_losses
+from largeloss.methods import registry as methods
 
 # The large-loss schemes: the registered schemes that take Δrel.
 LL_SCHEMES = tuple(name for name in methods.schemes()

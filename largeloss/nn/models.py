@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torchvision import models as tv_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from distributed import SINGLE_PROCESS, World, gather_blocks
-from errors import InputError
+from largeloss.utils.distributed import SINGLE_PROCESS, World, gather_blocks
+from largeloss.utils.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

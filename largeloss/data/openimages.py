@@ -46,8 +46,8 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-import atomic
-from sparse_labels import SparseLabels, read_class_names, save_sparse_labels
+from largeloss.data.sparse_labels import SparseLabels, read_class_names, save_sparse_labels
+from largeloss.utils import atomic
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ROLES = {"train": "supervision", "validation": "model selection", "test": "test"}
@@ -162,6 +162,10 @@ def _sorted_lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray,
     return positions, found
 
 
+def _bad_row(path: Path, line: int, problem: str) -> ValueError:
+    return ValueError(f"{path}, line {line}: {problem}")
+
+
 def read_annotations(path: Path, class_index: dict[str, int], image_ids: np.ndarray,
                      description: str = "annotations") -> tuple[np.ndarray, np.ndarray, dict]:
     """Stream annotations-human.csv into flat arrays of labelled entries.
@@ -173,8 +177,7 @@ def read_annotations(path: Path, class_index: dict[str, int], image_ids: np.ndar
         keys: int64 row·L + class, one per kept row, in file order (may repeat);
         labels: int8 ±1 aligned with keys;
         counts: {"rows_read", "rows_not_trainable", "rows_unknown_image"}.
-    A progress bar (rows) is shown only on a terminal.
-    """
+    A progress bar (rows) is shown only on a terminal."""
     path = Path(path)
     _require(path)
     num_classes = len(class_index)
@@ -190,13 +193,11 @@ def read_annotations(path: Path, class_index: dict[str, int], image_ids: np.ndar
         key_chunks.append(rows[found] * num_classes + classes[found])
         label_chunks.append(np.asarray(chunk_labels, dtype=np.int8)[found])
         progress.update(len(chunk_ids))
-        chunk_ids.clear()
-        chunk_classes.clear()
-        chunk_labels.clear()
+        for chunk in (chunk_ids, chunk_classes, chunk_labels):
+            chunk.clear()
 
-    with open(path, newline="", encoding="utf-8") as handle, \
-            tqdm(desc=description, unit=" rows", unit_scale=True,
-                 disable=not sys.stderr.isatty()) as progress:
+    with open(path, newline="", encoding="utf-8") as handle, tqdm(
+            desc=description, unit=" rows", unit_scale=True, disable=not sys.stderr.isatty()) as progress:
         reader = csv.reader(handle)
         header = next(reader, [])
         id_column, class_column, confidence_column = _header_columns(path, header,
@@ -206,14 +207,13 @@ def read_annotations(path: Path, class_index: dict[str, int], image_ids: np.ndar
             if len(cells) != num_columns:
                 if not cells:
                     continue
-                raise ValueError(f"{path}, line {reader.line_num}: {len(cells)} cell(s) but the "
-                                 f"header has {num_columns} columns ({','.join(header)})")
+                raise _bad_row(path, reader.line_num, f"{len(cells)} cell(s) but the header has "
+                               f"{num_columns} columns ({','.join(header)})")
             rows_read += 1
             label = CONFIDENCE_LABEL.get(cells[confidence_column])
             if label is None:
-                raise ValueError(f"{path}, line {reader.line_num}: Confidence "
-                                 f"{cells[confidence_column]!r} is neither 1 (verified present) "
-                                 f"nor 0 (verified absent)")
+                raise _bad_row(path, reader.line_num, f"Confidence {cells[confidence_column]!r} is "
+                               f"neither 1 (verified present) nor 0 (verified absent)")
             class_number = class_index.get(cells[class_column])
             if class_number is None:
                 rows_not_trainable += 1

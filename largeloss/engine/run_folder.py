@@ -30,8 +30,8 @@ import sklearn
 import torch
 import torchvision
 
-import atomic
-from errors import InputError
+from largeloss.utils import atomic
+from largeloss.utils.errors import InputError
 
 LOCK_NAME = "run.lock"
 # What --overwrite removes: the files a run writes (eval_* files of --eval_only stay).

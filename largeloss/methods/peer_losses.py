@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses import LossOutput, bce
-from models import boostlu  # the head activation lives with the model (model → method layering)
+from largeloss.methods.losses import LossOutput, bce
+from largeloss.nn.models import boostlu  # the head activation lives with the model (model → method layering)
 
 __all__ = ["boostlu", "binary_entropy", "em_per_entry", "em_loss", "apl_unobserved_counts",
            "apl_num_per_pass", "apl_pass_after_epoch", "apl_pass", "hill_per_entry", "hill_loss",

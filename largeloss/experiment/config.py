@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import methods
-import peer_losses
+from largeloss.methods import peer_losses
+from largeloss.methods import registry as methods
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features", "openimages")
 PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")

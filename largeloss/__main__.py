@@ -1,0 +1,4 @@
+"""`python -m largeloss ...` is `python main.py ...`."""
+from largeloss.cli import main
+
+raise SystemExit(main())
