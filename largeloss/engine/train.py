@@ -787,7 +787,28 @@ def resume_config(checkpoint_path: str, override: Config, given: set[str] = froz
         raise InputError(f"--resume {checkpoint_path} continues the saved configuration; these "
                          f"flags differ from it: {', '.join(differing)} (only --epochs, the data "
                          f"paths and the engineering flags may change; start a new run instead)")
+    if "epochs" in given:
+        check_epochs_change(checkpoint, override.epochs, checkpoint_path)
     return dataclasses.replace(
         config_from_dict(saved), resume=checkpoint_path, out_dir=str(folder),
         stop_after=override.stop_after,
         **{flag: getattr(override, flag) for flag in RESUME_FLAGS if flag in given})
+
+
+def check_epochs_change(checkpoint: dict, epochs: int, checkpoint_path: str) -> None:
+    """--resume --epochs: never below the epochs already run, and a method whose schedule is laid
+    out over the planned epochs (Method.schedule_spans_the_run: EM+APL, GR) keeps them, since
+    extending it would mix two schedules (the first epochs ran the old one) in a run whose
+    config.json then claims a clean run of the new length."""
+    saved_epochs, done = checkpoint["config"].get("epochs"), checkpoint["epoch"]
+    if epochs == saved_epochs:
+        return
+    if epochs < done:
+        raise InputError(f"--resume {checkpoint_path} --epochs {epochs}: the run has already "
+                         f"trained {done} epochs; --epochs can only extend it (>= {done})")
+    method = checkpoint["config"].get("method")
+    if method in methods.METHODS and methods.method_class(method).schedule_spans_the_run:
+        raise InputError(f"--resume {checkpoint_path} --epochs {epochs}: {method}'s schedule is "
+                         f"laid out over the planned {saved_epochs} epochs, so its first {done} "
+                         f"epochs followed another schedule than a {epochs}-epoch run's; resume "
+                         f"without --epochs, or start a new {epochs}-epoch run")

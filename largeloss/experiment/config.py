@@ -525,6 +525,21 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"--track_images must be >= 0, got {args.track_images}")
     if args.resume and args.eval_only:
         parser.error("--resume and --eval_only exclude each other")
+    check_resume_folder(args, parser)
+
+
+def check_resume_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--resume continues in the checkpoint's own folder: --overwrite (which would delete that run)
+    and an --out_dir elsewhere are refused instead of being ignored."""
+    if not args.resume:
+        return
+    if args.overwrite:
+        parser.error(f"--resume continues the run in {Path(args.resume).parent}; --overwrite would "
+                     f"delete it: drop one of the two")
+    if args.out_dir and Path(args.out_dir).resolve() != Path(args.resume).parent.resolve():
+        parser.error(f"--resume continues the run in its own folder {Path(args.resume).parent}, "
+                     f"not --out_dir {args.out_dir}: drop --out_dir (or copy the run folder there "
+                     f"and resume from its last.pt)")
 
 
 def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:

@@ -156,7 +156,8 @@ class Method:
             on a SparseLabelStore, whose point is that N×L does not fit).
         composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
-            num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
+            num_epochs), so it cannot follow LinearInit, whose two phases each restart the count,
+            and a --resume cannot extend it with --epochs (its first epochs ran another schedule).
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
