@@ -243,6 +243,7 @@ class PreloadedBatches:
     def __init__(self, images: torch.Tensor, sample_ids: torch.Tensor, steps: int):
         self.batches = [(images, sample_ids)] * steps
         self.batch_sampler = self  # the loader interface train_one_epoch uses
+        self.seed, self.num_rows = 0, int(sample_ids.max()) + 1  # for the per-sample flip draws
 
     def set_epoch(self, epoch: int) -> None:
         pass

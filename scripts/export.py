@@ -7,13 +7,18 @@ resnet50 / resnet101 (any torchvision ResNet-like model): loads with strict=True
 pooling then the linear head, as MultiLabelNet). A timm model: loads with strict=True into
 `timm.create_model(arch, num_classes=L)` (checked here); its logits equal ours where timm's head is
 global average pooling then the classifier (ResNets, EfficientNets; not ViT's class token).
-small_cnn: the MultiLabelNet state dict itself (`models.build_model("small_cnn", "none", L)`).
+small_cnn: the MultiLabelNet state dict itself (`models.build_model("small_cnn", "none", L)`,
+with `boost_alpha=ALPHA` for a BoostLU run). A BoostLU run (--boostlu_alpha ≠ 1) of a library model
+is refused: its head is applied at every position of the feature map with positive activations
+boosted before pooling, which no plain torchvision/timm classifier reproduces (logits differ by
+up to 1.1); evaluate it with `main.py --eval_only` or load it with `models.build_model`.
 Feed the model images normalised as the run did (ImageNet mean and std; small_cnn: 0.5, 0.5).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from torch import nn
 from torchvision import models as tv_models
@@ -32,8 +37,16 @@ def export_state_dict(checkpoint: dict) -> tuple[dict, str]:
     num_classes = state["head.weight"].shape[0]
     source, name = (config["arch"].split(":", 1) if config["arch"].startswith(("timm:", "torchvision:"))
                     else ("", config["arch"]))
+    boost_alpha = config.get("boostlu_alpha", 1.0)
     if name in SMALL_CNNS and not source:
-        return state, f'models.build_model("{name}", "none", {num_classes}) (MultiLabelNet)'
+        boost = f", boost_alpha={boost_alpha:g}" if boost_alpha != 1 else ""
+        return state, f'models.build_model("{name}", "none", {num_classes}{boost}) (MultiLabelNet)'
+    if boost_alpha != 1:
+        raise InputError(f"export: a BoostLU run (--boostlu_alpha {boost_alpha:g}) has no plain "
+                         f"{name} equivalent: its head is applied at every position of the "
+                         f"feature map with positive activations boosted before pooling; use "
+                         f"models.build_model({name!r}, 'none', {num_classes}, "
+                         f"boost_alpha={boost_alpha:g}) with the checkpoint's 'model' state dict")
     if source == "torchvision" or (not source and is_torchvision_first(name)):
         net = tv_models.get_model(name, weights=None, num_classes=num_classes)
         children = [child for child, _ in net.named_children()]
@@ -76,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the state-dict file to write")
     args = parser.parse_args(argv)
     try:
-        state, what = export_state_dict(read_checkpoint(args.checkpoint, "--eval_only"))
+        if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+            raise InputError(f"export: --out {args.out} is the checkpoint itself; choose another "
+                             f"file (the checkpoint is kept)")
+        state, what = export_state_dict(read_checkpoint(args.checkpoint, "checkpoint"))
+        atomic.save_torch(args.out, state)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    atomic.save_torch(args.out, state)
     print(f"wrote {args.out}: the state dict of {what} (load_state_dict(..., strict=True))")
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -25,6 +24,7 @@ from matplotlib.patches import Rectangle
 from largeloss.data import datasets
 from largeloss.data.loading import DevicePreprocess
 from largeloss.engine import analysis
+from largeloss.engine.run_folder import read_checkpoint
 from largeloss.nn.models import build_model
 from largeloss.utils.errors import InputError
 
@@ -44,9 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def load_model_and_test_split(checkpoint_path: str, data_root: str | None, image_dir: str | None):
     """(model in eval mode on the CPU, the test Split, class names) from a run's checkpoint."""
-    if not Path(checkpoint_path).is_file():
-        raise InputError(f"{checkpoint_path}: no such file")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(checkpoint_path, "checkpoint")
     config = checkpoint["config"]  # the saved dict: only the data and model keys are needed
     data = datasets.load_data(config["dataset"], data_root or config["data_root"],
                               image_dir or config["image_dir"], config["image_size"],

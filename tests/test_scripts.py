@@ -427,6 +427,7 @@ def test_summarize_groups_dated_run_folders_by_their_configuration(tmp_path):
 
 
 export = load_script("export")
+show_cam = load_script("show_cam")
 
 
 @pytest.mark.filterwarnings("ignore:no observed positive")
@@ -529,3 +530,45 @@ def test_summarize_keeps_boostlu_runs_apart_with_their_paper_numbers(tmp_path, c
         "| 89.3 | -0.29 | — |")
     assert table_row(report, "pascal", "end_to_end", "gr", "—").endswith("| 89.8 | +0.17 | — |")
     assert "(chosen Δrel)" not in report  # LL-R and LL-R+BoostLU are different rows
+
+
+@pytest.mark.filterwarnings("ignore:no observed positive")
+def test_export_refuses_a_boostlu_library_model_and_its_own_checkpoint(tmp_path, capsys):
+    """BoostLU's head is no plain classifier: exported as resnet18's fc its logits would differ."""
+    from largeloss import cli as main
+    from largeloss.nn import models
+    out_dir = tmp_path / "run"
+    assert main.main(["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
+                      "--num_workers", "0", "--arch", "resnet18", "--weights", "none",
+                      "--image_size", "32", "--epochs", "1", "--boostlu_alpha", "5",
+                      "--out_dir", str(out_dir)]) == 0
+    checkpoint = torch.load(out_dir / "best.pt", weights_only=True)
+    checkpoint["model"]["head.bias"] += 2.0  # positive activations somewhere, which BoostLU boosts
+    boosted = models.build_model("resnet18", "none", 10, boost_alpha=5.0)
+    boosted.load_state_dict(checkpoint["model"])
+    plain = models.build_model("resnet18", "none", 10)
+    plain.load_state_dict(checkpoint["model"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # what a plain export would give: other logits
+        assert not torch.allclose(boosted.eval()(images), plain.eval()(images), atol=1e-3)
+    capsys.readouterr()
+    assert export.main([str(out_dir / "best.pt"), "--out", str(tmp_path / "r18.pt")]) == 2
+    assert "BoostLU run (--boostlu_alpha 5) has no plain resnet18" in capsys.readouterr().err
+    assert not (tmp_path / "r18.pt").exists()
+    before = (out_dir / "best.pt").read_bytes()
+    assert export.main([str(out_dir / "best.pt"), "--out", str(out_dir / "best.pt")]) == 2
+    assert "is the checkpoint itself" in capsys.readouterr().err
+    assert (out_dir / "best.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip"], ids=["empty", "truncated"])
+def test_scripts_name_their_own_argument_for_a_bad_checkpoint(tmp_path, capsys, content):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(content)
+    assert export.main([str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+    message = capsys.readouterr().err
+    assert f"checkpoint {bad}" in message and "--eval_only" not in message
+    assert len(message.strip().splitlines()) == 1
+    assert show_cam.main([str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    message = capsys.readouterr().err
+    assert f"checkpoint {bad}" in message and len(message.strip().splitlines()) == 1

@@ -73,10 +73,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 class TensorImageDataset(Dataset):
-    """Images already in memory: N×3×S×S uint8."""
+    """Images already in memory: N×3×S×S uint8; image_paths: the files they were decoded from
+    (--cache_images), None for generated images."""
 
-    def __init__(self, images: Tensor):
+    def __init__(self, images: Tensor, image_paths: list[str] | None = None):
         self.images = images
+        self.image_paths = image_paths
 
     def __len__(self) -> int:
         return len(self.images)
@@ -96,7 +98,7 @@ def cache_images(images: Dataset, num_workers: int, batch_size: int = 64) -> Ten
     cached = torch.empty((len(images), *first_image.shape), dtype=first_image.dtype)
     for batch, sample_ids in ImageLoader(images, batch_size=batch_size, num_workers=num_workers):
         cached[sample_ids] = batch
-    return TensorImageDataset(cached)
+    return TensorImageDataset(cached, getattr(images, "image_paths", None))
 
 
 @dataclass(frozen=True)
@@ -180,30 +182,46 @@ def make_loader(images: Dataset, batch_size: int, shuffle: bool, num_workers: in
     """
     batches = (TrainBatches(len(images), batch_size, seed, world) if shuffle
                else EvalBatches(len(images), batch_size, world))
+    # Its own generator: each new iterator draws a base seed from it, and from torch's global
+    # generator without one, which then drives other draws (once per epoch with no workers, once
+    # per run with persistent workers): --num_workers would change the numbers.
     return ImageLoader(images, batch_sampler=batches, num_workers=num_workers,
                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                       prefetch_factor=4 if num_workers > 0 else None)
+                       prefetch_factor=4 if num_workers > 0 else None,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+FLIP_STREAM = 0xF11B  # keeps the flips' random stream apart from the data order's (seed + epoch)
+
+
+def flip_draws(seed: int, epoch: int, num_rows: int) -> Tensor:
+    """N float32 uniform draws in [0, 1), one per training sample (flip when < 0.5): a function of
+    (seed, epoch, sample) only, so that neither --num_workers, nor the number of processes, nor
+    any other draw changes a run's augmentation."""
+    generator = np.random.default_rng([seed % 2**64, epoch, FLIP_STREAM])
+    return torch.from_numpy(generator.random(num_rows, dtype=np.float32))
 
 
 class DevicePreprocess:
     """uint8 B×3×S×S on the device → normalised float, with a random horizontal flip (p = 0.5)
-    per image when training. The flip draws from the device's torch generator (seeded, saved in
-    checkpoints): `random_draws(m)` for a whole global batch, of which each process passes its
-    shard as `draws`, so the flips do not depend on the number of processes."""
+    per image when training. The flips are drawn per sample (`epoch_draws`, `flip_draws`): each
+    process passes the draws of its shard's sample ids as `draws`."""
 
     def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def random_draws(self, num_images: int) -> Tensor:
-        """m uniform draws, one per image of a global batch (flip when < 0.5)."""
-        return torch.rand(num_images, device=self.mean.device)
+    def epoch_draws(self, seed: int, epoch: int, num_rows: int) -> Tensor:
+        """The epoch's N flip draws on the device, indexed by sample id."""
+        return flip_draws(seed, epoch, num_rows).to(self.mean.device)
 
     def __call__(self, images: Tensor, train: bool, draws: Tensor | None = None) -> Tensor:
+        """images: B×3×S×S uint8; draws: B uniform draws (flip when < 0.5) when training (drawn
+        from torch's generator when not given: benchmarks)."""
         images = images.float()
         if train:
-            draws = self.random_draws(images.shape[0]) if draws is None else draws
+            draws = torch.rand(images.shape[0], device=images.device) if draws is None else draws
             flip = (draws < 0.5).view(-1, 1, 1, 1)
             images = torch.where(flip, images.flip(3), images)
         images = (images - self.mean) / self.std

@@ -2,6 +2,7 @@
 experiment (`ExperimentData`), and what an evaluation split can and cannot measure."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -121,3 +122,39 @@ def warn_classes_without_positives(data: ExperimentData) -> None:
         warnings.warn(f"no observed positive in the training labels for {len(without_positive)} "
                       f"of {data.num_classes} classes: {listed(without_positive)} (training gets "
                       f"no positive signal for them)", stacklevel=2)
+
+
+def data_fingerprint(data: ExperimentData) -> dict:
+    """What a run trains and evaluates on, recorded at its start and checked by --resume:
+    {"train_size": N, "sha256": hex digest of each split's row count, image list (the relative
+    paths; generated images have none) and labels (observed, clean, sparse), and the class
+    names}. Moving the folder (--data_root, --image_dir) keeps it; other files change it."""
+    digest = hashlib.sha256("\n".join(data.class_names).encode())
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        digest.update(f"|{name}:{len(split)}|".encode())
+        paths = getattr(split.images, "image_paths", None)
+        if paths is not None:
+            digest.update("\n".join(map(str, paths)).encode())
+        arrays = [split.observed, split.true_labels]
+        if split.sparse is not None:
+            arrays += [split.sparse.indptr, split.sparse.indices, split.sparse.values]
+        for array in arrays:
+            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    return {"train_size": len(data.train), "sha256": digest.hexdigest()}
+
+
+def check_same_data(recorded: dict | None, data: ExperimentData, what: str,
+                    data_root: str) -> None:
+    """InputError when `data` is not the data a run started on (`recorded`, its
+    data_fingerprint; None for checkpoints written before it was recorded: not checked)."""
+    if recorded is None:
+        return
+    if recorded["train_size"] != len(data.train):
+        raise InputError(f"{what}: the run trained on {recorded['train_size']} training images, "
+                         f"the data at {data_root} has {len(data.train)}; a resumed run "
+                         f"continues its own data (start a new run for other data)")
+    if recorded["sha256"] != data_fingerprint(data)["sha256"]:
+        raise InputError(f"{what}: the data at {data_root} is not the data the run started on "
+                         f"(its label files or image list differ); a resumed run continues its "
+                         f"own data: point --data_root / --image_dir at it, or start a new run")

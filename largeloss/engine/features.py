@@ -511,7 +511,7 @@ def feature_loaders(data: ExperimentData, batch_size: int, seed: int,
 class PassThrough:
     """The preprocessing of features: none (the images' DevicePreprocess has the same interface)."""
 
-    def random_draws(self, num_rows: int) -> None:
+    def epoch_draws(self, seed: int, epoch: int, num_rows: int) -> None:
         return None
 
     def __call__(self, features: Tensor, train: bool, draws: Tensor | None = None) -> Tensor:

@@ -167,6 +167,7 @@ def pid_alive(pid) -> bool:
 
 # Keys each reader needs: eval_only and the best model need the weights; resume the whole state.
 CHECKPOINT_KEYS = {"--eval_only": ("config", "epoch", "model"),
+                   "checkpoint": ("config", "epoch", "model"),  # scripts' positional argument
                    "best checkpoint": ("config", "epoch", "model", "method"),
                    "--resume": ("config", "epoch", "model", "optimizer", "scaler", "method",
                                 "best_val_map", "best_epoch", "history", "rng")}

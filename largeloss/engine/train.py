@@ -49,7 +49,7 @@ from largeloss.methods import registry as methods
 from largeloss.methods.registry import Method
 from largeloss.nn.models import autocast, build_image_model, predict
 from largeloss.utils.distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch,
-                                         init_process_group, local_slice, world_from_environment)
+                                         init_process_group, world_from_environment)
 from largeloss.utils.errors import InputError, TrainingDiverged
 
 MAP_CONVENTION = "map_all_classes"  # what `map` means on sparse labels (sparse_evaluation)
@@ -121,6 +121,7 @@ class Run:
     folder: RunFolder
     world: World = SINGLE_PROCESS
     logger: object = None  # a SummaryWriter with --logger tensorboard (on the main process)
+    data_fingerprint: dict | None = None  # splits.data_fingerprint, recorded by a training run
 
 
 @dataclass
@@ -178,6 +179,8 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
         tracker.begin_epoch(method.labels.observed)
     phase.forward.train()
     loader.batch_sampler.set_epoch(epoch)
+    flips = phase.preprocess.epoch_draws(loader.batch_sampler.seed, epoch,
+                                         loader.batch_sampler.num_rows)
     loss_sum = torch.zeros((), device=device)
     logit_max = torch.zeros((), device=device)  # the largest |logit| this epoch
     modified_count = torch.zeros((), dtype=torch.long, device=device)
@@ -186,8 +189,8 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
     for step, (inputs, sample_ids) in enumerate(progress, start=1):
         global_size = loader.batch_sampler.global_batch_size(step - 1)
-        logits, sample_ids = forward_global_batch(phase, inputs, sample_ids, global_size, device,
-                                                  world)
+        logits, sample_ids = forward_global_batch(phase, inputs, sample_ids, global_size, flips,
+                                                  device, world)
         output = method.loss(logits, sample_ids, epoch)
         phase.optimizer.zero_grad(set_to_none=True)
         phase.scaler.scale(output.loss).backward()
@@ -226,16 +229,18 @@ def report_progress(progress: tqdm, world: World, epoch: int, step: int, steps: 
 
 
 def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, global_size: int,
-                         device: torch.device, world: World) -> tuple[Tensor, Tensor]:
+                         flips: Tensor | None, device: torch.device,
+                         world: World) -> tuple[Tensor, Tensor]:
     """This process's shard through the model; the global batch's (m×L logits, m sample ids).
-    The random flips are drawn for the whole global batch, as one process draws them."""
-    draws = phase.preprocess.random_draws(global_size)
-    if draws is not None:
-        draws = local_slice(draws, global_size, world)
+    flips: the epoch's N flip draws by sample id (None for features), so a sample's flip does not
+    depend on the workers or the processes; padding rows (id −1) take row 0's, their outputs are
+    dropped."""
+    sample_ids = sample_ids.to(device, non_blocking=True)
+    draws = None if flips is None else flips[sample_ids.clamp(min=0)]
     inputs = phase.preprocess(inputs.to(device, non_blocking=True), train=True, draws=draws)
     with autocast(device, phase.amp):
         logits = phase.forward(inputs)
-    return gather_global_batch(logits, sample_ids.to(device, non_blocking=True), global_size, world)
+    return gather_global_batch(logits, sample_ids, global_size, world)
 
 
 def check_diverged(loss_sum: Tensor, logit_max: Tensor, epoch: int, step: int) -> float:
@@ -340,11 +345,13 @@ def record_epoch(run: Run, phase: Phase, state: TrainState, row: dict) -> None:
         state.best_val_map, state.best_epoch = row["val_map"], row["epoch"]
         run.folder.save_checkpoint(phase.best_file, {
             "config": run.config.to_dict(), "class_names": list(run.data.class_names),
-            "epoch": row["epoch"], "val_map": row["val_map"],
+            "data_fingerprint": run.data_fingerprint, "epoch": row["epoch"],
+            "val_map": row["val_map"],
             "model": phase.model.state_dict(), "method": run.method.state_dict()})
     if phase.save_last:
         run.folder.save_checkpoint("last.pt", {"config": run.config.to_dict(),
                                                "class_names": list(run.data.class_names),
+                                               "data_fingerprint": run.data_fingerprint,
                                                **training_state(run, phase, state)})
     run.folder.write_metrics(state.history)
     log_scalars(run.logger, phase, row, len(state.history))
@@ -520,7 +527,7 @@ def write_run_header(run: Run) -> None:
     run.folder.create()
     run.folder.clear_failure()  # a stale error.txt of an earlier attempt
     run.folder.write_config(config.to_dict(), num_classes=data.num_classes,
-                            train_size=len(data.train))
+                            train_size=len(data.train), data_fingerprint=run.data_fingerprint)
     print(f"run folder {run.folder.path}  method {config.method}  dataset {config.dataset} "
           f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}, "
           f"{data.num_classes} classes)  device {run.device}", flush=True)
@@ -578,9 +585,12 @@ def fit(config: Config, data: ExperimentData | None = None, saved: dict | None =
     check_train_mode(config)
     logger_class = summary_writer_class(config.logger)
     run = start_run(config, data)
+    run.data_fingerprint = splits.data_fingerprint(run.data)
     if config.resume:  # checked against the data before anything is written
         saved = saved if saved is not None else read_checkpoint(config.resume, "--resume")
         check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
+        splits.check_same_data(saved.get("data_fingerprint"), run.data,
+                               f"--resume {config.resume}", config.data_root)
     splits.warn_classes_without_positives(run.data)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
     write_run_header(run)

@@ -414,17 +414,28 @@ def parse_args(argv: list[str] | None = None) -> Config:
     """Parse flags (with an optional --config file under them) into a resolved Config."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from_file = set()
     if args.config:
-        parser.set_defaults(**read_config_file(parser, args.config))
+        file_values = read_config_file(parser, args.config)
+        parser.set_defaults(**file_values)
         args = parser.parse_args(argv)
+        from_file = set(file_values) - explicit_flags(argv)
+    args.from_config_file = from_file  # the values a refusal must blame on the file
     return resolve(args, parser)
+
+
+def origin(args: argparse.Namespace, name: str) -> str:
+    """How the user set a value: "--NAME", or "--config FILE's NAME" when the file set it."""
+    if name in getattr(args, "from_config_file", ()):
+        return f"--config {args.config}'s {name}"
+    return f"--{name}"
 
 
 # Keys a run's config.json records beside the flags (config_from_dict's derived values, the run's
 # provenance), ignored when it is passed back as --config; with them the folder-specific flags, so
 # the new run gets its own folder.
 RECORDED_KEYS = frozenset({"method", "git_sha", "git_dirty", "command", "versions", "num_classes",
-                           "train_size"})
+                           "train_size", "data_fingerprint"})
 FOLDER_FLAGS = frozenset({"out_dir", "resume", "eval_only", "overwrite"})
 
 
@@ -446,10 +457,38 @@ def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
         parser.error(f"--config: {path} has unknown keys {unknown}")
     for action in parser._actions:  # set_defaults() skips the checks parse_args() makes
         value = values.get(action.dest)
-        if value is not None and action.choices is not None and value not in action.choices:
+        if value is None:
+            continue
+        expected = config_value_problem(action, value)
+        if expected:
+            parser.error(f"--config: {path}: {action.dest}={value!r} is not {expected}")
+        if action.choices is not None and value not in action.choices:
             parser.error(f"--config: {path}: {action.dest}={value!r} is not one of "
                          f"{list(action.choices)}")
     return values
+
+
+def config_value_problem(action: argparse.Action, value) -> str | None:
+    """What a --config value should have been for its flag (None when it fits): true/false for a
+    switch, a whole number for an int flag, a number for a float one (a list of nargs of them),
+    text otherwise. A JSON true is no batch size, "no" no switch, 1.5 no epoch count."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(action.nargs, int):
+        if not isinstance(value, (list, tuple)) or len(value) != action.nargs:
+            return f"a list of {action.nargs} numbers"
+        problems = [scalar_problem(action.type, item) for item in value]
+        return next((problem for problem in problems if problem), None)
+    return scalar_problem(action.type, value)
+
+
+def scalar_problem(value_type, value) -> str | None:
+    if value_type is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if value_type is float:
+        return (None if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else "a number")
+    return None if isinstance(value, str) else "text"
 
 
 def load_config_values(parser: argparse.ArgumentParser, path: str):
@@ -525,6 +564,7 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"--track_images must be >= 0, got {args.track_images}")
     if args.resume and args.eval_only:
         parser.error("--resume and --eval_only exclude each other")
+    check_finite(args, parser)
     check_resume_folder(args, parser)
 
 
@@ -540,6 +580,18 @@ def check_resume_folder(args: argparse.Namespace, parser: argparse.ArgumentParse
         parser.error(f"--resume continues the run in its own folder {Path(args.resume).parent}, "
                      f"not --out_dir {args.out_dir}: drop --out_dir (or copy the run folder there "
                      f"and resume from its last.pt)")
+
+
+def check_finite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Every float flag is a finite number: nan and inf pass range checks such as `x > 0` (or
+    fail them with a misleading message) and end as a diverged run."""
+    for action in parser._actions:
+        values = getattr(args, action.dest, None)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        if action.type is float and any(value is not None and not math.isfinite(value)
+                                        for value in values):
+            parser.error(f"{origin(args, action.dest)} must be a finite number, got "
+                         f"{' '.join(map(str, values))}")
 
 
 def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
@@ -630,7 +682,13 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
     for name in PEER_DEFAULTS:
         if getattr(args, name) is not None and name not in cls.hyper_parameters:
             users = [user for user, other in methods.METHODS.items() if name in other.hyper_parameters]
-            parser.error(f"--{name} is a hyper-parameter of {', '.join(users)}, not of {method}")
+            parser.error(f"{origin(args, name)} is a hyper-parameter of {', '.join(users)}, not "
+                         f"of {method}")
+    if args.delta_rel is not None and "delta_rel" not in cls.hyper_parameters:
+        users = [user for user, other in methods.METHODS.items()
+                 if "delta_rel" in other.hyper_parameters]
+        parser.error(f"{origin(args, 'delta_rel')} is a hyper-parameter of {', '.join(users)}, "
+                     f"not of {method} (which has no Δrel)")
     if args.boostlu_alpha != 1:
         boosted = [name for name, other in methods.METHODS.items() if other.composes_with_boostlu]
         if not cls.composes_with_boostlu:

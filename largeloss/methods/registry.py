@@ -28,6 +28,7 @@ SPLC, GR) wrap the pure maths of peer_losses.py (SPEC_PEERS).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, ClassVar
 
@@ -504,6 +505,12 @@ def _check_reduction(hyper: dict) -> None:
              f"--reduction must be mean or sum, got {hyper.get('reduction')!r}")
 
 
+def _check_focal(hyper: dict, default_gamma: float) -> None:
+    """Hill's and SPLC's focal weight (1 − p)^γ: γ < 0 would weight confident positives most."""
+    gamma = hyper.get("focal_gamma", default_gamma)
+    _require(0 <= gamma < math.inf, f"--focal_gamma must be a finite number >= 0, got {gamma}")
+
+
 @register
 class Hill(Method):
     """Hill (Zhang et al., 2021): focal-margin positives, (λ − p)·p² on every other entry
@@ -522,6 +529,10 @@ class Hill(Method):
     @classmethod
     def check_hyper_parameters(cls, hyper: dict) -> None:
         _check_reduction(hyper)
+        _check_focal(hyper, peer_losses.HILL_GAMMA)
+        lam = hyper.get("hill_lambda", peer_losses.HILL_LAMBDA)  # (λ − p)·p² with λ < 0 rewards
+        _require(0 <= lam < math.inf, f"--hill_lambda must be a finite number >= 0 (the "  # p → 1
+                 f"authors' 1.5), got {lam}")
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         return peer_losses.hill_loss(logits, self.labels.rows(sample_ids), **self.arguments)
@@ -546,6 +557,7 @@ class SelfPacedLossCorrection(Method):
     @classmethod
     def check_hyper_parameters(cls, hyper: dict) -> None:
         _check_reduction(hyper)
+        _check_focal(hyper, peer_losses.SPLC_GAMMA)
         tau = hyper.get("splc_tau", peer_losses.SPLC_TAU)
         _require(0 < tau < 1, f"--splc_tau is a probability threshold in (0, 1), got {tau}")
 

@@ -168,18 +168,6 @@ def gather_global_batch(logits: Tensor, sample_ids: Tensor, global_size: int,
     return gathered_logits.index_select(0, keep), gathered_ids.index_select(0, keep)
 
 
-def local_slice(global_values: Tensor, global_size: int, world: World) -> Tensor:
-    """This rank's c entries of values drawn for the whole global batch (padded with zeros for the
-    padding rows, whose outputs are dropped), so random draws do not depend on the number of
-    processes."""
-    if world.size == 1:
-        return global_values
-    size = shard_size(global_size, world.size)
-    own = global_values[world.rank * size:(world.rank + 1) * size]
-    padding = size - len(own)
-    return torch.cat([own, own.new_zeros(padding)]) if padding else own
-
-
 def gather_blocks(outputs: Tensor, num_rows: int, world: World) -> Tensor:
     """The N×K rows of a split from every rank's contiguous block (evaluation), in dataset order."""
     if world.size == 1:
