@@ -2,14 +2,19 @@
 where a flag, a file or a disk says no."""
 from __future__ import annotations
 
+import errno
+import importlib.util
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from largeloss import cli as main
-from largeloss.data import loading
+from largeloss.data import loading, sparse_labels
+from largeloss.utils.errors import InputError
 from conftest import build_custom_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:no observed positive")
@@ -17,6 +22,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:no observed positive")
 TINY = ["--device", "cpu", "--num_workers", "0", "--batch_size", "16", "--image_size", "32",
         "--early_stop_drop", "0"]
 TINY_DIGITS = ["--dataset", "digits", "--digits_train_size", "32", *TINY]
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"hostile_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 EM_APL = ["--loss", "em", "--mod_scheme", "APL", "--apl_warmup_epochs", "1"]
 
 
@@ -206,3 +221,119 @@ def test_a_gr_config_reused_with_another_loss_blames_the_file(tmp_path, capsys):
         main.main(["--config", str(path), "--loss", "an", *TINY_DIGITS])
     message = capsys.readouterr().err
     assert f"--config {path}'s gr_q3 is a hyper-parameter of gr" in message
+
+
+# --- one-line errors (exit 2), nothing lost ---------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", b"not a torch file at all"],
+                         ids=["empty", "truncated", "foreign"])
+def test_a_bad_weights_file_is_one_line(tmp_path, capsys, content):
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(content)
+    assert main.main([*TINY_DIGITS, "--arch", "resnet18", "--weights", str(weights),
+                      "--epochs", "1", "--out_dir", str(tmp_path / "run")]) == 2
+    message = error_line(capsys)
+    assert message.startswith(f"error: --weights {weights}: ") and "not a torch" in message
+
+
+def test_a_label_csv_that_is_not_utf8_names_file_and_line(tmp_path, capsys):
+    root = build_custom_folder(tmp_path / "data")
+    lines = (root / "train.csv").read_bytes().split(b"\n")
+    lines[3] = b"caf\xe9" + lines[3]  # Latin-1 é
+    (root / "train.csv").write_bytes(b"\n".join(lines))
+    assert main.main([*FOLDER_RUN, "--data_root", str(root), "--out_dir", str(tmp_path / "run")]) == 2
+    assert f"{root / 'train.csv'}, line 4: not UTF-8 text (byte 0xe9" in error_line(capsys)
+
+
+def test_a_long_csv_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"image,class,label\na.jpg,cat,1\nb\xff.jpg,dog,-1\n")
+    with pytest.raises(InputError, match=r"train.csv, line 3: not UTF-8 text \(byte 0xff"):
+        sparse_labels.read_long_csv(path, ["cat", "dog"])
+
+
+def refuse_writes_under(monkeypatch, folder, code):
+    """os.replace (every atomic write) and os.open (the run lock) fail with `code` under folder:
+    a full disk or a read-only file system, as root cannot make with chmod."""
+    real_replace, real_open = os.replace, os.open
+
+    def refused(path) -> bool:
+        return str(path).startswith(str(folder))
+
+    def replace(source, target, *args, **kwargs):
+        if refused(target):
+            raise OSError(code, os.strerror(code), str(target))
+        return real_replace(source, target, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if refused(path) and flags & (os.O_WRONLY | os.O_CREAT):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "open", open_)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "run"
+    args = [*TINY_DIGITS, "--epochs", "3"]
+    assert main.main([*args, "--stop_after", "1", "--out_dir", str(out_dir)]) == 0
+    with monkeypatch.context() as patch:
+        refuse_writes_under(patch, out_dir, errno.ENOSPC)
+        capsys.readouterr()
+        assert main.main(["--resume", str(out_dir / "last.pt")]) == 2
+        message = error_line(capsys)
+    assert f"in {out_dir}: no space left" in message and "MiB free there" in message
+    assert main.main(["--resume", str(out_dir / "last.pt")]) == 0  # nothing was lost
+    assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
+    assert rows_without_timing(out_dir) == rows_without_timing(tmp_path / "whole")
+
+
+def test_a_read_only_folder_is_one_line_for_training_eval_and_export(tmp_path, capsys,
+                                                                     monkeypatch):
+    finished = tmp_path / "finished"
+    assert main.main([*TINY_DIGITS, "--epochs", "1", "--out_dir", str(finished)]) == 0
+    refuse_writes_under(monkeypatch, tmp_path, errno.EROFS)
+    capsys.readouterr()
+    assert main.main([*TINY_DIGITS, "--epochs", "1", "--out_dir", str(tmp_path / "new")]) == 2
+    assert "the file system is read-only" in error_line(capsys)
+    assert main.main(["--eval_only", str(finished / "best.pt")]) == 2
+    assert f"in {finished}: the file system is read-only" in error_line(capsys)
+    export = load_script("export")
+    assert export.main([str(finished / "best.pt"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "the file system is read-only" in error_line(capsys)
+
+
+def test_linear_mode_on_a_read_only_data_folder_says_where_to_point_the_cache(tmp_path, capsys,
+                                                                              monkeypatch):
+    root = build_custom_folder(tmp_path / "data")
+    refuse_writes_under(monkeypatch, root, errno.EROFS)
+    code = main.main([*FOLDER_RUN, "--data_root", str(root), "--train_mode", "linear",
+                      "--linear_epochs", "1", "--out_dir", str(tmp_path / "run")])
+    assert code == 2
+    message = error_line(capsys)
+    assert f"in {root / 'features'}" in message and "--feature_cache" in message
+
+
+# --- also misleading -------------------------------------------------------------------------------
+
+def test_overwrite_clears_what_the_old_run_wrote(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main.main([*TINY_DIGITS, "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    assert main.main(["--eval_only", str(out_dir / "best.pt")]) == 0
+    assert main.main(["--eval_only", str(out_dir / "best.pt"), "--split", "val"]) == 0
+    (out_dir / "events.out.tfevents.123.host.1.0").write_bytes(b"old curves")
+    stale = sorted(path.name for path in out_dir.glob("eval_*")) + ["events.out.tfevents.123.host.1.0"]
+    assert len(stale) == 5
+    assert main.main([*TINY_DIGITS, "--epochs", "1", "--seed", "5", "--overwrite",
+                      "--out_dir", str(out_dir)]) == 0
+    assert not [name for name in stale if (out_dir / name).exists()]
+    assert json.loads((out_dir / "config.json").read_text())["seed"] == 5
+
+
+def test_eval_only_of_a_digits_checkpoint_refuses_a_data_root(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main.main([*TINY_DIGITS, "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+    capsys.readouterr()
+    assert main.main(["--eval_only", str(out_dir / "best.pt"), "--data_root", "elsewhere"]) == 2
+    assert "generated in memory, no folder is read; drop --data_root" in error_line(capsys)
+    assert not list(out_dir.glob("eval_*"))

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from largeloss.utils.errors import InputError
 
 SPLIT_SEED = 1200  # Cole et al.'s seed for the train/val split and the observed labels
 PHASES = ("train", "val")  # the official phases of a Cole folder; "val" is the project's test set
@@ -292,9 +295,31 @@ class _LabelTable:
     line_numbers: list[int]
 
 
+@contextmanager
+def open_csv(path: Path):
+    """A label CSV opened as UTF-8 text (with or without the byte-order mark Excel writes); bytes
+    that are not UTF-8 raise InputError (a ValueError) naming the file and the first such line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            yield handle
+    except UnicodeDecodeError:
+        raise InputError(not_utf8_message(Path(path))) from None
+
+
+def not_utf8_message(path: Path) -> str:
+    """"FILE, line N: not UTF-8 text (...)": the first line whose bytes do not decode."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return (f"{path}, line {number}: not UTF-8 text (byte 0x{line[error.start]:02x} at "
+                    f"character {error.start + 1}); save the file as UTF-8")
+    return f"{path}: not UTF-8 text; save the file as UTF-8"
+
+
 def _read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The stripped header and (1-based line number, cells) of every non-blank data row."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: files saved by Excel
+    with open_csv(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]

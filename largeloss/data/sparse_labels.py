@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from largeloss.data.formats import open_csv
 from largeloss.utils import atomic
 
 CSR_KEYS = ("indptr", "indices", "values", "image_ids", "class_names")
@@ -233,7 +234,7 @@ def _parse_label(text: str, where: str) -> int:
 
 def is_long_csv(path: Path) -> bool:
     """Whether a label CSV is in the long form: its header names image, class and label."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open_csv(path) as handle:
         header = {cell.strip().lower() for cell in next(csv.reader(handle), [])}
     return set(LONG_CSV_COLUMNS) <= header
 
@@ -266,7 +267,7 @@ def read_long_csv(path: Path, class_names: list[str]) -> SparseLabels:
     class_index = {name: index for index, name in enumerate(class_names)}
     row_of_image: dict[str, int] = {}
     rows, classes, labels, lines = [], [], [], []
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: files saved by Excel
+    with open_csv(path) as handle:  # -sig: files saved by Excel
         reader = csv.reader(handle)
         header = [cell.strip().lower() for cell in next(reader, [])]
         if not header:

@@ -34,9 +34,11 @@ from largeloss.utils import atomic
 from largeloss.utils.errors import InputError
 
 LOCK_NAME = "run.lock"
-# What --overwrite removes: the files a run writes (eval_* files of --eval_only stay).
+# What --overwrite removes: the files a run writes, and what --eval_only and --logger tensorboard
+# wrote beside them.
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt",
              "linear_best.pt", "results.json", "corrections.json", "error.txt")
+STALE_PATTERNS = ("eval_*.json", "eval_*.npy", "events.out.tfevents.*")
 
 
 class RunFolder:
@@ -71,8 +73,9 @@ class RunFolder:
         if not self.writes:
             yield self
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        take_lock(self.path / LOCK_NAME)
+        with atomic.disk_errors(self.path / LOCK_NAME):
+            self.path.mkdir(parents=True, exist_ok=True)
+            take_lock(self.path / LOCK_NAME)
         try:
             if (self.path / "config.json").exists() and not resume:
                 if not overwrite:
@@ -80,11 +83,19 @@ class RunFolder:
                         f"run folder {self.path} already holds a run (config.json): continue it "
                         f"with --resume {self.path / 'last.pt'}, replace it with --overwrite, or "
                         f"choose another --out_dir (the default folder is new for every run)")
-                for name in RUN_FILES:
-                    (self.path / name).unlink(missing_ok=True)
+                self.remove_run_files()
             yield self
         finally:
             (self.path / LOCK_NAME).unlink(missing_ok=True)
+
+    def remove_run_files(self) -> None:
+        """--overwrite: everything an earlier run wrote here (RUN_FILES, --eval_only's
+        eval_*.json/.npy, TensorBoard's event files), so no old number sits beside the new run."""
+        stale = [self.path / name for name in RUN_FILES]
+        stale += [path for pattern in STALE_PATTERNS for path in self.path.glob(pattern)]
+        with atomic.disk_errors(self.path / "config.json"):
+            for path in stale:
+                path.unlink(missing_ok=True)
 
     def clear_failure(self) -> None:
         """Remove a stale error.txt: the run in this folder has started well."""
@@ -116,7 +127,10 @@ class RunFolder:
     def record_failure(self, message: str) -> None:
         """error.txt, if the folder exists, so sweeps and summaries see failed runs."""
         if self.path.is_dir():
-            atomic.save_text(self.path / "error.txt", message)
+            try:  # best effort: the disk that failed the run may refuse this file too
+                atomic.save_text(self.path / "error.txt", message)
+            except InputError:
+                pass
 
 
 def take_lock(path: Path) -> None:

@@ -749,6 +749,9 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     eval_<stem>[_val].npy beside the checkpoint."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path, "--eval_only")
+    if data_paths and checkpoint["config"].get("dataset") == "digits":
+        raise InputError(f"--eval_only {path}: a digits run's data is generated in memory, no "
+                         f"folder is read; drop --{' --'.join(data_paths)}")
     config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
                                  num_workers=num_workers, resume=None, out_dir=str(path.parent),
                                  **(data_paths or {}))

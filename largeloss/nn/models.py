@@ -14,6 +14,7 @@ tokens (class, distillation, registers) and are laid out on their square patch g
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from contextlib import nullcontext
 from pathlib import Path
@@ -289,7 +290,7 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
         raise InputError(f"--weights {path}: no such file (expected imagenet_v1, imagenet_v2, a "
                          f"torchvision weight name such as IMAGENET1K_V2 or DEFAULT, none, or a "
                          f"state-dict file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path)
     state = {key: value for key, value in state.items() if not key.startswith(CLASSIFIER_PREFIXES)}
     own_shapes = {key: value.shape for key, value in net.state_dict().items()}
     for key, value in state.items():
@@ -301,6 +302,24 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
     if missing or unexpected:
         raise InputError(f"--weights {path} does not fit --arch {arch}: missing keys "
                          f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a --weights file (weights_only=True); an empty, truncated or foreign file
+    is one InputError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch advises weights_only=False here: never do that
+        raise InputError(f"--weights {path}: not a torch file of tensors only (garbage, or "
+                         f"other objects); refused unread") from None
+    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError) as error:
+        detail = (str(error).splitlines() or [type(error).__name__])[0][:120]
+        raise InputError(f"--weights {path}: empty, truncated or not a torch state-dict file "
+                         f"({detail})") from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor)
+                                              for value in state.values()):
+        raise InputError(f"--weights {path}: not a state dict (a mapping of names to tensors)")
+    return state
 
 
 def build_image_model(arch: str, weights: str, num_classes: int, device: torch.device,
