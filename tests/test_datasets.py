@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import build_cole_folder
 from largeloss.data import datasets, loading, splits
 from largeloss.data.loading import ImageFileDataset
 from largeloss.utils.errors import InputError
@@ -242,3 +243,12 @@ def test_too_many_workers_is_said_once_not_per_loader():
     messages = [str(warning.message) for warning in caught]
     assert sum(f"--num_workers {workers} exceeds" in message for message in messages) == 1
     assert not any("This DataLoader will create" in message for message in messages)
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "coco", "nuswide", "cub"])
+def test_prepared_paper_folders_have_no_evaluation_image_among_the_training_images(tmp_path,
+                                                                                   dataset):
+    """By path and by content hash (splits.split_overlap), as a training run checks."""
+    root = build_cole_folder(tmp_path / dataset, dataset)
+    data = datasets.load_data(dataset, str(root), None, 16, 0)
+    assert splits.split_overlap(data) == []

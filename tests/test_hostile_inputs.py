@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from largeloss import cli as main
-from largeloss.data import loading, sparse_labels
+from largeloss.data import datasets, loading, sparse_labels, splits
 from largeloss.utils.errors import InputError
 from conftest import build_custom_folder
 
@@ -337,3 +337,42 @@ def test_eval_only_of_a_digits_checkpoint_refuses_a_data_root(tmp_path, capsys):
     assert main.main(["--eval_only", str(out_dir / "best.pt"), "--data_root", "elsewhere"]) == 2
     assert "generated in memory, no folder is read; drop --data_root" in error_line(capsys)
     assert not list(out_dir.glob("eval_*"))
+
+
+# --- evaluation images that are training images ----------------------------------------------------
+
+def custom_rows(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize("how", ["same_file", "same_bytes"])
+def test_test_images_that_are_training_images_are_refused_or_warned(tmp_path, capsys, how):
+    root = build_custom_folder(tmp_path / "data")
+    train_rows, test_rows = custom_rows(root / "train.csv"), custom_rows(root / "test.csv")
+    train_image = train_rows[1].split(",")[0]
+    if how == "same_file":
+        repeated = train_image
+    else:  # the same picture under another name
+        repeated = "copy_of_" + Path(train_image).name
+        shutil.copy(root / "images" / train_image, root / "images" / repeated)
+    cells = test_rows[1].split(",")
+    test_rows[1] = ",".join([repeated, *cells[1:]])
+    (root / "test.csv").write_text("\n".join(test_rows) + "\n")
+    if (root / "test_clean.csv").exists():
+        clean = custom_rows(root / "test_clean.csv")
+        clean[1] = ",".join([repeated, *clean[1].split(",")[1:]])
+        (root / "test_clean.csv").write_text("\n".join(clean) + "\n")
+    out_dir = tmp_path / "run"
+    assert main.main([*FOLDER_RUN, "--data_root", str(root), "--out_dir", str(out_dir)]) == 2
+    message = error_line(capsys)
+    assert "1 test image(s) are also training images" in message and repeated in message
+    assert not (out_dir / "config.json").exists()
+    with pytest.warns(UserWarning, match="val and test mAP are inflated"):
+        assert main.main([*FOLDER_RUN, "--data_root", str(root), "--allow_split_overlap",
+                          "--epochs", "1", "--out_dir", str(out_dir)]) == 0
+
+
+def test_disjoint_splits_pass_the_overlap_check(tmp_path):
+    root = build_custom_folder(tmp_path / "data")
+    data = datasets.load_data("custom", str(root), None, 32, 0)
+    assert splits.split_overlap(data) == []

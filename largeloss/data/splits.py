@@ -3,6 +3,7 @@ experiment (`ExperimentData`), and what an evaluation split can and cannot measu
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -158,3 +159,79 @@ def check_same_data(recorded: dict | None, data: ExperimentData, what: str,
         raise InputError(f"{what}: the data at {data_root} is not the data the run started on "
                          f"(its label files or image list differ); a resumed run continues its "
                          f"own data: point --data_root / --image_dir at it, or start a new run")
+
+
+CONTENT_CHECK_MAX_IMAGES = 200_000  # above: split overlap is checked by path only (stat cost)
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def split_files(split: Split) -> list[str] | None:
+    """The image files of a split (its folder joined to each listed path, normalised), or None for
+    images without files (generated digits)."""
+    images = split.images
+    if getattr(images, "image_paths", None) is None or not hasattr(images, "image_dir"):
+        return None
+    return [os.path.normpath(os.path.join(images.image_dir, path)) for path in images.image_paths]
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes, streamed in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def same_content_pairs(train_files: list[str], eval_files: list[str]) -> list[tuple[str, str]]:
+    """(evaluation file, training file) pairs with identical bytes under different paths. Sizes
+    first (one stat per file); only files whose size occurs on both sides are hashed."""
+    def sizes(files):
+        return {path: os.path.getsize(path) for path in files if os.path.isfile(path)}
+    train_sizes, eval_sizes = sizes(train_files), sizes(eval_files)
+    shared = set(train_sizes.values()) & set(eval_sizes.values())
+    train_by_digest = {file_digest(path): path for path, size in train_sizes.items()
+                       if size in shared}
+    pairs = []
+    for path, size in eval_sizes.items():
+        if size in shared:
+            twin = train_by_digest.get(file_digest(path))
+            if twin is not None and twin != path:
+                pairs.append((path, twin))
+    return pairs
+
+
+def split_overlap(data: ExperimentData) -> list[str]:
+    """Evaluation images that are also training images: the same file (path), or the same bytes
+    under another name (content hash; up to CONTENT_CHECK_MAX_IMAGES images). One description
+    per overlapping split; [] when none, or when the images are not files."""
+    train_files = split_files(data.train)
+    if train_files is None:
+        return []
+    problems = []
+    for name in ("val", "test"):
+        eval_files = split_files(getattr(data, name))
+        if eval_files is None:
+            continue
+        same_path = sorted(set(eval_files) & set(train_files))
+        same_bytes = []
+        if len(train_files) + len(eval_files) <= CONTENT_CHECK_MAX_IMAGES:
+            same_bytes = [f"{evaluated} = {trained}" for evaluated, trained
+                          in same_content_pairs(train_files, eval_files)]
+        if same_path or same_bytes:
+            problems.append(f"{len(same_path) + len(same_bytes)} {name} image(s) are also "
+                            f"training images ({listed(same_path + same_bytes, 3)})")
+    return problems
+
+
+def check_split_overlap(data: ExperimentData, allow: bool) -> None:
+    """Refuse (InputError) evaluation images that are training images, which inflate val and test
+    mAP; with `allow` (--allow_split_overlap) a loud warning instead."""
+    problems = split_overlap(data)
+    if not problems:
+        return
+    message = "; ".join(problems)
+    if not allow:
+        raise InputError(f"{message}: their mAP would be inflated; remove them from the "
+                         f"evaluation CSV (or pass --allow_split_overlap to train anyway)")
+    warnings.warn(f"--allow_split_overlap: {message}; val and test mAP are inflated")

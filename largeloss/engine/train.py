@@ -494,6 +494,7 @@ def main_process_first(world: World, load: Callable):
 def load_image_data(config: Config) -> ExperimentData:
     data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
                               config.image_size, config.digits_train_size)
+    splits.check_split_overlap(data, config.allow_split_overlap)
     if not config.cache_images:
         return data
     return dataclasses.replace(data, **{  # decode once; every later epoch reads memory

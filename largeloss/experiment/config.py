@@ -156,6 +156,7 @@ class Config:
     gr_schedule: str = PEER_DEFAULTS["gr_schedule"]
     gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
     llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
+    allow_split_overlap: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--expected_num_pos", type=float,
                       help="expected positives per image for epr/role, > 0 (paper: pascal 1.5, coco 2.9, "
                            "nuswide 1.9, cub 31.4; otherwise the mean clean label count)")
+    data.add_argument("--allow_split_overlap", action="store_true",
+                      help="train although val or test images are also training images (the same "
+                           "file, or the same bytes under another name), with a warning: their "
+                           "mAP is inflated (default: refused)")
     data.add_argument("--digits_train_size", type=int, default=1000,
                       help="training images of the generated digits dataset (default: 1000)")
 
@@ -650,7 +655,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         stop_after=args.stop_after, log_every=args.log_every, overwrite=args.overwrite,
         split=args.split, logger=args.logger,
         track_train=args.track_train, pointing_game=args.pointing_game,
-        track_images=args.track_images, **peer_values,
+        track_images=args.track_images, allow_split_overlap=args.allow_split_overlap,
+        **peer_values,
     ))
 
 
