@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import benchmark  # scripts/benchmark.py, beside this file (python puts this folder on sys.path)
+import benchmark  # scripts/benchmark.py, beside this file (a script's folder is importable)
 from largeloss import cli
 from largeloss.data.sparse_labels import SparseLabelStore
 from largeloss.engine import train
