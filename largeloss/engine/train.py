@@ -46,7 +46,7 @@ from largeloss.engine.run_folder import RunFolder, checkpoint_num_classes, read_
 from largeloss.experiment.config import Config, config_from_dict
 from largeloss.methods import registry as methods
 from largeloss.methods.registry import Method
-from largeloss.nn.models import autocast, build_image_model, predict
+from largeloss.nn.models import autocast, build_image_model, new_linear_head, predict
 from largeloss.utils.distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch,
                                          init_process_group, local_slice, world_from_environment)
 from largeloss.utils.errors import InputError, TrainingDiverged
@@ -414,7 +414,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
         config = dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
     torch.manual_seed(config.seed)
     if config.train_mode == "linear":
-        model = features.new_linear_head(features.features_of(data.train).shape[1],
+        model = new_linear_head(features.features_of(data.train).shape[1],
                                          data.num_classes, config.seed).to(device)
         preprocess = features.no_preprocess
         loaders = features.feature_loaders(data, config.linear_batch_size, config.seed, world)
@@ -436,8 +436,28 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
 def load_run_data(config: Config, device: torch.device) -> ExperimentData:
     """Images, or (--train_mode linear) features from the cache, extracted when missing."""
     if config.train_mode == "linear":
-        return features.load_linear_data(config, device)
+        return load_linear_data(config, device)
     return load_image_data(config)
+
+
+def feature_source(config: Config) -> features.FeatureSource:
+    return features.FeatureSource(config.dataset, config.data_root, config.arch, config.weights,
+                                  config.image_size, config.seed, config.feature_cache)
+
+
+def load_linear_data(config: Config, device: torch.device) -> ExperimentData:
+    """What a linear run trains on: the .npz of --dataset features, else cached features of
+    --dataset's images (extracting what is missing or stale)."""
+    if config.dataset == "features":
+        data = features.load_features_npz(Path(config.data_root))
+        return features.with_features(data, {name: features.features_of(getattr(data, name)).to(device)
+                                             for name in features.SPLITS})
+    data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
+                              config.image_size, config.digits_train_size)
+    source = feature_source(config)
+    return features.cached_feature_data(
+        source, data, device, features.backbone_extractor(source, data.num_classes, device, config.channels_last),
+        config.batch_size * 2, config.num_workers)
 
 
 def main_process_first(world: World, load: Callable):
@@ -626,9 +646,9 @@ def linear_init_phase(run: Run, state: TrainState) -> None:
     phase 2 trains end-to-end from there with its LL epoch count restarting at 1."""
     config, head = run.config, run.model.head
     data = main_process_first(run.world, lambda: features.cached_feature_data(
-        config, run.data, run.device, lambda: (run.model, run.preprocess)))
-    head.load_state_dict(features.new_linear_head(head.in_features, head.out_features,
-                                                  config.seed).state_dict())
+        feature_source(config), run.data, run.device, lambda: (run.model, run.preprocess),
+        config.batch_size * 2, config.num_workers))
+    head.load_state_dict(new_linear_head(head.in_features, head.out_features, config.seed).state_dict())
     phase = linear_phase(run, head, data, "linear_best.pt")
     train_phase(run, phase, state)
     best = load_best(run, phase)
