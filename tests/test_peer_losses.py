@@ -1,6 +1,6 @@
-"""Tests of peer_losses.py (and BoostLU in models.py) against SPEC_PEERS.
+"""Tests of peer_losses.py (and BoostLU in models.py) against docs/methods.md.
 
-Every expected number is typed from SPEC_PEERS' worked examples (§1.5, §2.5, §3.5, §4.2, §4.5),
+Every expected number is typed from the worked examples of docs/methods.md §Worked examples,
 never produced by the code under test. The examples use
     Ex-A: X = [[2, −1, 0]], Y = [[1, 0, 0]]
     Ex-B: X = [[2, −1, 0.8], [−0.5, 1.5, −3]], Y = [[1, 0, 0], [0, 1, 0]]
@@ -36,7 +36,7 @@ def close(actual, expected):
                                torch.tensor(expected, dtype=torch.float64), rtol=0, atol=TOL)
 
 
-# ---------------------------------------------------------------- BoostLU (SPEC_PEERS §1)
+# ---------------------------------------------------------------- BoostLU (docs/methods.md §BoostLU)
 
 def identity_head_model(bias, boost_alpha):
     """A MultiLabelNet whose feature map is its input and whose head is the identity plus `bias`,
@@ -132,7 +132,7 @@ def test_ll_with_boostlu_modifies_k_entries_and_llcp_k_is_constant(scheme):
     assert counts == expected
 
 
-# ---------------------------------------------------------------- EM and APL (SPEC_PEERS §2)
+# ---------------------------------------------------------------- EM and APL (docs/methods.md §EM, §EM+APL)
 
 def test_em_worked_example_per_entry():
     logits, observed = tensors(EX_A)
@@ -255,7 +255,7 @@ def test_apl_passes_label_about_theta_of_each_class():
     assert not (mask & (observed != 0)).any()
 
 
-# ---------------------------------------------------------------- Hill and SPLC (SPEC_PEERS §3)
+# ---------------------------------------------------------------- Hill and SPLC (docs/methods.md §Hill, §SPLC)
 
 @pytest.mark.parametrize("example,per_entry,reduced", [
     (EX_A, [[0.022658, 0.089042, 0.250000]], 0.120567),
@@ -301,7 +301,7 @@ def test_splc_flips_nothing_in_epoch_one_and_only_unobserved_entries_later():
     assert flipped_later.equal((observed == 0) & (torch.sigmoid(logits) > 0.6))
 
 
-# ---------------------------------------------------------------- GR loss (SPEC_PEERS §4)
+# ---------------------------------------------------------------- GR loss (docs/methods.md §GR)
 
 # §4.2: the default schedule with T = 8, n = 0 (b_t = −2 throughout), the authors' off-by-one.
 GR_TABLE = {1: (0.0, 0.5375, 1.8125), 2: (0.25, 0.575, 1.625), 3: (0.5, 0.6125, 1.4375),

@@ -1,6 +1,6 @@
-"""Every loss of the project, computed from logits (SPEC §3–§5).
+"""Every loss of the project, computed from logits (docs/methods.md).
 
-Label encodings (SPEC §1):
+Label encodings (docs/protocol.md §Label encodings):
     observed      B×L in {-1, 0, +1}: observed negative, unobserved, observed positive
     true_labels   B×L in {0, 1}: clean labels (only the full-label baselines and IUN may use them)
 
@@ -10,7 +10,7 @@ added undivided. Large-loss schemes (Kim et al., CVPR 2022, Eq. 4–6) sit on to
 Public contract:
     compute_loss(method, logits, observed, ...) -> LossOutput
     ll_num_modified(scheme, epoch, delta_rel, batch_size, num_classes) -> int
-    LabelEstimator      ROLE's N×L estimator θ (SPEC §5)
+    LabelEstimator      ROLE's N×L estimator θ (docs/methods.md §ROLE)
     ObservedLabelStore  the observed labels of the training set, with LL-Cp's permanent relabels
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ METHODS = BASELINES + LL_SCHEMES
 NEEDS_TRUE_LABELS = ("bce", "bce_ls", "iun")
 NEEDS_EXPECTED_NUM_POS = ("epr", "role")
 # Which of LL-Cp's modified entries become positives for good: those strictly above the threshold
-# R (SPEC §4, the LL authors' code), or every modified one, loss ≥ R (BoostLU's code, SPEC_PEERS §1.2).
+# R (the LL paper, docs/methods.md, LL-Ct, LL-Cp), or every modified one, loss ≥ R (BoostLU's code).
 LLCP_RELABEL = ("above", "modified")
 LABEL_SMOOTHING = 0.1  # ε of bce_ls and an_ls
 
@@ -59,7 +59,7 @@ def expected_positive_regulariser(probs: Tensor, expected_num_pos: float) -> Ten
     return ((probs.sum(dim=1).mean() - expected_num_pos) / num_classes) ** 2
 
 
-# --- the large-loss schedule (SPEC §4) ---------------------------------------------------------
+# --- the large-loss schedule (docs/methods.md §LL schedule) --------------------------------------
 
 def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
                     num_classes: int) -> int:
@@ -84,7 +84,7 @@ def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
 
 
 def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Which candidates have a large loss (SPEC §4).
+    """Which candidates have a large loss (docs/methods.md §LL schedule).
 
     Args:
         negative_losses: B×L, BCE(x, 0), used for ranking only.
@@ -138,7 +138,7 @@ def _epr_loss(logits, observed, expected_num_pos):
 
 
 def _role_loss(logits, observed, estimator_logits, expected_num_pos):
-    """ROLE (Cole et al. Eq. 10), SPEC §5: classifier and estimator teach each other.
+    """ROLE (Cole et al. Eq. 10), docs/methods.md §ROLE: classifier and estimator teach each other.
 
     0.5·[pos(p) + pos(e)] + 0.5·[BCE(x, ē) + BCE(θ, p̄)], pos = −log on observed positives, with
     ē, p̄ detached so the classifier never gets gradient through the estimator and vice versa.
@@ -189,7 +189,7 @@ def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: 
         estimator_logits: B×L rows of ROLE's θ for this batch (role).
         check_values: verify the encodings (one host sync); the trainer validates once at load
             time and passes False.
-        llcp_relabel: LL-Cp's permanent relabels, "above" R (SPEC §4) or every "modified" entry
+        llcp_relabel: LL-Cp's permanent relabels, "above" R (the LL paper) or every "modified" entry
             (BoostLU's code; with k = 1 the former relabels nothing, the latter one entry).
     """
     if llcp_relabel not in LLCP_RELABEL:
@@ -267,7 +267,7 @@ def logit(probability: float) -> float:
 
 
 class LabelEstimator(nn.Module):
-    """ROLE's label estimator θ ∈ R^(N×L) over the whole training set (SPEC §5).
+    """ROLE's label estimator θ ∈ R^(N×L) over the whole training set (docs/methods.md §ROLE).
 
     Memory: N·L float32 values, plus two Adam moments of the same size, so 12·N·L bytes on the
     training device (COCO: 65,665 × 80 → 63 MB; OpenImages-size 1.7M × 5000 → 102 GB: too much).
