@@ -499,10 +499,6 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
         self.pseudo_targets, self.pseudo_mask = peer_losses.apl_pass(
             probs, self.labels.observed, self.pseudo_targets, self.pseudo_mask, self.num_per_pass)
 
-    @property
-    def num_pseudo_negatives(self) -> int:
-        return int(self.pseudo_mask.sum())
-
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pseudo_targets": self.pseudo_targets.cpu(),
                 "pseudo_mask": self.pseudo_mask.cpu()}
