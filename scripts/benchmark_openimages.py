@@ -49,8 +49,8 @@ import numpy as np
 import torch
 
 from largeloss.data import openimages
-from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
-                                          save_sparse_labels)
+from largeloss.data.sparse_labels import SparseLabels, load_sparse_labels, save_sparse_labels
+from largeloss.methods.label_stores import SparseLabelStore
 
 V3_TRAIN_IMAGES = 3_700_000  # images of V3 train with human-verified labels
 V3_IMAGES_CSV_ROWS = 9_000_000  # rows of V3's train images.csv (every listed image)

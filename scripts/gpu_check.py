@@ -53,7 +53,7 @@ import torch.distributed as dist
 
 import benchmark  # scripts/benchmark.py, beside this file (a script's folder is importable)
 from largeloss import cli
-from largeloss.data.sparse_labels import SparseLabelStore
+from largeloss.methods.label_stores import SparseLabelStore
 from largeloss.engine import train
 from largeloss.experiment.config import parse_args
 from largeloss.utils import distributed

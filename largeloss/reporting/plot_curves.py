@@ -5,7 +5,7 @@
 
 Panels, from each run's metrics.jsonl: clean val mAP, train loss, and the fraction of unobserved
 training entries an LL scheme modified (0 for the other methods); when the metrics hold the
-memorisation analysis (SPEC §8: loss_observed_pos, loss_true_neg, loss_false_neg) a fourth panel shows
+memorisation analysis (docs/analyses.md: loss_observed_pos, loss_true_neg, loss_false_neg) a fourth panel shows
 the three loss groups. The x axis is the epoch index in the order logged, so a linear_init run shows
 its linear phase, then its end-to-end phase (a dotted line marks the change). Legend: --labels, or
 method, Δrel and seed from config.json.
