@@ -13,7 +13,7 @@ set) and the digits set, generated in memory. The sections, in the order they ru
                 batch, and the loss + backward alone)
   correctness   one short digits run (small_cnn, LL-Cp) on the device and the same run on the CPU:
                 modified and relabeled counts equal, per-epoch losses and test mAP close; the
-                device model's test mAP in bf16 vs fp32 within the README's 0.1 point
+                device model's test mAP in bf16 vs fp32 within docs/speed.md's 0.1 point
   distributed   `torchrun --nproc_per_node 1` (NCCL on cuda, gloo on cpu) with --sync_bn, end to
                 end, against the one-process run; the global-batch gather's collective and its
                 gradient under torchrun
