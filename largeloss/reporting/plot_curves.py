@@ -102,6 +102,10 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = 
     if with_groups:
         axes[3].legend(handles=[Line2D([], [], color="black", linestyle=style, label=text)
                                 for _, text, style in LOSS_GROUPS], fontsize="small")
+    save_figure(figure, out, title)
+
+
+def save_figure(figure, out: str, title: str | None) -> None:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -109,11 +113,17 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = 
     plt.close(figure)
 
 
+def labels_match(program: str, labels: list[str] | None, run_dirs: list[str]) -> bool:
+    """--labels, when given, names every run folder; else a one-line error on stderr."""
+    if labels is not None and len(labels) != len(run_dirs):
+        print(f"{program}: {len(labels)} labels for {len(run_dirs)} run folders", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.run_dirs):
-        print(f"plot_curves: {len(args.labels)} labels for {len(args.run_dirs)} run folders",
-              file=sys.stderr)
+    if not labels_match("plot_curves", args.labels, args.run_dirs):
         return 2
     runs = []
     for index, run_dir in enumerate(args.run_dirs):
