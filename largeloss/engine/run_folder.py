@@ -30,6 +30,7 @@ import sklearn
 import torch
 import torchvision
 
+from largeloss.engine.resume import RESUME_KEYS
 from largeloss.utils import atomic
 from largeloss.utils.errors import InputError
 
@@ -183,8 +184,7 @@ def pid_alive(pid) -> bool:
 CHECKPOINT_KEYS = {"--eval_only": ("config", "epoch", "model"),
                    "checkpoint": ("config", "epoch", "model"),  # scripts' positional argument
                    "best checkpoint": ("config", "epoch", "model", "method"),
-                   "--resume": ("config", "epoch", "model", "optimizer", "scaler", "method",
-                                "best_val_map", "best_epoch", "history", "rng")}
+                   "--resume": RESUME_KEYS}
 
 
 def read_checkpoint(path: str | Path, purpose: str, device: torch.device | str = "cpu") -> dict:
