@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -376,3 +377,20 @@ def test_disjoint_splits_pass_the_overlap_check(tmp_path):
     root = build_custom_folder(tmp_path / "data")
     data = datasets.load_data("custom", str(root), None, 32, 0)
     assert splits.split_overlap(data) == []
+
+
+def test_a_split_where_most_classes_cannot_be_measured_says_model_selection_is_meaningless():
+    num_rows, num_classes = 20, 1000  # the 100,000-class case in small: few classes appear
+    true_labels = np.zeros((num_rows, num_classes), dtype=np.uint8)
+    true_labels[np.arange(num_rows), np.arange(num_rows) % 4] = 1
+    split = splits.Split(images=None, observed=np.zeros_like(true_labels, dtype=np.int8),
+                         true_labels=true_labels)
+    problems = splits.evaluation_problems(split, [str(index) for index in range(num_classes)])
+    assert any("only 4 of 1000 classes can be measured" in problem
+               and "meaningless" in problem for problem in problems)
+    two_classes = np.zeros((num_rows, 2), dtype=np.uint8)
+    two_classes[np.arange(num_rows), np.arange(num_rows) % 2] = 1  # both measurable
+    two_split = splits.Split(images=None, observed=np.zeros_like(two_classes),
+                             true_labels=two_classes)
+    few = splits.evaluation_problems(two_split, ["0", "1"])
+    assert not any("can be measured" in problem for problem in few)

@@ -65,6 +65,7 @@ class ExperimentData:
         return len(self.class_names)
 
 
+UNMEASURABLE_MAJORITY = 0.5  # fewer measurable classes than this fraction: mAP says little
 MIN_LABELLED_PER_CLASS = 5  # known positives and known negatives each; fewer make a class's AP noise
 
 
@@ -105,6 +106,11 @@ def evaluation_problems(split: Split, class_names: list[str]) -> list[str]:
         if mask.any():
             problems.append(f"{int(mask.sum())} of {len(names)} classes have {what}: "
                             f"{listed(list(names[mask]))}")
+    measurable = int(((positives > 0) & (negatives > 0)).sum())
+    if measurable < UNMEASURABLE_MAJORITY * len(names):  # e.g. 100,000 classes, a small val set
+        problems.append(f"only {measurable} of {len(names)} classes can be measured, so the mAP "
+                        f"(the others count AP 0 or 1 whatever the scores) barely moves with the "
+                        f"model: choosing the best epoch by it is meaningless here")
     return problems
 
 

@@ -764,7 +764,8 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     eval_<stem>[_val].npy beside the checkpoint."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path, "--eval_only")
-    if data_paths and checkpoint["config"].get("dataset") == "digits":
+    generated = checkpoint["config"].get("dataset") == "digits"  # no folder is read
+    if data_paths and generated:
         raise InputError(f"--eval_only {path}: a digits run's data is generated in memory, no "
                          f"folder is read; drop --{' --'.join(data_paths)}")
     config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
@@ -781,8 +782,8 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
           f"{checkpoint['epoch']}): {split} mAP {result['map']:.2f}", flush=True)
     name = f"eval_{path.stem}" + ("" if split == "test" else f"_{split}")
     results = {"checkpoint": str(path), "epoch": checkpoint["epoch"], "split": split,
-               "data_root": config.data_root, "image_dir": config.image_dir,
-               f"{split}_map": result["map"], f"{split}_ap": result["ap"],
+               "data_root": None if generated else config.data_root,
+               "image_dir": None if generated else config.image_dir, f"{split}_map": result["map"], f"{split}_ap": result["ap"],
                "scores": f"{name}.npy"}
     run.folder.write_npy(f"{name}.npy", result["scores"].astype(np.float32))
     run.folder.write_json(f"{name}.json", results)
