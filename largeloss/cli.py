@@ -63,7 +63,10 @@ def train(config: Config, given: set[str], folder: RunFolder) -> int:
         print(f"error: {error}", file=sys.stderr)
         return exit_code(error)
     except BaseException:
-        folder.record_failure(traceback.format_exc())
+        # Under torchrun another rank's failure (a corrupt image, say) reaches this one as a lost
+        # connection: the error.txt the failing rank wrote during this run is kept.
+        several = world_from_environment().size > 1
+        folder.record_failure(traceback.format_exc(), keep_existing=several)
         raise
     return 0
 

@@ -15,6 +15,7 @@ import torch
 
 from largeloss import cli as main
 from largeloss.data import datasets, loading, sparse_labels, splits
+from largeloss.engine.run_folder import RunFolder
 from largeloss.utils.errors import InputError
 from conftest import build_custom_folder
 
@@ -394,3 +395,16 @@ def test_a_split_where_most_classes_cannot_be_measured_says_model_selection_is_m
                              true_labels=two_classes)
     few = splits.evaluation_problems(two_split, ["0", "1"])
     assert not any("can be measured" in problem for problem in few)
+
+
+def test_a_rank_lost_by_another_keeps_the_failing_ranks_error_txt(tmp_path):
+    """Under torchrun rank 1's image error is written first; rank 0's lost connection after it
+    must not replace it."""
+    folder = RunFolder(tmp_path / "run")
+    folder.create()
+    folder.record_failure("cannot read image x.jpg (row 3): broken data stream")
+    folder.record_failure("Traceback ... Connection closed by peer", keep_existing=True)
+    assert (tmp_path / "run" / "error.txt").read_text().startswith("cannot read image x.jpg")
+    folder.clear_failure()
+    folder.record_failure("Traceback ... Connection closed by peer", keep_existing=True)
+    assert "Connection closed by peer" in (tmp_path / "run" / "error.txt").read_text()

@@ -125,8 +125,12 @@ class RunFolder:
     def load_checkpoint(self, name: str, device: torch.device) -> dict:
         return read_checkpoint(self.path / name, "best checkpoint", device)
 
-    def record_failure(self, message: str) -> None:
-        """error.txt, if the folder exists, so sweeps and summaries see failed runs."""
+    def record_failure(self, message: str, keep_existing: bool = False) -> None:
+        """error.txt, if the folder exists, so sweeps and summaries see failed runs.
+        keep_existing: leave an error.txt already there (a run removes a stale one when it starts
+        well, so one there was written by another process of this run: the cause, not an echo)."""
+        if keep_existing and (self.path / "error.txt").exists():
+            return
         if self.path.is_dir():
             try:  # best effort: the disk that failed the run may refuse this file too
                 atomic.save_text(self.path / "error.txt", message)
