@@ -179,3 +179,6 @@ def test_a_corrupt_image_on_one_rank_ends_every_rank(tmp_path, cole_folder):
     assert time.monotonic() - start < 30
     assert done.returncode != 0
     assert f"error: cannot read image {bad_image}" in done.stderr
+    # the failing rank's message, not the other rank's lost connection (issue 21)
+    assert (tmp_path / "run" / "error.txt").read_text().startswith(
+        f"cannot read image {bad_image}")
