@@ -147,11 +147,12 @@ class Phase:
     best_file: str = "best.pt"
     save_last: bool = True
     tracker: analysis.TrainingTracker | None = None
+    tag: str = ""  # which head of a sweep (sweep.py), before the summary lines
 
     @property
     def label(self) -> str:
         """Prefix of the summary lines."""
-        return "linear " if self.name == "linear" else ""
+        return self.tag + ("linear " if self.name == "linear" else "")
 
 
 @dataclass
@@ -258,18 +259,29 @@ def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, devic
     """mAP (0–100) and per-class AP of `split`; the same function for val and test, images or
     features. With clean labels the vectorised AP (equal to scikit-learn's) is used; sparse labels
     go to `sparse_evaluation`."""
-    scores = predict(model, loader, preprocess, device, amp, world)
+    return evaluate_scores(predict(model, loader, preprocess, device, amp, world), split)[0]
+
+
+def evaluate_scores(scores: np.ndarray, split: Split, num_heads: int = 1) -> list[dict]:
+    """`evaluate`'s dict for each of the `num_heads` heads whose N×L scores are the column blocks
+    of `scores` (N×(K·L): head k in columns k·L … (k+1)·L − 1, a sweep's stacked head). The AP of
+    every head's classes is computed at once (one vectorised call over K·L columns)."""
     if not np.isfinite(scores).all():
         raise TrainingDiverged(f"the model's evaluation scores are not finite "
                                f"({int((~np.isfinite(scores)).sum())} of {scores.size}): the "
                                f"weights diverged; lower --lr or try --amp off")
+    num_classes = scores.shape[1] // num_heads
+    blocks = [scores[:, head * num_classes:(head + 1) * num_classes] for head in range(num_heads)]
     if split.sparse is not None:
-        return sparse_evaluation(scores, split)
+        return [sparse_evaluation(block, split) for block in blocks]
     targets, known = split.eval_targets()
-    aps = (ranked_average_precisions(scores, targets) if known is None
-           else average_precisions(scores, targets, known))
-    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores,
-            "coverage": masked_map_summary(aps, measurable_classes(targets, known))}
+    tiled_targets = np.tile(targets, (1, num_heads))
+    aps = (ranked_average_precisions(scores, tiled_targets) if known is None
+           else average_precisions(scores, tiled_targets, np.tile(known, (1, num_heads))))
+    measurable = measurable_classes(targets, known)
+    return [{"map": 100.0 * float(head_aps.mean()), "ap": (100.0 * head_aps).tolist(),
+             "scores": block, "coverage": masked_map_summary(head_aps, measurable)}
+            for head_aps, block in zip(aps.reshape(num_heads, num_classes), blocks)]
 
 
 def measurable_classes(targets: np.ndarray, known: np.ndarray | None) -> np.ndarray:
@@ -444,8 +456,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
     loading.warn_if_too_many_workers(config.num_workers)
     if data is None:
         data = main_process_first(world, lambda: load_run_data(config, device))
-    if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:
-        config = dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
+    config = with_expected_num_pos(config, data)
     torch.manual_seed(config.seed)
     if config.train_mode == "linear":
         model = features.new_linear_head(features.features_of(data.train).shape[1],
@@ -460,11 +471,23 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
-    method = methods.build(config.method, datasets.observed_label_store(data.train, device),
-                           data.train.true_labels, device=device,
-                           hyper=config.method_hyper_parameters())
-    return Run(config, device, data, model, preprocess, loaders, method,
+    return Run(config, device, data, model, preprocess, loaders, build_method(config, data, device),
                RunFolder(config.out_dir, writes=world.is_main), world)
+
+
+def with_expected_num_pos(config: Config, data: ExperimentData) -> Config:
+    """`config` with --expected_num_pos filled in (the training labels' mean count) for the
+    methods that need it and were not given it."""
+    if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:
+        return dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
+    return config
+
+
+def build_method(config: Config, data: ExperimentData, device: torch.device) -> Method:
+    """The method of `config` on the training split, with its own copy of the observed labels."""
+    return methods.build(config.method, datasets.observed_label_store(data.train, device),
+                         data.train.true_labels, device=device,
+                         hyper=config.method_hyper_parameters())
 
 
 def load_run_data(config: Config, device: torch.device) -> ExperimentData:
@@ -514,13 +537,13 @@ def train_eval_loader(data: ExperimentData, config: Config, device: torch.device
                                 config.num_workers, config.seed, device.type == "cuda", world)
 
 
-def write_run_header(run: Run) -> None:
-    """config.json and the first stdout line."""
+def write_run_header(run: Run, **extra) -> None:
+    """config.json (with `extra` keys) and the first stdout line."""
     config, data = run.config, run.data
     run.folder.create()
     run.folder.clear_failure()  # a stale error.txt of an earlier attempt
     run.folder.write_config(config.to_dict(), num_classes=data.num_classes,
-                            train_size=len(data.train))
+                            train_size=len(data.train), **extra)
     print(f"run folder {run.folder.path}  method {config.method}  dataset {config.dataset} "
           f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}, "
           f"{data.num_classes} classes)  device {run.device}", flush=True)
@@ -674,10 +697,15 @@ def linear_init_phase(run: Run, state: TrainState) -> None:
 
 def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     """Load the phase's best model, evaluate the test split, write results.json."""
-    config = run.config
     load_best(run, phase)
     test = evaluate(phase.model, run.data.test, phase.loaders["test"], phase.preprocess,
                     run.device, phase.amp, run.world)
+    return write_results(run, phase, state, test)
+
+
+def write_results(run: Run, phase: Phase, state: TrainState, test: dict) -> dict:
+    """results.json of the phase's best model, whose test evaluation is `test`; printed."""
+    config = run.config
     results = {"status": "finished", "dataset": config.dataset, "method": config.method,
                "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
                "seed": config.seed, "train_mode": config.train_mode,
