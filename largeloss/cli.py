@@ -6,6 +6,8 @@
     python main.py --resume runs/X/last.pt            # continue an interrupted run
     python main.py --resume runs/X/last.pt --epochs 30   # extend a finished run to 30 epochs
     python main.py --eval_only runs/X/best.pt         # test mAP of a saved model
+    python main.py --train_mode linear --mod_scheme LL-R,LL-Ct,LL-Cp --sweep_delta_rel 0.1,0.2,0.3 \
+        --out_dir runs/sweep                          # 9 linear heads in one pass, a folder each
     torchrun --nproc_per_node=4 main.py --dataset coco --mod_scheme LL-Ct   # 4 GPUs, global batch 16
 """
 from __future__ import annotations
@@ -14,17 +16,21 @@ import dataclasses
 import os
 import sys
 import traceback
-from contextlib import nullcontext, redirect_stdout
+from contextlib import ExitStack, nullcontext, redirect_stdout
 from pathlib import Path
 
 from largeloss.engine.run_folder import RunFolder, read_checkpoint
+from largeloss.engine.sweep import fit_sweep
 from largeloss.engine.train import evaluate_checkpoint, fit, resume_config
-from largeloss.experiment.config import Config, explicit_flags, parse_args
+from largeloss.experiment.config import Config, explicit_flags, parse_args, sweep_configs
 from largeloss.utils.distributed import destroy, world_from_environment
 from largeloss.utils.errors import InputError, TrainingDiverged
 
 
 def main(argv: list[str] | None = None) -> int:
+    configs = sweep_configs(argv)
+    if configs is not None:
+        return run_sweep(configs)
     config = parse_args(argv)
     given = explicit_flags(argv)
     world = world_from_environment()  # torchrun's processes; only rank 0 prints
@@ -70,6 +76,39 @@ def train(config: Config, given: set[str], folder: RunFolder) -> int:
         return exit_code(error)
     except BaseException:
         folder.record_failure(traceback.format_exc())
+        raise
+    return 0
+
+
+def run_sweep(configs: list[Config]) -> int:
+    """--sweep_delta_rel: every head's folder owned (refused if it holds a run, unless
+    --overwrite), the heads trained together; a failure is recorded in every head's folder."""
+    if world_from_environment().size > 1:
+        print("error: --sweep_delta_rel runs in one process (its heads share one device): run it "
+              "without torchrun", file=sys.stderr)
+        return 2
+    folders = [RunFolder(config.out_dir) for config in configs]
+    try:
+        with ExitStack() as owned:
+            for config, folder in zip(configs, folders):
+                owned.enter_context(folder.owned(overwrite=config.overwrite))
+            return train_sweep(configs, folders)
+    except (InputError, TrainingDiverged) as error:  # a folder that cannot be owned
+        print(f"error: {error}", file=sys.stderr)
+        return exit_code(error)
+
+
+def train_sweep(configs: list[Config], folders: list[RunFolder]) -> int:
+    try:
+        fit_sweep(configs)
+    except (InputError, TrainingDiverged) as error:
+        for folder in folders:
+            folder.record_failure(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return exit_code(error)
+    except BaseException:
+        for folder in folders:
+            folder.record_failure(traceback.format_exc())
         raise
     return 0
 

@@ -6,6 +6,7 @@ dataset's paper default (SPEC §6) > built-in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -223,7 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "observed negatives (default: an)")
     method.add_argument("--mod_scheme", choices=("none",) + methods.schemes(),
                         help="large-loss scheme on top of --loss an: LL-R rejects, LL-Ct corrects, "
-                             "LL-Cp corrects permanently (default: LL-R for an, none otherwise)")
+                             "LL-Cp corrects permanently (default: LL-R for an, none otherwise); "
+                             "with --sweep_delta_rel a comma-separated list, e.g. LL-R,LL-Ct,LL-Cp")
+    method.add_argument("--sweep_delta_rel", metavar="D1,D2,...",
+                        help="train one linear head per Δrel (× per --mod_scheme of a list) together "
+                             "in one pass over cached features (--train_mode linear only), each "
+                             "head's run folder <out_dir>/<method>_d<Δrel> what its separate run "
+                             "would write; e.g. --mod_scheme LL-R,LL-Ct,LL-Cp --sweep_delta_rel "
+                             "0.1,0.2,0.3,0.4,0.5 (15 heads); --out_dir required")
     method.add_argument("--delta_rel", type=float,
                         help="Δrel in percent per epoch, 0 to 100: from epoch 2 on, LL-R/LL-Ct modify "
                              "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
@@ -424,7 +432,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 # provenance), ignored when it is passed back as --config; with them the folder-specific flags, so
 # the new run gets its own folder.
 RECORDED_KEYS = frozenset({"method", "git_sha", "git_dirty", "command", "versions", "num_classes",
-                           "train_size"})
+                           "train_size", "sweep"})
 FOLDER_FLAGS = frozenset({"out_dir", "resume", "eval_only", "overwrite"})
 
 
@@ -525,6 +533,8 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"--track_images must be >= 0, got {args.track_images}")
     if args.resume and args.eval_only:
         parser.error("--resume and --eval_only exclude each other")
+    if args.sweep_delta_rel is not None:  # sweep_configs takes it off before parsing each head
+        parser.error("--sweep_delta_rel: parse the command with sweep_configs (main.py does)")
 
 
 def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
@@ -643,3 +653,39 @@ def config_from_dict(values: dict) -> Config:
     added_since = {"sync_bn": False, "overwrite": False, "split": "test", "logger": "none"}
     return Config(**{**added_since,
                      **{name: value for name, value in values.items() if name in names}})
+
+
+def sweep_configs(argv: list[str] | None) -> list[Config] | None:
+    """With --sweep_delta_rel D1,D2,… (and --mod_scheme S1,S2,… or one scheme): the Config of each
+    head, scheme-major, each exactly what its separate run's flags give (the other flags, then
+    --mod_scheme S --delta_rel D --out_dir <out_dir>/<method>_d<D>); None without the flag."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--sweep_delta_rel", "--mod_scheme", "--delta_rel", "--out_dir", "--resume",
+                 "--eval_only"):
+        pre.add_argument(flag)
+    known, rest = pre.parse_known_args(argv)
+    if known.sweep_delta_rel is None:
+        return None
+    parser = build_parser()
+    for flag in ("delta_rel", "resume", "eval_only"):
+        if getattr(known, flag) is not None:
+            parser.error(f"--sweep_delta_rel trains new heads at the Δrel values it lists: "
+                         f"not with --{flag}")
+    if known.out_dir is None:
+        parser.error("--sweep_delta_rel writes one run folder per head, "
+                     "<out_dir>/<method>_d<Δrel>: give --out_dir")
+    try:
+        delta_rels = [float(value) for value in known.sweep_delta_rel.split(",")]
+    except ValueError:
+        parser.error(f"--sweep_delta_rel: expected comma-separated numbers (percent per epoch), "
+                     f"got {known.sweep_delta_rel!r}")
+    schemes = known.mod_scheme.split(",") if known.mod_scheme else [None]
+    configs = []
+    for scheme in schemes:
+        for delta_rel in delta_rels:
+            head_argv = [*rest, *(["--mod_scheme", scheme] if scheme else []),
+                         "--delta_rel", str(delta_rel), "--out_dir", known.out_dir]
+            config = parse_args(head_argv)
+            configs.append(dataclasses.replace(
+                config, out_dir=str(Path(known.out_dir) / f"{config.method}_d{delta_rel:g}")))
+    return configs
