@@ -44,7 +44,7 @@ CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel"
 NOT_MATHS_KEYS = frozenset({
     "seed", "out_dir", "resume", "eval_only", "stop_after", "log_every", "device", "num_workers",
     "cache_images", "feature_cache", "channels_last", "compile", "git_sha", "versions", "config",
-    "command", "git_dirty", "overwrite", "split", "logger",
+    "command", "git_dirty", "overwrite", "split", "logger", "sweep",
     "track_train", "pointing_game", "track_images"})
 # Shown in their own columns; delta_rel there only for the LL schemes (elsewhere it means nothing).
 ROW_KEYS = ("dataset", "train_mode", "method", "delta_rel")
