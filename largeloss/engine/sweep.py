@@ -43,7 +43,7 @@ from largeloss.engine.train import (Phase, Run, TrainState, build_method, build_
 from largeloss.experiment.config import Config
 from largeloss.methods.registry import declared_hyper_parameters
 from largeloss.methods.stacked import MethodStack
-from largeloss.nn.models import predict
+from largeloss.nn.models import new_linear_head, predict
 from largeloss.utils.errors import InputError
 
 # What may differ between the heads of a sweep: the method and its hyper-parameters, the folder.
@@ -88,9 +88,9 @@ def check_sweep_configs(configs: list[Config]) -> None:
 
 def stacked_linear_head(num_features: int, num_classes: int, num_heads: int,
                         seed: int) -> nn.Linear:
-    """nn.Linear(D, K·L): K copies of features.new_linear_head(D, L, seed), the head every
+    """nn.Linear(D, K·L): K copies of models.new_linear_head(D, L, seed), the head every
     separate linear run starts from."""
-    head = features.new_linear_head(num_features, num_classes, seed)
+    head = new_linear_head(num_features, num_classes, seed)
     stacked = nn.Linear(num_features, num_classes * num_heads)
     with torch.no_grad():
         stacked.weight.copy_(head.weight.repeat(num_heads, 1))
