@@ -6,6 +6,8 @@ authors' Δrel sweep of the large-loss schemes.
     python scripts/reproduce.py --dataset cub --method an_ls --setting linear_init \
         --extra "--data_root /data/cub --device cuda"
     python scripts/reproduce.py --dataset coco --sweep_delta_rel --seeds 1     # 3 schemes x 5 Δrel
+    python scripts/reproduce.py --dataset coco --sweep_delta_rel --setting linear   # the same as 15
+                                                     # linear heads on cached features, one pass
     python scripts/reproduce.py --dataset coco --method gr --dry_run           # a later method
     python scripts/reproduce.py --dataset pascal --method peers --seeds 3      # all 8 later rows
     python scripts/summarize.py runs/repro                                      # then the table
@@ -57,10 +59,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"instead of --method: every large-loss scheme ({', '.join(LL_SCHEMES)}) "
                              f"at every Δrel the authors searched ({', '.join(map(str, DELTA_REL_GRID))}), "
                              f"end to end, optimizer/lr/epochs left to the CLI's dataset defaults; runs "
-                             f"go to RUNS_DIR/<dataset>/sweep/<scheme>_d<Δrel>/seed<k>")
-    parser.add_argument("--setting", default="end_to_end", choices=SETTINGS,
+                             f"go to RUNS_DIR/<dataset>/sweep/<scheme>_d<Δrel>/seed<k>. With --setting "
+                             f"linear: one main.py --sweep_delta_rel per seed, the 15 linear heads "
+                             f"trained together on cached features in "
+                             f"RUNS_DIR/<dataset>/sweep_linear/seed<k>/<scheme>_d<Δrel>")
+    parser.add_argument("--setting", default="end_to_end", choices=SETTINGS + ("linear",),
                         help="end_to_end (E2E) or linear_init (LI: Cole's linear phase, then fine-tuning); "
-                             "passed to main.py as --train_mode")
+                             "passed to main.py as --train_mode; linear (the head on cached "
+                             "features) with --sweep_delta_rel only")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (report mean ± std over them)")
     parser.add_argument("--first_seed", type=int, default=0, help="seeds are first_seed … first_seed+seeds−1")
     parser.add_argument("--runs_dir",
@@ -136,11 +142,45 @@ def sweep_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, st
     return runs
 
 
+def linear_sweep_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(what, out_dir, command) of the Δrel sweep as linear heads: one main.py --sweep_delta_rel
+    per seed, every scheme and Δrel a head of one stacked pass (engine/sweep.py)."""
+    main_py = os.path.relpath(REPO_ROOT / "main.py")
+    loss = method_flags(LL_SCHEMES[0])[0]
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        out_dir = os.path.join(args.runs_dir, args.dataset, "sweep_linear", f"seed{seed}")
+        command = [args.python, main_py, "--dataset", args.dataset, "--loss", loss,
+                   "--mod_scheme", ",".join(LL_SCHEMES),
+                   "--sweep_delta_rel", ",".join(map(str, DELTA_REL_GRID)), "--train_mode", "linear",
+                   "--seed", str(seed), "--out_dir", out_dir]
+        runs.append((f"# {len(LL_SCHEMES) * len(DELTA_REL_GRID)} linear heads in one pass", out_dir,
+                     command + extra))
+    return runs
+
+
+def sweep_heads(out_dir: str) -> list[str]:
+    """The head folders (holding config.json) of a --sweep_delta_rel folder."""
+    if not os.path.isdir(out_dir):
+        return []
+    return [path for path in (os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir)))
+            if os.path.isfile(os.path.join(path, "config.json"))]
+
+
+def finished(out_dir: str) -> bool:
+    """A run with results.json, or a sweep folder whose every head has one."""
+    if os.path.isfile(os.path.join(out_dir, "results.json")):
+        return True
+    heads = sweep_heads(out_dir)
+    return bool(heads) and all(os.path.isfile(os.path.join(head, "results.json")) for head in heads)
+
+
 def folder_flags(out_dir: str, force: bool) -> list[str]:
     """What main.py needs to reuse a folder that already holds a run (it refuses otherwise):
-    --resume of an unfinished run's last.pt, else --overwrite."""
+    --resume of an unfinished run's last.pt, else --overwrite (a sweep's heads: always; linear
+    heads are trained again, their features are cached)."""
     if not os.path.isfile(os.path.join(out_dir, "config.json")):
-        return []
+        return ["--overwrite"] if sweep_heads(out_dir) else []
     last = os.path.join(out_dir, "last.pt")
     finished = os.path.isfile(os.path.join(out_dir, "results.json"))
     if os.path.isfile(last) and not (finished and force):
@@ -153,7 +193,7 @@ def run_all(runs: list[tuple[str, str, list[str]]], dry_run: bool, force: bool) 
     force; stop at the first failure with its exit code."""
     for index, (note, out_dir, command) in enumerate(runs, 1):
         line = shlex.join(command) + (f"  {note}" if note else "")
-        done = os.path.isfile(os.path.join(out_dir, "results.json"))
+        done = finished(out_dir)
         if done and not force:
             print(f"# [{index}/{len(runs)}] done, skipped (results.json exists): {line}", flush=True)
             continue
@@ -183,9 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.setting != "end_to_end" and (args.method in PEER_METHODS or args.method == "peers"):
         parser.error(f"--method {args.method}: the later methods' papers report end-to-end "
                      f"numbers only (use --setting end_to_end)")
+    if args.setting == "linear" and not args.sweep_delta_rel:
+        parser.error("--setting linear: the paper reports E2E and LI; linear heads run here as the "
+                     "Δrel sweep only (add --sweep_delta_rel)")
     args.runs_dir = args.runs_dir or ("runs/sweep" if args.sweep_delta_rel else "runs/repro")
     extra = shlex.split(args.extra)
-    runs = sweep_runs(args, extra) if args.sweep_delta_rel else table_runs(args, extra)
+    if args.sweep_delta_rel:
+        runs = (linear_sweep_runs if args.setting == "linear" else sweep_runs)(args, extra)
+    else:
+        runs = table_runs(args, extra)
     return run_all(runs, args.dry_run, args.force)
 
 

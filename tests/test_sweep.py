@@ -6,6 +6,10 @@ run of its own flags, and with the linear phase of the `--train_mode linear_init
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +17,14 @@ from torch import nn
 
 from largeloss import cli as main
 from largeloss.engine import sweep
+from largeloss.experiment import paper_numbers
 from largeloss.experiment.config import parse_args, sweep_configs
 from largeloss.methods import registry
 from largeloss.methods.stacked import MethodStack
 from largeloss.utils.errors import InputError
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = ["--dataset", "digits", "--digits_train_size", "128", "--image_size", "24", "--device", "cpu",
         "--num_workers", "0", "--linear_batch_size", "32", "--linear_lr", "0.02",
         "--linear_epochs", "4", "--early_stop_drop", "0"]
@@ -204,3 +211,30 @@ def test_heads_must_share_everything_but_the_method():
     with pytest.raises(InputError, match="one folder each"):
         sweep.check_sweep_configs([first, parse_args([*base, "--out_dir", "a", "--delta_rel", "2"])])
     sweep.check_sweep_configs([first, parse_args([*base, "--out_dir", "b", "--delta_rel", "2"])])
+
+
+def test_reproduce_runs_the_linear_sweep_in_one_pass(tmp_path):
+    """scripts/reproduce.py --sweep_delta_rel --setting linear: one main.py --sweep_delta_rel per
+    seed (the command the tests above run in-process); a seed whose every head finished is
+    skipped, one with an unfinished head is run again with --overwrite."""
+    command = [sys.executable, "scripts/reproduce.py", "--dataset", "coco", "--sweep_delta_rel",
+               "--setting", "linear", "--seeds", "2", "--runs_dir", str(tmp_path), "--dry_run"]
+    for seed, files in ((0, ("config.json", "results.json")), (1, ("config.json",))):
+        for name in ("LL-R_d0.1", "LL-Cp_d0.5"):
+            head = tmp_path / "coco" / "sweep_linear" / f"seed{seed}" / name
+            head.mkdir(parents=True)
+            for file in files:
+                (head / file).write_text("{}")
+    done = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, **ONE_THREAD_ENV},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    skipped, ran = done.stdout.splitlines()
+    assert skipped.startswith("# [1/2] done, skipped") and "seed0" in skipped
+    assert ran.split("  #")[0].split()[2:] == [
+        "--dataset", "coco", "--loss", "an", "--mod_scheme", ",".join(paper_numbers.LL_SCHEMES),
+        "--sweep_delta_rel", ",".join(map(str, paper_numbers.DELTA_REL_GRID)),
+        "--train_mode", "linear", "--seed", "1", "--out_dir",
+        str(tmp_path / "coco" / "sweep_linear" / "seed1"), "--overwrite"]
+    refused = subprocess.run(command[:4] + ["--method", "LL-R", "--setting", "linear", "--dry_run"],
+                             cwd=REPO_ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--sweep_delta_rel" in refused.stderr
