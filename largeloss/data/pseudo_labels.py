@@ -300,14 +300,14 @@ def select_rows(ids_file: Path, file_ids: np.ndarray, image_ids) -> np.ndarray:
     duplicate = np.nonzero(sorted_ids[1:] == sorted_ids[:-1])[0]
     if len(duplicate):
         first = sorted(order[duplicate[0]:duplicate[0] + 2])
-        raise InputError(f"{ids_file}: id {sorted_ids[duplicate[0]]!r} appears twice (rows "
+        raise InputError(f"{ids_file}: id {str(sorted_ids[duplicate[0]])!r} appears twice (rows "
                          f"{first[0]} and {first[1]})")
     wanted = np.asarray(image_ids, dtype=str)
     position = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(sorted_ids) - 1, 0))
     found = (sorted_ids[position] == wanted) if len(sorted_ids) else np.zeros(len(wanted), bool)
     if not found.all():
         missing = np.nonzero(~found)[0]
-        raise InputError(f"{ids_file}: training image {wanted[missing[0]]!r} (training row "
+        raise InputError(f"{ids_file}: training image {str(wanted[missing[0]])!r} (training row "
                          f"{missing[0]}) is missing, {len(missing)} of {len(wanted)} training "
                          f"ids in all; make the folder for this dataset's training split")
     return order[position].astype(np.int64)
