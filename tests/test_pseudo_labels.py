@@ -249,3 +249,16 @@ def test_the_engine_reports_the_flip_it_applied():
     assert sample_ids.tolist() == list(range(64))
     assert flipped.dtype == torch.bool and 0 < int(flipped.sum()) < 64
     assert torch.equal(flipped, logits[:, 0] < 0)
+
+
+def test_to_another_device_copies_the_training_rows_in_split_order(folder):
+    """Off the CPU the training rows are copied once, in split order (file_rows becomes 0..N−1);
+    the meta device stands in for a GPU (shapes and indexing, no values)."""
+    pseudo = load_pseudo_labels(folder, ["d.jpg", "a.jpg", "c.jpg"], CLASS_NAMES)
+    moved = pseudo.to("meta")
+    assert moved.device.type == "meta" and moved.scores.shape == (3, 2, 5, 3)
+    assert moved.labels.shape == (3, 2, 3)
+    labels, scores = moved.rows(torch.tensor([2, 0], device="meta"),
+                                torch.tensor([True, False], device="meta"))
+    assert labels.shape == (2, 3) and scores.shape == (2, 3) and scores.dtype == torch.float32
+    assert moved.views(torch.tensor([1], device="meta")).shape == (1, 5, 3)
