@@ -161,7 +161,7 @@ def test_adam_state_stays_per_head():
 
 
 def step(method, head: nn.Linear, optimizer, inputs, sample_ids, epoch) -> None:
-    output = method.loss(head(inputs), sample_ids, epoch)
+    output = method.loss_of_batch(head(inputs), sample_ids, epoch)
     optimizer.zero_grad()
     output.loss.backward()
     optimizer.step()

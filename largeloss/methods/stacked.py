@@ -2,7 +2,7 @@
 
 A sweep (e.g. Δrel × LL scheme) trains K linear heads on the same features. Stacked, they are one
 nn.Linear(D, K·L) whose logits B×(K·L) hold head k's B×L logits in columns k·L … (k+1)·L − 1.
-`MethodStack` looks like one method to the training step (`loss`, `after_step`,
+`MethodStack` looks like one method to the training step (`loss_of_batch`, `after_step`,
 `parameter_groups`): it gives each method its own columns and sums the K losses. Summing is exact
 for the gradients: head k's weights reach only its own loss, so d(Σ_j loss_j)/d(head k) is
 d(loss_k)/d(head k), and Adam's per-element update then equals the separate run's (its state is
@@ -42,9 +42,11 @@ class MethodStack:
         """K views B×L of B×(K·L) logits (split: its backward is one concatenation)."""
         return logits.split(self.num_classes, dim=1)
 
-    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
-        """Σ_k loss_k of head k's logits; modified / relabel: B×(K·L), head k's in its columns."""
-        outputs = [method.loss(head, sample_ids, epoch)
+    def loss_of_batch(self, logits: Tensor, sample_ids: Tensor, epoch: int,
+                      flipped: Tensor | None = None) -> LossOutput:
+        """Σ_k loss_k of head k's logits (each method's loss_of_batch, as the engine calls it);
+        modified / relabel: B×(K·L), head k's in its columns."""
+        outputs = [method.loss_of_batch(head, sample_ids, epoch, flipped)
                    for method, head in zip(self.methods, self.head_logits(logits))]
         self.last_outputs = outputs
         return LossOutput(loss=torch.stack([output.loss for output in outputs]).sum(),
