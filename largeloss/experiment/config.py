@@ -364,9 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "apply; any other flag that differs from the saved one is refused")
     engineering.add_argument("--eval_only", metavar="CHECKPOINT",
                              help="evaluate a best.pt/last.pt on --split (with --data_root / "
-                                  "--image_dir if the data moved) and exit; writes "
-                                  "eval_<stem>_<split>.json and the N×L logits as "
-                                  "eval_<stem>_<split>.npy beside the checkpoint")
+                                  "--image_dir if the data moved) and exit; writes beside the "
+                                  "checkpoint eval_<stem>.json (--split test) or "
+                                  "eval_<stem>_val.json: mAP, AP per class and, for partial "
+                                  "labels, both mAP conventions, class counts and G1–G5 as "
+                                  "results.json; and the N×L logits as eval_<stem>.npy / "
+                                  "eval_<stem>_val.npy")
     engineering.add_argument("--split", choices=("val", "test"), default="test",
                              help="the split --eval_only evaluates (default: test)")
     engineering.add_argument("--logger", choices=("none", "tensorboard"), default="none",
