@@ -3,6 +3,7 @@ of the V3 CSV preparation, on generated data.
 
     python scripts/benchmark_openimages.py                      # full scale, CPU: ~10 minutes
     python scripts/benchmark_openimages.py --num_images 100000 --csv_rows 200000   # a quick run
+    python scripts/benchmark_openimages.py --release v7         # V6/V7 scale: 9M images × 9,605
 
 1. Labels of full scale are generated (default 3.7M images × 5000 classes, 5.7 labelled entries per
    image of which 2.7 positive: ~21M entries; class frequencies skewed as in OpenImages), saved as
@@ -12,11 +13,11 @@ of the V3 CSV preparation, on generated data.
    /proc/self/clear_refs where the kernel allows) and what stays.
 2. `rows` (a batch of B dense label rows) and `apply_relabel` are timed with no relabels, after
    LL-Cp-like steps (k relabels per batch), and with a large settled relabel set.
-3. The V3 preparation (`openimages.prepare_split`) runs on generated trees in the official layout
-   (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real file; 15 % of
-   them of classes that are not trainable; one empty .jpg per image), each in a fresh process.
-   rows/s of the larger run and the peak RAM growth are extrapolated linearly to the 21M rows of
-   V3 train (the memory along the line through the two runs).
+3. The preparation (`openimages.prepare_split`) runs on generated trees in the official layout
+   of --release (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real
+   file; 15 % of them of classes that are not trainable; one empty .jpg per image), each in a
+   fresh process. rows/s of the larger run and the peak RAM growth are extrapolated linearly to
+   the release's train rows (TRAIN_ROWS; the memory along the line through the two runs).
 """
 from __future__ import annotations
 
@@ -39,15 +40,24 @@ from largeloss.data import openimages
 from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
                                           save_sparse_labels)
 
-V3_TRAIN_ROWS = 21_000_000  # annotation rows of V3 train, for the extrapolation
+# Annotation rows of each release's train split, for the extrapolation. V3: 21M. V6/V7: ~59M,
+# the 61.4M human-verified labels of the V7 page less validation's and test's (~2.6M), in line
+# with the 2.74 GB train file at ~46 bytes per row (docs/openimages_releases.md).
+TRAIN_ROWS = {"v3": 21_000_000, "v6": 59_000_000, "v7": 59_000_000}
+# Scale of the generated labels per release when --num_images / --num_classes are not given.
+SCALE = {"v3": (3_700_000, 5000), "v6": (9_000_000, 9605), "v7": (9_000_000, 9605)}
 GIB = 1 << 30
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_images", type=int, default=3_700_000, help="default: 3.7M")
-    parser.add_argument("--num_classes", type=int, default=5000, help="default: 5000")
+    parser.add_argument("--release", choices=sorted(SCALE), default="v3",
+                        help="the release whose scale and file layout are generated (default v3)")
+    parser.add_argument("--num_images", type=int,
+                        help="default: the release's train images (V3 3.7M, V6/V7 9M)")
+    parser.add_argument("--num_classes", type=int,
+                        help="default: the release's trainable classes (V3 5000, V6/V7 9605)")
     parser.add_argument("--entries_per_image", type=float, default=5.7,
                         help="mean labelled entries per image (default 5.7: ~21M for 3.7M images)")
     parser.add_argument("--positives_per_image", type=float, default=2.7, help="default: 2.7")
@@ -132,25 +142,28 @@ def generate_labels(args: argparse.Namespace) -> SparseLabels:
                         np.array([f"/m/{number:05d}" for number in range(args.num_classes)]))
 
 
-def write_v3_tree(raw_dir: Path, num_rows: int, args: argparse.Namespace) -> int:
-    """classes-trainable.txt, class-descriptions.csv and train/{images,annotations-human}.csv with
-    about `num_rows` annotation rows, plus an empty .jpg per image. Returns the row count."""
+def write_raw_tree(raw_dir: Path, num_rows: int, args: argparse.Namespace) -> int:
+    """The trainable classes, the class descriptions and train's image list and annotations in
+    the layout of args.release (openimages.RELEASES) with about `num_rows` annotation rows, plus an
+    empty .jpg per image. Returns the row count."""
+    release = openimages.RELEASES[args.release]
     rng = np.random.default_rng(args.seed + num_rows)
     num_images = max(1, round(num_rows / args.entries_per_image))
     trainable = [f"/m/{number:05d}" for number in range(args.num_classes)]
     other = [f"/m/x{number:05d}" for number in range(2 * args.num_classes)]
-    (raw_dir / "train").mkdir(parents=True)
-    (raw_dir / "classes-trainable.txt").write_text("\n".join(trainable) + "\n")
-    (raw_dir / "class-descriptions.csv").write_text(
-        "".join(f'{mid},"Class {mid}, described"\n' for mid in trainable + other))
+    for path in (release.images["train"], release.annotations["train"]):
+        (raw_dir / path).parent.mkdir(parents=True, exist_ok=True)
+    (raw_dir / release.trainable).write_text("\n".join(trainable) + "\n")
+    (raw_dir / release.descriptions).write_text(
+        "LabelName,DisplayName\n" * release.descriptions_header + "".join(f'{mid},"Class {mid}, described"\n' for mid in trainable + other))
     image_ids = np.unique([f"{number:016x}" for number in rng.integers(0, 1 << 62, num_images)])
     lengths = 1 + rng.poisson(args.entries_per_image - 1, size=len(image_ids))
     probabilities = class_probabilities(args.num_classes, rng)
-    with open(raw_dir / "train" / "images.csv", "w") as handle:
+    with open(raw_dir / release.images["train"], "w") as handle:
         handle.write("ImageID,Subset,OriginalURL\n")
         handle.writelines(f"{image},train,https://example.org/{image}.jpg\n" for image in image_ids)
     num_rows = 0
-    with open(raw_dir / "train" / "annotations-human.csv", "w") as handle:
+    with open(raw_dir / release.annotations["train"], "w") as handle:
         handle.write("ImageID,Source,LabelName,Confidence\n")
         for start in range(0, len(image_ids), 100_000):
             block = slice(start, start + 100_000)
@@ -252,9 +265,11 @@ def measure_store(npz: Path, args: argparse.Namespace) -> dict:
 def measure_csv(raw_dir: Path, args: argparse.Namespace) -> dict:
     """openimages.prepare_split on the generated tree: seconds, rows/s, peak RSS growth."""
     meter = RssMeter()
-    class_mids = openimages.read_trainable_classes(raw_dir / "classes-trainable.txt")
+    release = openimages.RELEASES[args.release]
+    class_mids = openimages.read_trainable_classes(raw_dir / release.trainable)
     start = time.perf_counter()
-    labels, report = openimages.prepare_split(raw_dir, "train", raw_dir / "images", class_mids)
+    labels, report = openimages.prepare_split(raw_dir, "train", raw_dir / "images", class_mids,
+                                              release)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     save_sparse_labels(raw_dir / "train_labels.npz", labels)
@@ -289,6 +304,9 @@ def machine_line(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    default_images, default_classes = SCALE[args.release]
+    args.num_images = args.num_images or default_images
+    args.num_classes = args.num_classes or default_classes
     torch.set_num_threads(args.threads)
     if args.child:
         measure = measure_store if args.child == "store" else measure_csv
@@ -329,11 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
             start = time.perf_counter()
             raw_dir = work_dir / f"raw_{num_rows}"
-            write_v3_tree(raw_dir, num_rows, args)
+            write_raw_tree(raw_dir, num_rows, args)
             generation_seconds = time.perf_counter() - start
             runs.append(run_child("csv", raw_dir, args))
             report = runs[-1]["report"]
-            print(f"prepare_split on a generated V3 tree ({generation_seconds:.0f} s to write): "
+            print(f"prepare_split on a generated {args.release.upper()} tree ({generation_seconds:.0f} s to write): "
                   f"{report['rows_read']} rows, {report['images_listed']} images in "
                   f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
                   f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
@@ -343,9 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         (small, large) = runs
         rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
         per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
-        extrapolated = large["peak_gib"] + per_row * (V3_TRAIN_ROWS - rows_large)
-        print(f"extrapolated to {V3_TRAIN_ROWS / 1e6:.0f}M rows (V3 train; images in proportion): "
-              f"{V3_TRAIN_ROWS / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
+        train_rows = TRAIN_ROWS[args.release]
+        extrapolated = large["peak_gib"] + per_row * (train_rows - rows_large)
+        print(f"extrapolated to {train_rows / 1e6:.0f}M rows ({args.release.upper()} train; images "
+              f"in proportion): {train_rows / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
               f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
               f"{per_row * GIB:.0f} bytes per row)")
     finally:

@@ -222,7 +222,7 @@ def test_benchmark_generators_make_valid_labels_and_a_tree_prepare_split_reads(t
     labels = benchmark.generate_labels(args)
     check_sparse_labels(labels, "generated")
     assert labels.num_images == 50 and 0.8 * 5.7 * 50 < labels.num_labelled <= 5.7 * 50 * 1.3
-    num_rows = benchmark.write_v3_tree(tmp_path, 300, args)
+    num_rows = benchmark.write_raw_tree(tmp_path, 300, args)
     _, report = openimages.prepare_split(tmp_path, "train", tmp_path / "images",
                                          openimages.read_trainable_classes(
                                              tmp_path / "classes-trainable.txt"))

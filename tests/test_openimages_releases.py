@@ -258,3 +258,17 @@ def test_eval_only_writes_what_results_json_has(tmp_path, capsys):
     for name, group in results["groups"].items():
         assert test["groups"][name] == pytest.approx(group, nan_ok=True), name
     assert "val_map is map_all_classes" in capsys.readouterr().out  # eval_only prints both
+
+
+def test_the_benchmark_writes_a_v7_tree_that_prepare_split_reads(tmp_path):
+    benchmark = load_script("benchmark_openimages")
+    args = benchmark.get_args_parser().parse_args(["--release", "v7", "--num_images", "50",
+                                                   "--num_classes", "40"])
+    num_rows = benchmark.write_raw_tree(tmp_path, 300, args)
+    assert (tmp_path / "oidv7-train-annotations-human-imagelabels.csv").is_file()
+    release = openimages.detect_release(tmp_path)
+    assert release.name == "V7"
+    _, report = openimages.prepare_split(tmp_path, "train", tmp_path / "images",
+                                         openimages.read_trainable_classes(
+                                             tmp_path / release.trainable), release)
+    assert report["rows_read"] == num_rows and report["images_missing_on_disk"] == 0
