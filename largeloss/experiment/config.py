@@ -190,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits is generated offline (no download); pascal/coco/nuswide/cub read "
                            "the Cole-format folder written by scripts/prepare_data.py; features reads "
                            "vectors from DATA_ROOT/features.npz (layout in features.py; needs "
-                           "--train_mode linear); openimages reads the sparse V3 folder of "
-                           "prepare_data.py (real partial labels) (default: digits)")
+                           "--train_mode linear); openimages reads the sparse V3/V6/V7 folder "
+                           "of prepare_data.py (real partial labels) (default: digits)")
     data.add_argument("--data_root", metavar="DIR",
                       help="dataset folder (default: data/<dataset>)")
     data.add_argument("--image_dir", metavar="DIR",

@@ -9,7 +9,10 @@ their whole resolved configuration (config.json) except the seed and the keys th
 sample std (ddof=1; "—" for a single seed), the seeds, mean best-val epoch, the paper's number (SPEC
 §7: E2E for end_to_end, LI for linear_init) and ours − paper. Rows that share dataset, setting,
 method and Δrel but differ elsewhere name the differing settings in the "check" column, which also
-flags a seed that occurs twice in a group (a copied or rerun folder). Where one method has several
+flags a seed that occurs twice in a group (a copied or rerun folder) and a network or image size
+other than the paper's (paper_numbers.PAPER_SETUP). OpenImages rows name their release
+(results.json "data_release": "openimages V7"), so releases never share a row and only the paper's
+release (V3) stands beside the paper's number. Where one method has several
 Δrel, an extra line gives the Δrel with the best mean *val* mAP ("chosen Δrel") among rows of
 otherwise equal settings: that is the protocol's choice, never the best test mAP.
 
