@@ -109,8 +109,8 @@ RELEASES = {
 
 
 def detect_release(raw_dir: Path) -> Release:
-    """The release whose classes-trainable file RAW holds; a ValueError when none or several do
-    (then --release chooses)."""
+    """The release whose classes-trainable file RAW holds. Raises FileNotFoundError when none
+    does, ValueError when several do (then --release chooses)."""
     raw_dir = Path(raw_dir)
     found = [release for release in RELEASES.values() if (raw_dir / release.trainable).is_file()]
     if len(found) == 1:
