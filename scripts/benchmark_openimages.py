@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from largeloss.data import openimages
-from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
-                                          save_sparse_labels)
+from largeloss.data.sparse_labels import SparseLabels, load_sparse_labels, save_sparse_labels
+from largeloss.methods.label_stores import SparseLabelStore
 
 # Annotation rows of each release's train split, for the extrapolation. V3: 21M. V6/V7: ~59M,
 # the 61.4M human-verified labels of the V7 page less validation's and test's (~2.6M), in line

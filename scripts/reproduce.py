@@ -12,7 +12,7 @@ authors' Δrel sweep of the large-loss schemes.
 
 The methods after the LL paper (PEER_METHODS: LL-R/Ct/Cp+BoostLU, em, APL, hill, splc, gr) run with
 their authors' published hyper-parameters per dataset (scripts/paper_numbers.py's peer_flags, from
-peer_losses.PEER_PRESETS), end to end only, their paper's number beside each command.
+presets.PEER_PRESETS), end to end only, their paper's number beside each command.
 
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
 epochs, train_mode, seed, out_dir), with the paper's number for the cell beside it, then run one after
@@ -32,9 +32,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from largeloss.experiment.config import DATASET_DEFAULTS
 from largeloss.experiment.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
                                                 best_hparams, method_flags, paper_map, peer_flags, peer_note)
+from largeloss.experiment.presets import DATASET_DEFAULTS
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
 

@@ -1,7 +1,8 @@
 """Training methods as objects: each owns the state it keeps across batches, the trainer calls it.
 
 A method is built from the training split's labels and its hyper-parameters, computes the batch
-loss from logits and sample ids (through the pure, tested `losses.compute_loss`), and keeps what
+loss from logits and sample ids (through its own pure, tested function in losses.py or
+peer_losses.py), and keeps what
 outlives a batch: the observed labels with LL-Cp's permanent relabels, ROLE's label estimator.
 The trainer never asks which method it runs; it calls
 
@@ -35,10 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from largeloss.data.sparse_labels import SparseLabelStore
-from largeloss.methods import peer_losses
-from largeloss.methods.losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore,
-                                      compute_loss, ll_num_modified)
+from largeloss.methods import losses, peer_losses
+from largeloss.methods.label_stores import LabelEstimator, LabelStore, build_label_store
+from largeloss.methods.losses import LLCP_RELABEL, LossOutput, ll_num_modified, to_observed
 from largeloss.utils.errors import InputError
 
 METHODS: dict[str, type[Method]] = {}
@@ -94,21 +94,27 @@ def chosen_hyper_parameters(name: str, hyper: dict | None = None, **named) -> di
 
 
 def build(name: str, observed, true_labels=None, *, device: torch.device | str = "cpu",
-          hyper: dict | None = None, **named) -> Method:
+          hyper: dict | None = None, unknown: float = 0, **named) -> Method:
     """The method `name` for a training split.
 
     Args:
-        observed: N×L in {-1, 0, +1}, the training split's observed labels, or a ready
-            sparse_labels.SparseLabelStore (label sets too large for an N×L matrix), used as is.
+        observed: the training split's observed labels: N×L in {-1, 0, +1} (numpy or tensor), a
+            SparseLabels (label sets too large for an N×L matrix), or a ready label store
+            (label_stores.build_label_store decides).
         true_labels: N×L in {0, 1} or None; given only to methods that declare needs_true_labels.
         hyper: every hyper-parameter the caller holds (e.g. Config.method_hyper_parameters():
             delta_rel, expected_num_pos, seed, estimator_lr_mult, num_epochs, em_alpha, ...).
+        unknown: the value marking unknown entries of a dense `observed`: 0 (labels in
+            {-1, 0, +1}), NaN (labels in {0, 1, NaN}, as mlcpl) or an ignore index such as -100
+            (labels in {0, 1, -100}, as torchmetrics); converted here by losses.to_observed.
         named: hyper-parameters by keyword (delta_rel=20.0), over `hyper`.
     Each method takes the ones it declares in `hyper_parameters`; those not offered take the
     method's defaults (the authors'). A value the method cannot run with is a ValueError.
     """
     cls = method_class(name)
     chosen = chosen_hyper_parameters(name, hyper, **named)
+    if unknown != 0:
+        observed = to_observed(observed, unknown)
     return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
 
 
@@ -117,18 +123,16 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def label_store(observed, device, name: str, dense_bytes_per_entry: int):
-    """A SparseLabelStore as is (refused for a method keeping `dense_bytes_per_entry` > 0 bytes
-    of N×L state: InputError with the memory it would need), else an ObservedLabelStore."""
-    if not isinstance(observed, SparseLabelStore):
-        return ObservedLabelStore(observed, device)
-    if dense_bytes_per_entry:
-        num_images, num_classes = observed.num_images, observed.num_classes
+def refuse_dense_state(labels: LabelStore, name: str, dense_bytes_per_entry: int) -> None:
+    """A method keeping `dense_bytes_per_entry` > 0 bytes of N×L state cannot run on a store that
+    holds only the labelled entries (whose point is that N×L does not fit): InputError with the
+    memory it would need."""
+    if dense_bytes_per_entry and not labels.holds_every_entry:
+        num_images, num_classes = labels.num_images, labels.num_classes
         needed = num_images * num_classes * dense_bytes_per_entry
         raise InputError(f"--loss {name} keeps an N×L estimator: {_count(num_images)} × "
                          f"{_count(num_classes)} × {dense_bytes_per_entry} bytes = "
                          f"{_size(needed)}; not with sparse labels (--dataset openimages)")
-    return observed
 
 
 def _count(number: int) -> str:
@@ -153,7 +157,7 @@ class Method:
         modifies_entries: reports LL modifications (--track_train's corrections.json).
         hyper_parameters: the keyword arguments of __init__ that `build` passes.
         dense_bytes_per_entry: bytes of N×L state the method keeps besides the labels (refused
-            on a SparseLabelStore, whose point is that N×L does not fit).
+            on a store holding only the labelled entries, whose point is that N×L does not fit).
         composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
             num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
@@ -170,14 +174,14 @@ class Method:
     schedule_spans_the_run: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
-        self.labels = label_store(observed, device, self.name, self.dense_bytes_per_entry)
+        self.labels = build_label_store(observed, device)
+        refuse_dense_state(self.labels, self.name, self.dense_bytes_per_entry)
         self.true_labels = (None if true_labels is None
                             else torch.as_tensor(np.asarray(true_labels), device=device))
         if self.needs_true_labels and true_labels is None:
             raise InputError(f"--loss {self.name} needs clean training labels (custom data: "
                              f"train_clean.csv; OpenImages has none)")
-        self.check_labels(self.labels.values if isinstance(self.labels, SparseLabelStore)
-                          else self.labels.observed)  # the labelled entries, or all of them
+        self.check_labels(self.labels.labelled_values())
 
     @classmethod
     def check_labels(cls, observed: Tensor) -> None:
@@ -193,17 +197,12 @@ class Method:
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         """The loss on a batch. logits: B×L; sample_ids: B training-set rows on the logits'
-        device; epoch: 1-based, counted within the training phase. No host sync."""
-        return compute_loss(self.name, logits, self.labels.rows(sample_ids),
-                            true_labels=self._true_rows(sample_ids), epoch=epoch,
-                            check_values=False, **self._loss_arguments(sample_ids))
+        device; epoch: 1-based, counted within the training phase. No host sync. Each method
+        calls its own pure loss function (losses.py, peer_losses.py)."""
+        raise NotImplementedError
 
     def _true_rows(self, sample_ids: Tensor) -> Tensor | None:
         return None if self.true_labels is None else self.true_labels[sample_ids]
-
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        """Extra keyword arguments of compute_loss for this method."""
-        return {}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         """Called after each optimiser step with the step's output."""
@@ -240,12 +239,18 @@ class BCE(Method):
     name = "bce"
     needs_true_labels = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.bce_loss(logits, self._true_rows(sample_ids))
+
 
 @register
 class BCELabelSmoothing(Method):
     """Full-label BCE with label smoothing ε = 0.1."""
     name = "bce_ls"
     needs_true_labels = True
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.bce_ls_loss(logits, self._true_rows(sample_ids))
 
 
 @register
@@ -254,12 +259,18 @@ class IgnoreUnobservedPositives(Method):
     name = "iun"
     needs_true_labels = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.iun_loss(logits, self.labels.rows(sample_ids), self._true_rows(sample_ids))
+
 
 @register
 class IgnoreUnobserved(Method):
     """IU: observed positives and observed negatives only."""
     name = "iu"
     needs_observed_negatives = True
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.iu_loss(logits, self.labels.rows(sample_ids))
 
 
 @register
@@ -268,17 +279,26 @@ class AssumeNegative(Method):
     name = "an"
     composes_with_boostlu = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.an_loss(logits, self.labels.rows(sample_ids))
+
 
 @register
 class AssumeNegativeLabelSmoothing(Method):
     """AN-LS: AN with label smoothing ε = 0.1."""
     name = "an_ls"
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.an_ls_loss(logits, self.labels.rows(sample_ids))
+
 
 @register
 class WeakAssumeNegative(Method):
     """WAN: AN with negatives down-weighted by 1/(L−1)."""
     name = "wan"
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.wan_loss(logits, self.labels.rows(sample_ids))
 
 
 @register
@@ -292,8 +312,8 @@ class ExpectedPositiveRegularisation(Method):
         super().__init__(observed, true_labels, device=device)
         self.expected_num_pos = expected_num_pos
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"expected_num_pos": self.expected_num_pos}
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.epr_loss(logits, self.labels.rows(sample_ids), self.expected_num_pos)
 
 
 @register
@@ -312,9 +332,9 @@ class OnlineLabelEstimation(Method):
         self.estimator_lr_mult = estimator_lr_mult
         self.estimator: nn.Module = LabelEstimator(observed, seed).to(device)
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"expected_num_pos": self.expected_num_pos,
-                "estimator_logits": self.estimator(sample_ids)}
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.role_loss(logits, self.labels.rows(sample_ids), self.estimator(sample_ids),
+                                self.expected_num_pos)
 
     def parameter_groups(self, base_lr: float) -> list[dict]:
         return [{"params": list(self.estimator.parameters()),
@@ -344,8 +364,11 @@ class LargeLoss(Method):
             raise ValueError(f"delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
         self.delta_rel = delta_rel
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"delta_rel": self.delta_rel}
+    llcp_relabel = "above"  # LL-R / LL-Ct relabel nothing; LL-Cp takes it as a hyper-parameter
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.large_loss(logits, self.labels.rows(sample_ids), self.name, epoch,
+                                 self.delta_rel, self.llcp_relabel)
 
 
 @register
@@ -379,9 +402,6 @@ class LargeLossCorrectionPermanent(LargeLoss):
         super().check_hyper_parameters(hyper)
         _require(hyper.get("llcp_relabel", "above") in LLCP_RELABEL,
                  f"--llcp_relabel must be one of {LLCP_RELABEL}, got {hyper.get('llcp_relabel')!r}")
-
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"delta_rel": self.delta_rel, "llcp_relabel": self.llcp_relabel}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         self.labels.apply_relabel(sample_ids, output.relabel)
@@ -478,10 +498,6 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
         probs = torch.sigmoid(training_set_logits().detach().to(self.pseudo_targets.device))
         self.pseudo_targets, self.pseudo_mask = peer_losses.apl_pass(
             probs, self.labels.observed, self.pseudo_targets, self.pseudo_mask, self.num_per_pass)
-
-    @property
-    def num_pseudo_negatives(self) -> int:
-        return int(self.pseudo_mask.sum())
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pseudo_targets": self.pseudo_targets.cpu(),
