@@ -734,8 +734,8 @@ def evaluation_fields(result: dict, split: str) -> dict:
     fields unprefixed as in results.json (both conventions, class counts, G1–G5; printed), a
     dense split's class counts as <split>_num_classes, <split>_num_measured, <split>_map_measured."""
     if "masked" in result:
-        print(f"{split} {format_masked_map(result['masked'])}; {split}_map is {MAP_CONVENTION}",
-              flush=True)
+        print(f"{split} {format_masked_map(result['masked'])}; {split}_map is "
+              f"{metrics.MAP_CONVENTION}", flush=True)
         return dict(result["masked"])
     coverage = result.get("coverage")
     if coverage is None:
