@@ -1,7 +1,7 @@
 """Sparse observed labels for many classes: a CSR file format, a long-CSV reader, and the
 training-set label store that holds only the labelled entries.
 
-Encoding (SPEC §1): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
+Encoding (docs/protocol.md): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
 from the CSR arrays is unobserved.
 
 One split of N images and L classes with nnz labelled entries (`SparseLabels`):

@@ -385,7 +385,7 @@ def training_set_logits(run: Run, phase: Phase) -> Tensor:
 
 def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int,
                        logits: Tensor) -> dict:
-    """--track_train (SPEC §8): loss groups and clean mAP from the eval pass over the training set
+    """--track_train (docs/analyses.md): loss groups and clean mAP from the eval pass over the training set
     (`logits`, N×L, training_set_logits), this epoch's precision of modification, and
     corrections.json."""
     train = run.data.train
@@ -495,7 +495,7 @@ def image_loaders(data: ExperimentData, config: Config, device: torch.device,
 
 
 def train_eval_loader(data: ExperimentData, config: Config, device: torch.device, world: World):
-    """The training set in order, evaluated without flip (SPEC §8)."""
+    """The training set in order, evaluated without flip (docs/analyses.md)."""
     return loading.make_loader(data.train.images, config.batch_size * 2, False,
                                 config.num_workers, config.seed, device.type == "cuda", world)
 
