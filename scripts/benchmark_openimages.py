@@ -1,9 +1,18 @@
 """OpenImages-scale label benchmark: memory and speed of the sparse label state, and the throughput
-of the V3 CSV preparation, on generated data.
+of the CSV preparation (V3, V6 or V7 layout: --release), on generated data.
 
     python scripts/benchmark_openimages.py                      # full scale, CPU: ~10 minutes
     python scripts/benchmark_openimages.py --num_images 100000 --csv_rows 200000   # a quick run
     python scripts/benchmark_openimages.py --release v7         # V6/V7 scale: 9M images × 9,605
+    python scripts/benchmark_openimages.py --num_images 370000 --entries_per_image 60
+                                                   # V3's real density (~220M entries at 3.7M
+                                                   # images), a tenth of the images, extrapolated
+
+The density is a flag (--entries_per_image): the figures of docs/benchmarks.md are at 5.7 (the
+count first assumed) and 60 (the first listed V3 training images carry 116–322 human-verified rows
+each, ~80 % negatives; 60 trainable entries per image is the realistic end). When --num_images is
+below --full_scale_images the label-state memory is also extrapolated linearly to full scale (the
+CSR arrays and the image ids grow with the images at a fixed density), and the report says so.
 
 1. Labels of full scale are generated (default 3.7M images × 5000 classes, 5.7 labelled entries per
    image of which 2.7 positive: ~21M entries; class frequencies skewed as in OpenImages), saved as
@@ -17,7 +26,11 @@ of the V3 CSV preparation, on generated data.
    of --release (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real
    file; 15 % of them of classes that are not trainable; one empty .jpg per image), each in a
    fresh process. rows/s of the larger run and the peak RAM growth are extrapolated linearly to
-   the release's train rows (TRAIN_ROWS; the memory along the line through the two runs).
+   the annotation rows of the release's train split at this density (its images ×
+   --entries_per_image / 0.85; the memory along the line through the two runs).
+4. `openimages.read_image_ids` on a generated images.csv of --images_csv_rows rows (V3's train
+   images.csv lists ~9M images, more than carry labels): seconds and peak RAM, extrapolated
+   linearly to 9M rows.
 """
 from __future__ import annotations
 
@@ -40,12 +53,14 @@ from largeloss.data import openimages
 from largeloss.data.sparse_labels import SparseLabels, load_sparse_labels, save_sparse_labels
 from largeloss.methods.label_stores import SparseLabelStore
 
-# Annotation rows of each release's train split, for the extrapolation. V3: 21M. V6/V7: ~59M,
-# the 61.4M human-verified labels of the V7 page less validation's and test's (~2.6M), in line
-# with the 2.74 GB train file at ~46 bytes per row (docs/openimages_releases.md).
-TRAIN_ROWS = {"v3": 21_000_000, "v6": 59_000_000, "v7": 59_000_000}
-# Scale of the generated labels per release when --num_images / --num_classes are not given.
-SCALE = {"v3": (3_700_000, 5000), "v6": (9_000_000, 9605), "v7": (9_000_000, 9605)}
+V3_TRAIN_IMAGES = 3_700_000  # images of V3 train with human-verified labels
+V3_IMAGES_CSV_ROWS = 9_000_000  # rows of V3's train images.csv (every listed image)
+TRAINABLE_FRACTION = 0.85  # write_raw_tree: 15 % of the annotation rows name untrainable classes
+# Scale of each release's train split: (labelled images, trainable classes), the defaults of
+# --num_images / --full_scale_images and --num_classes. V6/V7: ~9M images, 9,605 classes; at 5.7
+# trainable entries per image their train rows come to ~60M, in line with the 61.4M human-verified
+# labels of the V7 page and its 2.74 GB train file (docs/openimages_releases.md).
+SCALE = {"v3": (V3_TRAIN_IMAGES, 5000), "v6": (9_000_000, 9605), "v7": (9_000_000, 9605)}
 GIB = 1 << 30
 
 
@@ -70,12 +85,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv_rows", type=int, default=3_000_000,
                         help="annotation rows of the larger generated V3 tree (default 3M; 0 "
                              "skips the preparation benchmark)")
+    parser.add_argument("--full_scale_images", type=int,
+                        help="images the label-state memory is extrapolated to when --num_images "
+                             "is smaller (default: the release's train images, V3 3.7M)")
+    parser.add_argument("--images_csv_rows", type=int, default=1_000_000,
+                        help="rows of the generated images.csv whose read is timed and "
+                             "extrapolated to V3's 9M (default 1M; 0 skips it)")
     parser.add_argument("--device", default="cpu", help="where the label state lives (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--work_dir", type=Path,
                         help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", choices=("store", "csv"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("store", "csv", "images_csv"), help=argparse.SUPPRESS)
     parser.add_argument("--child_path", type=Path, help=argparse.SUPPRESS)
     return parser
 
@@ -278,6 +299,26 @@ def measure_csv(raw_dir: Path, args: argparse.Namespace) -> dict:
             "peak_gib": meter.peak_growth_gib(), "peak_rss_reset": meter.peak_was_reset}
 
 
+def measure_images_csv(path: Path, args: argparse.Namespace) -> dict:
+    """openimages.read_image_ids on a generated images.csv: seconds and peak RSS growth."""
+    meter = RssMeter()
+    start = time.perf_counter()
+    image_ids = openimages.read_image_ids(path)
+    return {"seconds": time.perf_counter() - start, "rows": len(image_ids),
+            "peak_gib": meter.peak_growth_gib(), "peak_rss_reset": meter.peak_was_reset}
+
+
+def write_images_csv(path: Path, num_rows: int, seed: int) -> None:
+    """An images.csv in V3's layout (ImageID,Subset,OriginalURL) of `num_rows` random ImageIDs."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as handle:
+        handle.write("ImageID,Subset,OriginalURL\n")
+        for start in range(0, num_rows, 100_000):
+            numbers = rng.integers(0, 1 << 62, size=min(100_000, num_rows - start))
+            handle.writelines(f"{number:016x},train,https://example.org/{number:016x}.jpg\n"
+                              for number in numbers)
+
+
 def run_child(mode: str, path: Path, args: argparse.Namespace) -> dict:
     """This script in a fresh process (clean memory figures) on `path` (the .npz for "store",
     the RAW folder for "csv"); returns its JSON result."""
@@ -302,14 +343,84 @@ def machine_line(args: argparse.Namespace) -> str:
             f"{platform.python_version()}, device {args.device}")
 
 
+def report_store(store: dict, args: argparse.Namespace, dense_gib: float) -> None:
+    """The label state's memory and batch-row timings, extrapolated to full scale when smaller."""
+    print(f"label state (RSS growth; peak reset: {store['peak_rss_reset']}): loaded and "
+          f"checked in {store['load_seconds']:.1f} s, store built in "
+          f"{store['build_seconds']:.2f} s: {store['built_gib']:.2f} GiB held (CSR + image "
+          f"ids; store tensors {store['store_tensor_bytes'] / 1e6:.0f} MB), peak "
+          f"{store['peak_built_gib']:.2f} GiB; after the relabel timings "
+          f"{store['final_gib']:.2f} GiB held, peak {store['peak_gib']:.2f} GiB; dense int8 "
+          f"would be {dense_gib:.1f} GiB")
+    print(f"rows (B={args.batch_size}, longest image {store['max_row_length']} entries): "
+          f"{store['rows_ms']:.3f} ms; apply_relabel ({args.relabels_per_batch} per batch): "
+          f"{store['apply_relabel_ms']:.3f} ms; rows after {store['relabeled_after_steps']} "
+          f"relabels: {store['rows_with_recent_relabels_ms']:.3f} ms; with "
+          f"{store['settled_relabels']} settled relabels: rows "
+          f"{store['rows_with_settled_relabels_ms']:.3f} ms, apply_relabel "
+          f"{store['apply_relabel_settled_ms']:.3f} ms (medians)")
+    scale = args.full_scale_images / store["num_images"]
+    if scale > 1:
+        print(f"extrapolated linearly to {args.full_scale_images / 1e6:.1f}M images (×{scale:.1f}, "
+              f"{store['num_labelled'] * scale / 1e6:.0f}M entries; not measured): store tensors "
+              f"{store['store_tensor_bytes'] * scale / 1e9:.2f} GB, held "
+              f"{store['built_gib'] * scale:.2f} GiB, peak {store['peak_built_gib'] * scale:.2f} "
+              f"GiB (the relabel sets do not grow with the images)")
+
+
+def report_preparation(work_dir: Path, args: argparse.Namespace) -> None:
+    """prepare_split on two generated trees of --release, extrapolated to its train rows at this
+    density."""
+    runs = []
+    for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
+        start = time.perf_counter()
+        raw_dir = work_dir / f"raw_{num_rows}"
+        write_raw_tree(raw_dir, num_rows, args)
+        generation_seconds = time.perf_counter() - start
+        runs.append(run_child("csv", raw_dir, args))
+        report = runs[-1]["report"]
+        print(f"prepare_split on a generated {args.release.upper()} tree ({generation_seconds:.0f} s "
+              f"to write): "
+              f"{report['rows_read']} rows, {report['images_listed']} images in "
+              f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
+              f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
+              f"{report['entries_kept']} entries kept; peak RSS growth "
+              f"{runs[-1]['peak_gib']:.2f} GiB")
+        shutil.rmtree(raw_dir)
+    (small, large) = runs
+    rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
+    per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
+    train_rows = SCALE[args.release][0] * args.entries_per_image / TRAINABLE_FRACTION
+    extrapolated = large["peak_gib"] + per_row * (train_rows - rows_large)
+    print(f"extrapolated to {train_rows / 1e6:.0f}M rows ({args.release.upper()} train at "
+          f"{args.entries_per_image:g} trainable entries per image; images in proportion): "
+          f"{train_rows / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
+          f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
+          f"{per_row * GIB:.0f} bytes per row)")
+
+
+def report_images_csv(work_dir: Path, args: argparse.Namespace) -> None:
+    """read_image_ids on a generated images.csv, extrapolated to V3's ~9M rows."""
+    path = work_dir / "images.csv"
+    write_images_csv(path, args.images_csv_rows, args.seed)
+    result = run_child("images_csv", path, args)
+    scale = V3_IMAGES_CSV_ROWS / result["rows"]
+    print(f"images.csv: {result['rows']} rows read in {result['seconds']:.1f} s "
+          f"({result['rows'] / result['seconds']:,.0f} rows/s), peak RSS growth "
+          f"{result['peak_gib']:.2f} GiB; extrapolated linearly to {V3_IMAGES_CSV_ROWS / 1e6:.0f}M "
+          f"rows: {result['seconds'] * scale:.0f} s, {result['peak_gib'] * scale:.2f} GiB")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     default_images, default_classes = SCALE[args.release]
     args.num_images = args.num_images or default_images
     args.num_classes = args.num_classes or default_classes
+    args.full_scale_images = args.full_scale_images or default_images
     torch.set_num_threads(args.threads)
     if args.child:
-        measure = measure_store if args.child == "store" else measure_csv
+        measure = {"store": measure_store, "csv": measure_csv,
+                   "images_csv": measure_images_csv}[args.child]
         print(json.dumps(measure(args.child_path, args)))
         return 0
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="benchmark_openimages_"))
@@ -326,47 +437,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - start:.0f} s")
         dense_gib = labels.num_images * labels.num_classes / GIB
         del labels
-        store = run_child("store", work_dir / "labels.npz", args)
-        print(f"label state (RSS growth; peak reset: {store['peak_rss_reset']}): loaded and "
-              f"checked in {store['load_seconds']:.1f} s, store built in "
-              f"{store['build_seconds']:.2f} s: {store['built_gib']:.2f} GiB held (CSR + image "
-              f"ids; store tensors {store['store_tensor_bytes'] / 1e6:.0f} MB), peak "
-              f"{store['peak_built_gib']:.2f} GiB; after the relabel timings "
-              f"{store['final_gib']:.2f} GiB held, peak {store['peak_gib']:.2f} GiB; dense int8 "
-              f"would be {dense_gib:.1f} GiB")
-        print(f"rows (B={args.batch_size}, longest image {store['max_row_length']} entries): "
-              f"{store['rows_ms']:.3f} ms; apply_relabel ({args.relabels_per_batch} per batch): "
-              f"{store['apply_relabel_ms']:.3f} ms; rows after {store['relabeled_after_steps']} "
-              f"relabels: {store['rows_with_recent_relabels_ms']:.3f} ms; with "
-              f"{store['settled_relabels']} settled relabels: rows "
-              f"{store['rows_with_settled_relabels_ms']:.3f} ms, apply_relabel "
-              f"{store['apply_relabel_settled_ms']:.3f} ms (medians)")
-        if args.csv_rows == 0:
-            return 0
-        runs = []
-        for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
-            start = time.perf_counter()
-            raw_dir = work_dir / f"raw_{num_rows}"
-            write_raw_tree(raw_dir, num_rows, args)
-            generation_seconds = time.perf_counter() - start
-            runs.append(run_child("csv", raw_dir, args))
-            report = runs[-1]["report"]
-            print(f"prepare_split on a generated {args.release.upper()} tree ({generation_seconds:.0f} s to write): "
-                  f"{report['rows_read']} rows, {report['images_listed']} images in "
-                  f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
-                  f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
-                  f"{report['entries_kept']} entries kept; peak RSS growth "
-                  f"{runs[-1]['peak_gib']:.2f} GiB")
-            shutil.rmtree(raw_dir)
-        (small, large) = runs
-        rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
-        per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
-        train_rows = TRAIN_ROWS[args.release]
-        extrapolated = large["peak_gib"] + per_row * (train_rows - rows_large)
-        print(f"extrapolated to {train_rows / 1e6:.0f}M rows ({args.release.upper()} train; images "
-              f"in proportion): {train_rows / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
-              f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
-              f"{per_row * GIB:.0f} bytes per row)")
+        report_store(run_child("store", work_dir / "labels.npz", args), args, dense_gib)
+        if args.csv_rows:
+            report_preparation(work_dir, args)
+        if args.images_csv_rows:
+            report_images_csv(work_dir, args)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -161,6 +161,8 @@ class Method:
         composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
             num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
+        uses_training_set_pass: its end_epoch asks for the N×L logits of the training set (the
+            trainer refuses at start a run whose N×L float32 scores would not fit in memory).
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
@@ -172,6 +174,7 @@ class Method:
     dense_bytes_per_entry: ClassVar[int] = 0
     composes_with_boostlu: ClassVar[bool] = False
     schedule_spans_the_run: ClassVar[bool] = False
+    uses_training_set_pass: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
         self.labels = build_label_store(observed, device)
@@ -456,6 +459,7 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
     hyper_parameters = ("em_alpha", "apl_beta", "apl_warmup_epochs", "apl_proportion", "num_epochs")
     schedule_spans_the_run = True
     dense_bytes_per_entry = 5  # the N×L soft pseudo-negatives (float32) and their mask
+    uses_training_set_pass = True  # the pseudo-labelling pass (end_epoch)
 
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  em_alpha: float = peer_losses.EM_ALPHA, apl_beta: float = peer_losses.APL_BETA,
