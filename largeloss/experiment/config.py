@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from largeloss.methods import peer_losses
+from largeloss.methods import peer_losses, vlp_losses
 from largeloss.methods import registry as methods
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features", "openimages")
@@ -73,10 +73,24 @@ PEER_DEFAULTS = {
     "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
     "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
     "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
+    # SPEC_VLP: GPR (AEVLP), VLPL, CRISP-Eq7
+    "gpr_lambda": vlp_losses.GPR_LAMBDA, "gpr_rho": vlp_losses.GPR_RHO,
+    "gpr_reg": vlp_losses.GPR_REG, "vlpl_beta_pos": vlp_losses.VLPL_BETA_POS,
+    "vlpl_rule": "labels", "vlpl_temperature": vlp_losses.VLPL_TEMPERATURE,
+    "vlpl_threshold": vlp_losses.VLPL_THRESHOLD, "crisp_delta": vlp_losses.CRISP_DELTA,
+    "crisp_tau": vlp_losses.CRISP_TAU, "crisp_warmup_epochs": vlp_losses.CRISP_WARMUP_EPOCHS,
+    "crisp_initial_prior": 0.0, "crisp_positive_scale": "batch",
 }
 EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset["loss"]["beta"],
                          "apl_warmup_epochs": preset["apl"]["warmup_epochs"]}
                for dataset, preset in peer_losses.PEER_PRESETS["EM+APL"].items()}
+# GPR's per-dataset values (AEVLP's configs, SPEC_VLP §2.2) for the flags it shares with GR and its
+# own; they apply to --loss gpr only (GR keeps its repository's defaults). VLPL's α per dataset is
+# EM's (EM_DEFAULTS' em_alpha: the same values, SPEC_VLP §3.3).
+GPR_DEFAULTS = {dataset: {"gr_beta": preset["loss"]["beta"], "gr_q3": preset["loss"]["q3"],
+                          "gpr_lambda": preset["loss"]["lam"], "gpr_reg": preset["loss"]["reg"]}
+                for dataset, preset in vlp_losses.VLP_PRESETS["AEVLP"].items()}
+METHOD_DATASET_DEFAULTS = {"gpr": GPR_DEFAULTS}
 # BoostLU's Δrel per scheme (the same for every dataset), used instead of the LL paper's where
 # DATASET_DEFAULTS holds the LL paper's (PAPER_DATASETS); digits and custom keep ours.
 BOOSTLU_DELTA_REL = peer_losses.BOOSTLU_DELTA_REL
@@ -156,6 +170,18 @@ class Config:
     gr_schedule: str = PEER_DEFAULTS["gr_schedule"]
     gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
     llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
+    gpr_lambda: tuple = PEER_DEFAULTS["gpr_lambda"]
+    gpr_rho: float = PEER_DEFAULTS["gpr_rho"]
+    gpr_reg: float = PEER_DEFAULTS["gpr_reg"]
+    vlpl_beta_pos: float = PEER_DEFAULTS["vlpl_beta_pos"]
+    vlpl_rule: str = PEER_DEFAULTS["vlpl_rule"]
+    vlpl_temperature: float = PEER_DEFAULTS["vlpl_temperature"]
+    vlpl_threshold: float = PEER_DEFAULTS["vlpl_threshold"]
+    crisp_delta: float = PEER_DEFAULTS["crisp_delta"]
+    crisp_tau: float = PEER_DEFAULTS["crisp_tau"]
+    crisp_warmup_epochs: int = PEER_DEFAULTS["crisp_warmup_epochs"]
+    crisp_initial_prior: float = PEER_DEFAULTS["crisp_initial_prior"]
+    crisp_positive_scale: str = PEER_DEFAULTS["crisp_positive_scale"]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -289,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GR on observed negatives (−1): bce = −log(1−p), our extension; ignore "
                              "= no loss, the authors' code (default: bce)")
 
+    add_vlp_flags(method)
+
     model = parser.add_argument_group("model")
     model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits; small_cnn_gn: "
                                       "with GroupNorm, batch-split independent), any timm "
@@ -393,6 +421,47 @@ def build_parser() -> argparse.ArgumentParser:
                                "in the first N training images that have a false negative, written "
                                "to corrections.json (default: 8)")
     return parser
+
+
+def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
+    """The flags of GPR, VLPL and CRISP-Eq7 (SPEC_VLP; docs/vlp_methods.md)."""
+    method.add_argument("--gpr_lambda", type=float, nargs=2, metavar=("LAMBDA1", "LAMBDA2"),
+                        help="GPR (AEVLP): the pseudo-positives' weight 1 − v is kept within "
+                             "[LAMBDA2, LAMBDA1] (default per dataset: pascal 0.7 0.4, coco/nuswide "
+                             "0.7 0.5, cub 0.8 0.2; otherwise 0.7 0.4). GPR also takes --gr_beta, "
+                             "--gr_alpha, --gr_q2, --gr_q3 (defaults: AEVLP's per dataset)")
+    method.add_argument("--gpr_rho", type=float, metavar="RHO",
+                        help="GPR: soft target of a pseudo-positive, in [0, 1] (default: 0.9)")
+    method.add_argument("--gpr_reg", type=float, metavar="WEIGHT",
+                        help="GPR: weight of the regulariser ((1/B)·Σp − k)²/L², k = "
+                             "--expected_num_pos (default per dataset: pascal 0.05, coco/nuswide "
+                             "0.001, cub 0.01; otherwise 0.05)")
+    method.add_argument("--vlpl_beta_pos", type=float, metavar="BETA",
+                        help="VLPL: weight of the pseudo-positives' soft BCE (target 0.9) "
+                             "(default: 0.7). VLPL's EM weight is --em_alpha")
+    method.add_argument("--vlpl_rule", choices=("labels", "scores"),
+                        help="VLPL: labels = the pseudo-label folder's labels; scores = VLPL's rule "
+                             "softmax(c/T) > threshold on its cosine scores, with the two flags "
+                             "below (default: labels)")
+    method.add_argument("--vlpl_temperature", type=float, metavar="T",
+                        help="VLPL with --vlpl_rule scores: softmax temperature (default: 0.01)")
+    method.add_argument("--vlpl_threshold", type=float, metavar="THR",
+                        help="VLPL with --vlpl_rule scores: a class is a pseudo-positive when its "
+                             "softmax score is > THR, so at most ⌊1/THR⌋ per image (default: 0.3)")
+    method.add_argument("--crisp_delta", type=float, metavar="DELTA",
+                        help="CRISP-Eq7: δ of the prior estimator's confidence term (default: 0.01)")
+    method.add_argument("--crisp_tau", type=float, metavar="TAU",
+                        help="CRISP-Eq7: τ of the prior estimator's confidence term (default: 0.01)")
+    method.add_argument("--crisp_warmup_epochs", type=int, metavar="EPOCHS",
+                        help="CRISP-Eq7: epochs trained with AN before the first prior estimate; "
+                             "the priors are re-estimated after every epoch from then on (default: "
+                             "1; the paper's is unknown)")
+    method.add_argument("--crisp_initial_prior", type=float, metavar="PI",
+                        help="CRISP-Eq7: prior of a class with no observed positive, in [0, 1] "
+                             "(default: 0)")
+    method.add_argument("--crisp_positive_scale", choices=("batch", "unbiased"),
+                        help="CRISP-Eq7: batch = mean of (1 − p) over the batch's positives of the "
+                             "class; unbiased = their sum × n/(B·n_j) (default: batch)")
 
 
 def method_lines() -> list[str]:
@@ -629,10 +698,12 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
     if cls.schedule_spans_the_run and args.train_mode == "linear_init":
         parser.error(f"{method}'s schedule spans the run's epochs; --train_mode linear_init has two "
                      f"phases, each restarting the epoch count (use end_to_end or linear)")
-    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {})}
+    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {}),
+              **METHOD_DATASET_DEFAULTS.get(method, {}).get(args.dataset, {})}
     values.update({name: getattr(args, name) for name in PEER_DEFAULTS
                    if getattr(args, name) is not None})
-    values["gr_beta"], values["gr_alpha"] = tuple(values["gr_beta"]), tuple(values["gr_alpha"])
+    for name in ("gr_beta", "gr_alpha", "gpr_lambda"):
+        values[name] = tuple(values[name])
     return {**values, "boostlu_alpha": args.boostlu_alpha}
 
 

@@ -17,7 +17,9 @@ Adding a method: one subclass of `Method`, decorated with `@register`, its tests
 modify a base loss (the large-loss schemes modify `an`, APL modifies `em`).
 
 The methods after the LL paper (BoostLU's head is a model option, --boostlu_alpha; EM, EM+APL, Hill,
-SPLC, GR) wrap the pure maths of peer_losses.py (SPEC_PEERS).
+SPLC, GR) wrap the pure maths of peer_losses.py (SPEC_PEERS); the vision-language pseudo-label
+methods and CRISP (GPR, VLPL, CRISP-Eq7) are in vlp.py (SPEC_VLP), registered on import of the
+package.
 
     import torch, methods
     observed = torch.tensor([[1, 0, 0], [0, 1, 0]])              # N×L in {-1, 0, +1}
@@ -94,7 +96,7 @@ def chosen_hyper_parameters(name: str, hyper: dict | None = None, **named) -> di
 
 
 def build(name: str, observed, true_labels=None, *, device: torch.device | str = "cpu",
-          hyper: dict | None = None, **named) -> Method:
+          hyper: dict | None = None, pseudo_labels=None, **named) -> Method:
     """The method `name` for a training split.
 
     Args:
@@ -104,11 +106,16 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
         hyper: every hyper-parameter the caller holds (e.g. Config.method_hyper_parameters():
             delta_rel, expected_num_pos, seed, estimator_lr_mult, num_epochs, em_alpha, ...).
         named: hyper-parameters by keyword (delta_rel=20.0), over `hyper`.
+        pseudo_labels: a pseudo-label folder's reader (data/pseudo_labels.PseudoLabels, or any object
+            with its `rows(sample_ids, flipped)`), given only to methods that declare
+            needs_pseudo_labels; they refuse to be built without one (InputError).
     Each method takes the ones it declares in `hyper_parameters`; those not offered take the
     method's defaults (the authors'). A value the method cannot run with is a ValueError.
     """
     cls = method_class(name)
     chosen = chosen_hyper_parameters(name, hyper, **named)
+    if cls.needs_pseudo_labels:
+        chosen["pseudo_labels"] = pseudo_labels
     return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
 
 
@@ -157,6 +164,8 @@ class Method:
         composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
             num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
+        needs_pseudo_labels: trains on vision-language pseudo-labels (methods/vlp.py), received
+            as the constructor keyword `pseudo_labels` (--pseudo_labels DIR).
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
@@ -168,6 +177,7 @@ class Method:
     dense_bytes_per_entry: ClassVar[int] = 0
     composes_with_boostlu: ClassVar[bool] = False
     schedule_spans_the_run: ClassVar[bool] = False
+    needs_pseudo_labels: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
         self.labels = label_store(observed, device, self.name, self.dense_bytes_per_entry)
