@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from largeloss.data import openimages
-from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
-                                          save_sparse_labels)
+from largeloss.data.sparse_labels import SparseLabels, load_sparse_labels, save_sparse_labels
+from largeloss.methods.label_stores import SparseLabelStore
 
 V3_TRAIN_ROWS = 21_000_000  # annotation rows of V3 train, for the extrapolation
 GIB = 1 << 30

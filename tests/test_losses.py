@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from largeloss.methods.losses import (LL_SCHEMES, METHODS, LabelEstimator, LossOutput,  # noqa: E402
-                                      ObservedLabelStore, compute_loss, ll_num_modified)
+from largeloss.methods.label_stores import LabelEstimator, ObservedLabelStore
+from largeloss.methods.losses import LL_SCHEMES, METHODS, LossOutput, compute_loss, ll_num_modified
 
 EPS = 0.1  # label-smoothing ε of bce_ls / an_ls
 

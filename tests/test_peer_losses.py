@@ -14,12 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from largeloss.methods import losses, peer_losses
-from largeloss.methods.peer_losses import (PEER_DATASETS, PEER_PAPER_MAP, PEER_PRESETS, apl_num_per_pass,
-                                           apl_pass, apl_pass_after_epoch, apl_unobserved_counts, boostlu,
-                                           em_loss, em_per_entry, gr_loss, gr_per_entry, gr_schedule,
-                                           hill_loss, hill_per_entry, splc_loss, splc_per_entry)
-from largeloss.nn.models import MultiLabelNet, build_model
+from largeloss.experiment import paper_numbers
+from largeloss.experiment.paper_numbers import PEER_PAPER_MAP
+from largeloss.experiment.presets import PEER_DATASETS, PEER_PRESETS
+from largeloss.methods import losses
+from largeloss.methods.peer_losses import (apl_num_per_pass, apl_pass, apl_pass_after_epoch,
+                                           apl_unobserved_counts, em_loss, em_per_entry, gr_loss,
+                                           gr_per_entry, gr_schedule, hill_loss, hill_per_entry, splc_loss,
+                                           splc_per_entry)
+from largeloss.nn.models import MultiLabelNet, boostlu, build_model
 
 TOL = 2e-6  # the spec prints 6 decimals
 EX_A = ([[2.0, -1.0, 0.0]], [[1, 0, 0]])
@@ -447,5 +450,5 @@ def test_presets_match_spec_peers(method, dataset, field, value):
 def test_paper_map(dataset, method, value):
     assert PEER_PAPER_MAP[dataset][method] == value
     assert "SPLC" not in PEER_PAPER_MAP[dataset] and "Hill" not in PEER_PAPER_MAP[dataset]
-    assert peer_losses.PEER_PAPER_STD["cub"]["EM+APL"] == 0.34
-    assert peer_losses.PEER_RERUN_MAP["BoostLU"]["pascal"]["LL-R"] == 88.27
+    assert paper_numbers.PEER_PAPER_STD["cub"]["EM+APL"] == 0.34
+    assert paper_numbers.PEER_RERUN_MAP["BoostLU"]["pascal"]["LL-R"] == 88.27

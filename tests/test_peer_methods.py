@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from largeloss import cli as main
-from largeloss.experiment import config
+from largeloss.experiment import config, presets
 from largeloss.methods import losses, peer_losses
 from largeloss.methods import registry as methods
 
@@ -252,7 +252,7 @@ def test_impossible_combinations_are_refused_with_the_reason(case, capsys):
 
 def test_configurations_saved_before_the_peer_flags_still_load():
     saved = config.parse_args([]).to_dict()
-    for name in ("boostlu_alpha", *config.PEER_DEFAULTS):
+    for name in ("boostlu_alpha", *presets.PEER_DEFAULTS):
         del saved[name]
     restored = config.config_from_dict(saved)
     assert restored.boostlu_alpha == 1.0 and restored.em_alpha == peer_losses.EM_ALPHA

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, check_sparse_labels,
-                                          load_sparse_labels, read_class_names, read_long_csv,
-                                          save_sparse_labels)
-from largeloss.methods.losses import ObservedLabelStore
+from largeloss.data.sparse_labels import (SparseLabels, check_sparse_labels, load_sparse_labels,
+                                          read_class_names, read_long_csv, save_sparse_labels)
+from largeloss.methods.label_stores import ObservedLabelStore, SparseLabelStore
 
 # 4 images × 5 classes; image "c" has no label at all.
 OBSERVED = np.array([[1, 0, -1, 0, 0],

@@ -64,7 +64,8 @@ from torch.utils.data import Dataset
 from largeloss.data import datasets, formats, loading
 from largeloss.data.loading import DevicePreprocess, ImageFileDataset, TensorImageDataset
 from largeloss.data.splits import ExperimentData, Split
-from largeloss.experiment.config import PAPER_DATASETS, Config
+from largeloss.experiment.config import Config
+from largeloss.experiment.presets import PAPER_DATASETS
 from largeloss.nn.models import SMALL_CNNS, MultiLabelNet, build_image_model, is_local_path, predict
 from largeloss.utils import atomic
 from largeloss.utils.distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World

@@ -460,7 +460,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
-    method = methods.build(config.method, datasets.observed_label_store(data.train, device),
+    method = methods.build(config.method, data.train.labels,
                            data.train.true_labels, device=device,
                            hyper=config.method_hyper_parameters())
     return Run(config, device, data, model, preprocess, loaders, method,

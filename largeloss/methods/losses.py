@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 LL_SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 BASELINES = ("bce", "bce_ls", "iun", "iu", "an", "an_ls", "wan", "epr", "role")
@@ -262,69 +262,4 @@ def _check_arguments(method, logits, observed, true_labels, epoch, delta_rel, ex
 
 # --- state that outlives a batch ----------------------------------------------------------------
 
-def logit(probability: float) -> float:
-    return math.log(probability / (1 - probability))
 
-
-class LabelEstimator(nn.Module):
-    """ROLE's label estimator θ ∈ R^(N×L) over the whole training set (SPEC §5).
-
-    Memory: N·L float32 values, plus two Adam moments of the same size, so 12·N·L bytes on the
-    training device (COCO: 65,665 × 80 → 63 MB; OpenImages-size 1.7M × 5000 → 102 GB: too much).
-    Init: observed +1 → logit(0.995), −1 → logit(0.005), unobserved → U(−logit(0.6), logit(0.6)).
-    """
-
-    def __init__(self, observed: Tensor, seed: int):
-        super().__init__()
-        observed = torch.as_tensor(observed)
-        generator = torch.Generator().manual_seed(seed)
-        bound = logit(0.6)
-        init = (torch.rand(observed.shape, generator=generator) * 2 - 1) * bound
-        init[observed == 1] = logit(0.995)
-        init[observed == -1] = logit(0.005)
-        self.logits = nn.Parameter(init)
-
-    def forward(self, sample_ids: Tensor) -> Tensor:
-        """θ rows of the batch: B×L logits."""
-        return self.logits[sample_ids]
-
-
-class ObservedLabelStore:
-    """The observed labels of the training set, indexed by sample id, with LL-Cp's relabels.
-
-    Owned by the main process (data-loader workers never see it), so corrections survive
-    persistent workers; saved in checkpoints through `state_dict()`.
-    """
-
-    def __init__(self, observed, device: torch.device | str = "cpu"):
-        self.observed = torch.as_tensor(observed).to(device=device, dtype=torch.int8)
-        self._initial_positives = (self.observed == 1).sum()
-        self.num_unobserved = int((self.observed == 0).sum())  # before any relabel
-
-    @property
-    def num_classes(self) -> int:
-        return self.observed.shape[1]
-
-    def rows(self, sample_ids: Tensor) -> Tensor:
-        """B×L int8 observed labels of the batch."""
-        return self.observed[sample_ids]
-
-    def apply_relabel(self, sample_ids: Tensor, relabel: Tensor) -> None:
-        """Turn the True entries of `relabel` (B×L bool) into observed positives, permanently."""
-        rows = self.observed[sample_ids]
-        self.observed[sample_ids] = rows.masked_fill(relabel.to(rows.device), 1)
-
-    @property
-    def num_relabeled(self) -> int:
-        """Entries turned into observed positives so far (a host sync: call once per epoch)."""
-        return int((self.observed == 1).sum() - self._initial_positives)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"observed": self.observed.cpu(), "initial_positives": self._initial_positives.cpu()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state["observed"].shape != self.observed.shape:
-            raise ValueError(f"observed labels in the checkpoint have shape "
-                             f"{tuple(state['observed'].shape)}, expected {tuple(self.observed.shape)}")
-        self.observed = state["observed"].to(device=self.observed.device, dtype=torch.int8)
-        self._initial_positives = state["initial_positives"].to(self.observed.device)

@@ -25,7 +25,6 @@ them.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -34,12 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from largeloss.methods.losses import LossOutput, bce
-from largeloss.nn.models import boostlu  # the head activation lives with the model (model → method layering)
 
-__all__ = ["boostlu", "binary_entropy", "em_per_entry", "em_loss", "apl_unobserved_counts",
+__all__ = ["binary_entropy", "em_per_entry", "em_loss", "apl_unobserved_counts",
            "apl_num_per_pass", "apl_pass_after_epoch", "apl_pass", "hill_per_entry", "hill_loss",
-           "splc_per_entry", "splc_loss", "GRSchedule", "gr_schedule", "gr_per_entry", "gr_loss",
-           "PEER_PRESETS", "PEER_PAPER_MAP", "PEER_PAPER_STD", "PEER_RERUN_MAP"]
+           "splc_per_entry", "splc_loss", "GRSchedule", "gr_schedule", "gr_per_entry", "gr_loss"]
 
 # --- the authors' defaults (SPEC_PEERS §1.3, §2.3, §3.1–3.2, §4.2) ------------------------------
 BOOSTLU_ALPHA = 5.0
@@ -334,66 +331,7 @@ def gr_loss(logits: Tensor, observed: Tensor, epoch: int, *, num_epochs: int = G
     return _output(_reduce(per_entry), None, logits)
 
 
-# --- the authors' published hyper-parameters and numbers, as plain data ---------------------------
-#
-# PEER_PRESETS[method][dataset] = {"model": kwargs of models.MultiLabelNet, "loss": kwargs of the
-# method's loss function here (losses.compute_loss for the LL schemes), "apl": kwargs of the apl_*
-# functions, "train": the recipe}. Sources: SPEC_PEERS §1.3 (BoostLU: README command and config.py,
-# the same for every dataset), §2.3 (EM/APL: main.py, per dataset), §3.1–3.3 (Hill/SPLC: losses.py
-# defaults), §4.2–4.3 (GR: config.py defaults; GR publishes no per-dataset values).
-# lr is the backbone's; head_lr_mult multiplies it for the head. early_stop: "patience0" stops at
-# the first epoch whose val mAP does not improve; a number stops when val mAP falls more than that
-# many points below the best.
 
-PEER_DATASETS = ("pascal", "coco", "nuswide", "cub")
-
-
-def _boostlu_preset(scheme: str) -> dict:
-    return {"model": {"boost_alpha": BOOSTLU_ALPHA},
-            "loss": {"delta_rel": BOOSTLU_DELTA_REL[scheme]},
-            "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
-                      "batch_size": 16, "num_epochs": 10}}
-
-
-# EM / EM+APL per dataset (SPEC_PEERS §2.3): batch, lr, α, T_w, β. θ = 0.9 and T = 10 for all.
-_EM_TABLE = {"pascal": (8, 1e-5, 0.2, 5, 0.02), "coco": (16, 1e-5, 0.1, 5, 0.9),
-             "nuswide": (16, 1e-5, 0.1, 4, 0.2), "cub": (8, 1e-4, 0.01, 3, 0.4)}
-
-
-def _em_preset(dataset: str, with_apl: bool) -> dict:
-    batch_size, lr, alpha, warmup_epochs, beta = _EM_TABLE[dataset]
-    train = {"optimizer": "adam", "lr": lr, "head_lr_mult": 1, "weight_decay": 0.0,
-             "batch_size": batch_size, "num_epochs": APL_NUM_EPOCHS, "early_stop": "patience0"}
-    if not with_apl:
-        return {"model": {}, "loss": {"alpha": alpha}, "train": train}
-    return {"model": {}, "loss": {"alpha": alpha, "beta": beta}, "train": train,
-            "apl": {"warmup_epochs": warmup_epochs, "num_epochs": APL_NUM_EPOCHS,
-                    "proportion": APL_PROPORTION}}
-
-
-# Hill / SPLC: the loss hyper-parameters only, the same for every dataset. Their recipe (batch 128,
-# Adam 1e-4, OneCycle, weight decay, EMA, RandAugment, selection on the test set) is not the Cole
-# protocol (SPEC_PEERS §3.3), so no training values are carried. SPLC's τ = 0.65 is for COCO with
-# 75 % of the labels kept, not the single-positive setting.
-_HILL = {"model": {}, "loss": {"lam": HILL_LAMBDA, "margin": HILL_MARGIN, "gamma": HILL_GAMMA,
-                               "reduction": "sum"}, "train": {}}
-_SPLC = {"model": {}, "loss": {"tau": SPLC_TAU, "margin": SPLC_MARGIN, "gamma": SPLC_GAMMA,
-                               "start_epoch": SPLC_START_EPOCH, "reduction": "sum"}, "train": {}}
-# GR: the repository's defaults for every dataset (its only runnable values, SPEC_PEERS §4.3).
-_GR = {"model": {}, "loss": {"num_epochs": GR_NUM_EPOCHS, "linear_init": GR_LINEAR_INIT,
-                             "beta": GR_BETA, "alpha": GR_ALPHA, "q2": GR_Q2, "q3": GR_Q3},
-       "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
-                 "batch_size": 8, "num_epochs": GR_NUM_EPOCHS, "early_stop": 2.0}}
-
-PEER_PRESETS: dict[str, dict[str, dict]] = {
-    **{f"{scheme}+BoostLU": {dataset: _boostlu_preset(scheme) for dataset in PEER_DATASETS}
-       for scheme in BOOSTLU_DELTA_REL},
-    "EM": {dataset: _em_preset(dataset, with_apl=False) for dataset in PEER_DATASETS},
-    "EM+APL": {dataset: _em_preset(dataset, with_apl=True) for dataset in PEER_DATASETS},
-    "Hill": {dataset: copy.deepcopy(_HILL) for dataset in PEER_DATASETS},
-    "SPLC": {dataset: copy.deepcopy(_SPLC) for dataset in PEER_DATASETS},
-    "GR": {dataset: copy.deepcopy(_GR) for dataset in PEER_DATASETS},
-}
 
 # GR's follow-up AEVLP (GPR loss, same code lineage) per dataset: a hint, not GR's own values
 # (SPEC_PEERS §4.3). α = (0.5, 2, 0.8, 0.5), q₂ = 0.01 and lr 1e-5 for all.
@@ -403,32 +341,3 @@ GR_AEVLP_HINTS = {
     "nuswide": {"beta": (0.0, 10.0, -2.0, -8.0), "q3": 1.0, "num_epochs": 10, "batch_size": 16},
     "cub": {"beta": (0.0, 10.0, -2.0, -8.0), "q3": 1.5, "num_epochs": 10, "batch_size": 8},
 }
-
-# Published test mAP (0-100), ResNet-50, end to end. PEER_PAPER_MAP[dataset][method].
-# BoostLU: README image quantitative1.png (SPEC_PEERS §1.4); EM: the ECCV poster, mean over an
-# unstated number of seeds, std in PEER_PAPER_STD (§2.4; its NUS is the official image set, not
-# Cole's re-crawl); GR: AEVLP's README image citing GR (§4.4). Hill/SPLC: the paper's tables were
-# not readable and the aggregator's values have no clear protocol (§3.4), so none are listed.
-_PEER_COLUMNS = {  # method: pascal, coco, nuswide, cub
-    "LL-R+BoostLU": (89.29, 72.89, 49.59, 19.80),
-    "LL-Ct+BoostLU": (88.61, 71.78, 48.37, 19.25),
-    "LL-Cp+BoostLU": (87.81, 71.41, 48.61, 19.34),
-    "EM": (89.09, 70.70, 47.15, 20.85),
-    "EM+APL": (89.19, 70.87, 47.59, 21.84),
-    "GR": (89.83, 73.17, 49.08, 21.64),
-}
-PEER_PAPER_MAP = {dataset: {method: row[column] for method, row in _PEER_COLUMNS.items()}
-                  for column, dataset in enumerate(PEER_DATASETS)}
-_PEER_STD_COLUMNS = {"EM": (0.17, 0.31, 0.11, 0.42), "EM+APL": (0.31, 0.23, 0.22, 0.34)}
-PEER_PAPER_STD = {dataset: {method: row[column] for method, row in _PEER_STD_COLUMNS.items()}
-                  for column, dataset in enumerate(PEER_DATASETS)}
-# The baselines these papers re-ran themselves (same sources): BoostLU's LL re-runs (Adam 1e-5 for
-# every dataset, below the LL paper's own numbers) and the EM poster's full-label BCE and AN.
-_RERUN_COLUMNS = {
-    "BoostLU": {"LL-R": (88.27, 70.70, 48.76, 19.56), "LL-Ct": (87.79, 70.29, 48.08, 19.06),
-                "LL-Cp": (87.44, 70.27, 47.92, 19.21)},
-    "EM": {"bce": (89.42, 76.78, 52.08, 30.90), "an": (85.89, 64.92, 42.27, 18.31)},
-}
-PEER_RERUN_MAP = {paper: {dataset: {method: row[column] for method, row in rows.items()}
-                          for column, dataset in enumerate(PEER_DATASETS)}
-                  for paper, rows in _RERUN_COLUMNS.items()}

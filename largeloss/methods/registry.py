@@ -37,10 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from largeloss.data.sparse_labels import SparseLabelStore
 from largeloss.methods import peer_losses
-from largeloss.methods.losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore,
-                                      compute_loss, ll_num_modified)
+from largeloss.methods.label_stores import LabelEstimator, LabelStore, build_label_store
+from largeloss.methods.losses import LLCP_RELABEL, LossOutput, compute_loss, ll_num_modified
 from largeloss.utils.errors import InputError
 
 METHODS: dict[str, type[Method]] = {}
@@ -100,8 +99,9 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
     """The method `name` for a training split.
 
     Args:
-        observed: N×L in {-1, 0, +1}, the training split's observed labels, or a ready
-            sparse_labels.SparseLabelStore (label sets too large for an N×L matrix), used as is.
+        observed: the training split's observed labels: N×L in {-1, 0, +1} (numpy or tensor), a
+            SparseLabels (label sets too large for an N×L matrix), or a ready label store
+            (label_stores.build_label_store decides).
         true_labels: N×L in {0, 1} or None; given only to methods that declare needs_true_labels.
         hyper: every hyper-parameter the caller holds (e.g. Config.method_hyper_parameters():
             delta_rel, expected_num_pos, seed, estimator_lr_mult, num_epochs, em_alpha, ...).
@@ -124,18 +124,16 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def label_store(observed, device, name: str, dense_bytes_per_entry: int):
-    """A SparseLabelStore as is (refused for a method keeping `dense_bytes_per_entry` > 0 bytes
-    of N×L state: InputError with the memory it would need), else an ObservedLabelStore."""
-    if not isinstance(observed, SparseLabelStore):
-        return ObservedLabelStore(observed, device)
-    if dense_bytes_per_entry:
-        num_images, num_classes = observed.num_images, observed.num_classes
+def refuse_dense_state(labels: LabelStore, name: str, dense_bytes_per_entry: int) -> None:
+    """A method keeping `dense_bytes_per_entry` > 0 bytes of N×L state cannot run on a store that
+    holds only the labelled entries (whose point is that N×L does not fit): InputError with the
+    memory it would need."""
+    if dense_bytes_per_entry and not labels.holds_every_entry:
+        num_images, num_classes = labels.num_images, labels.num_classes
         needed = num_images * num_classes * dense_bytes_per_entry
         raise InputError(f"--loss {name} keeps an N×L estimator: {_count(num_images)} × "
                          f"{_count(num_classes)} × {dense_bytes_per_entry} bytes = "
                          f"{_size(needed)}; not with sparse labels (--dataset openimages)")
-    return observed
 
 
 def _count(number: int) -> str:
@@ -160,7 +158,7 @@ class Method:
         modifies_entries: reports LL modifications (--track_train's corrections.json).
         hyper_parameters: the keyword arguments of __init__ that `build` passes.
         dense_bytes_per_entry: bytes of N×L state the method keeps besides the labels (refused
-            on a SparseLabelStore, whose point is that N×L does not fit).
+            on a store holding only the labelled entries, whose point is that N×L does not fit).
         composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
             num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
@@ -180,14 +178,14 @@ class Method:
     needs_pseudo_labels: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
-        self.labels = label_store(observed, device, self.name, self.dense_bytes_per_entry)
+        self.labels = build_label_store(observed, device)
+        refuse_dense_state(self.labels, self.name, self.dense_bytes_per_entry)
         self.true_labels = (None if true_labels is None
                             else torch.as_tensor(np.asarray(true_labels), device=device))
         if self.needs_true_labels and true_labels is None:
             raise InputError(f"--loss {self.name} needs clean training labels (custom data: "
                              f"train_clean.csv; OpenImages has none)")
-        self.check_labels(self.labels.values if isinstance(self.labels, SparseLabelStore)
-                          else self.labels.observed)  # the labelled entries, or all of them
+        self.check_labels(self.labels.labelled_values())
 
     @classmethod
     def check_labels(cls, observed: Tensor) -> None:

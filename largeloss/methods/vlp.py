@@ -13,8 +13,10 @@ receives, as the constructor keyword `pseudo_labels`, an object with
 
 (data/pseudo_labels.py's PseudoLabels: files computed once, offline, by scripts/make_pseudo_labels.py;
 the trainer never runs CLIP). `flipped` is the training image's flip bit, for VLPL's flip matching;
-a trainer that does not pass it gets the unflipped variant. Imported by methods/__init__.py, so that
-every import of the methods package registers these classes.
+a trainer that does not pass it gets the unflipped variant. Imported by the package's top level
+(largeloss/__init__.py), which Python runs before any largeloss module: every entry point that
+imports the registry sees these classes (importing vlp from methods/__init__.py would make an import
+cycle of the package with its own modules).
 """
 from __future__ import annotations
 

@@ -18,11 +18,9 @@ R(M) = Σ M / (B·L) unless stated.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from largeloss.methods import peer_losses
@@ -30,7 +28,7 @@ from largeloss.methods.losses import LossOutput, bce
 
 __all__ = ["gpr_pseudo_positive_weight", "gpr_per_entry", "gpr_regulariser", "gpr_loss",
            "vlpl_pseudo_labels", "vlpl_per_entry", "vlpl_loss", "crisp_class_priors",
-           "crisp_per_class", "crisp_loss", "VLP_PRESETS", "VLP_PAPER_MAP", "VLP_PAPER_STD"]
+           "crisp_per_class", "crisp_loss"]
 
 # --- the authors' defaults (VOC's for GPR, SPEC_VLP §2.2; VLPL §3.3; CRISP §4.1) ------------------
 GPR_LAMBDA = (0.7, 0.4)   # (λ₁, λ₂): the pseudo-positive weight 1 − ṽ lies in [λ₂, λ₁]
@@ -230,69 +228,3 @@ def crisp_loss(logits: Tensor, observed: Tensor, priors: Tensor, *,
     """CRISP-Eq7 (ours, SPEC_VLP §4.2): the mean over the L classes of `crisp_per_class`."""
     per_class = crisp_per_class(logits, observed, priors, positive_weights=positive_weights)
     return peer_losses._output(per_class.mean(), None, logits)
-
-
-# --- the authors' published hyper-parameters and numbers, as plain data ---------------------------
-#
-# VLP_PRESETS[method][dataset] = {"loss": kwargs of this module's loss, "pseudo_labels": what the
-# pseudo-label file must hold, "train": the recipe} (the keys of peer_losses.PEER_PRESETS). Sources:
-# SPEC_VLP §1.4 and §2.2 (AEVLP: configs/*.json), §3.3 (VLPL: main_clip.py, README), §4.2 (CRISP:
-# the paper gives 10 epochs and ResNet-50 only; the rest is ours, marked so).
-
-VLP_DATASETS = ("pascal", "coco", "nuswide", "cub")
-# GPR per dataset: β, (q₂, q₃), (λ₁, λ₂), reg, batch, epochs. α, ρ and lr are common.
-_GPR_TABLE = {
-    "pascal": ((0.0, 2.0, -2.0, -2.0), (0.01, 1.0), (0.7, 0.4), 0.05, 8, 8),
-    "coco": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.0), (0.7, 0.5), 0.001, 16, 8),
-    "nuswide": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.0), (0.7, 0.5), 0.001, 16, 10),
-    "cub": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.5), (0.8, 0.2), 0.01, 8, 10),
-}
-# DAMP per dataset (§1.4): T, η, thr, grid, top-k, ρ_neg. Applied by the pseudo-label files.
-DAMP_TABLE = {"pascal": (0.01, 0.0, 0.5, 4, 3, 0.2), "coco": (0.01, 0.3, 0.5, 4, 3, 0.3),
-              "nuswide": (0.01, 0.3, 0.6, 4, 3, 0.2), "cub": (0.1, 0.005, 0.005, 5, 32, 0.2)}
-_DAMP_KEYS = ("temperature", "eta", "threshold", "grid", "top_k", "negative_ratio")
-_VLPL_TABLE = {"pascal": (0.2, 1e-5), "coco": (0.1, 1e-5), "nuswide": (0.1, 1e-5),
-               "cub": (0.01, 1e-4)}  # α (EM), lr
-
-
-def _gpr_preset(dataset: str) -> dict:
-    beta, (q2, q3), lam, reg, batch_size, num_epochs = _GPR_TABLE[dataset]
-    return {"model": {},
-            "loss": {"beta": beta, "alpha": peer_losses.GR_ALPHA, "q2": q2, "q3": q3, "lam": lam,
-                     "rho": GPR_RHO, "reg": reg},
-            "pseudo_labels": {"kind": "damp", **dict(zip(_DAMP_KEYS, DAMP_TABLE[dataset]))},
-            "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
-                      "batch_size": batch_size, "num_epochs": num_epochs, "early_stop": 2.0}}
-
-
-def _vlpl_preset(dataset: str) -> dict:
-    alpha, lr = _VLPL_TABLE[dataset]
-    return {"model": {}, "loss": {"alpha": alpha, "beta_pos": VLPL_BETA_POS},
-            "pseudo_labels": {"kind": "vlpl", "temperature": VLPL_TEMPERATURE,
-                              "threshold": VLPL_THRESHOLD, "flip": "match-train"},
-            "train": {"optimizer": "adam", "lr": lr, "head_lr_mult": 1, "weight_decay": 0.0,
-                      "batch_size": 8, "num_epochs": 10}}
-
-
-# CRISP: the paper gives ResNet-50, 10 epochs and δ = τ = 0.01; batch (8 or 16), lr, λ and the AN
-# warm-up are unknown [U]: ours are the LL paper's Adam recipe (lr 1e-5, batch 16) and 1 AN epoch.
-_CRISP = {"model": {}, "loss": {"delta": CRISP_DELTA, "tau": CRISP_TAU,
-                                "warmup_epochs": CRISP_WARMUP_EPOCHS},
-          "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
-                    "batch_size": 16, "num_epochs": 10}}
-
-VLP_PRESETS: dict[str, dict[str, dict]] = {
-    "AEVLP": {dataset: _gpr_preset(dataset) for dataset in VLP_DATASETS},
-    "VLPL": {dataset: _vlpl_preset(dataset) for dataset in VLP_DATASETS},
-    "CRISP-Eq7": {dataset: copy.deepcopy(_CRISP) for dataset in VLP_DATASETS},
-}
-
-# Published test mAP (0-100), ResNet-50 at 448 px, end to end (SPEC_VLP §2.3, §3.3, §4.2). AEVLP:
-# its results image; VLPL: its README; CRISP: Table 1, 5 runs (± in VLP_PAPER_STD), official NUS.
-# CRISP's numbers are the paper's Eq. 8 loss, which this tool does NOT run (CRISP-Eq7 is ours).
-_VLP_COLUMNS = {"AEVLP": (90.46, 73.54, 50.70, 24.89), "VLPL": (89.10, 71.45, 49.55, 24.02),
-                "CRISP-Eq7": (89.82, 74.64, 50.00, 21.65)}
-VLP_PAPER_MAP = {dataset: {method: row[column] for method, row in _VLP_COLUMNS.items()}
-                 for column, dataset in enumerate(VLP_DATASETS)}
-VLP_PAPER_STD = {dataset: {"CRISP-Eq7": std} for dataset, std in
-                 zip(VLP_DATASETS, (0.19, 0.22, 0.32, 0.18))}
