@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from largeloss.methods import peer_losses, vlp_losses
+from largeloss.methods.pseudo_label_rules import vlpl_pseudo_labels
 
 # SPEC_VLP notation: Ex-A and Ex-B.
 EX_A = torch.tensor([[2.0, -1.0, 0.0]])
@@ -108,10 +109,10 @@ def test_gpr_weights_are_constants_of_the_gradient():
 def test_vlpl_rule_on_the_worked_cosines():
     cosines = torch.tensor([[0.27, 0.265, 0.22]])
     close(torch.softmax(cosines / 0.01, dim=1), [[0.6199, 0.3760, 0.0042]])
-    assert vlp_losses.vlpl_pseudo_labels(cosines, temperature=0.01, threshold=0.3).tolist() == \
+    assert vlpl_pseudo_labels(cosines, temperature=0.01, threshold=0.3).tolist() == \
         [[1, 1, 0]]
     # strict: a score exactly at the threshold does not pass
-    assert vlp_losses.vlpl_pseudo_labels(torch.zeros(1, 4), threshold=0.25).tolist() == [[0] * 4]
+    assert vlpl_pseudo_labels(torch.zeros(1, 4), threshold=0.25).tolist() == [[0] * 4]
 
 
 @pytest.mark.parametrize("alpha, third, total", [(0.2, -0.1386, 0.2792), (0.1, -0.0693, 0.3023),
@@ -142,11 +143,10 @@ def test_vlpl_never_more_than_floor_one_over_threshold_pseudo_positives(threshol
     # near-uniform scores: the hardest case for the bound (many classes near the threshold)
     cosines = torch.randn(2000, 40, generator=generator) * 0.002
     for temperature in (0.001, 0.01, 0.1):
-        labels = vlp_losses.vlpl_pseudo_labels(cosines, temperature=temperature,
-                                               threshold=threshold)
+        labels = vlpl_pseudo_labels(cosines, temperature=temperature, threshold=threshold)
         assert labels.sum(dim=1).max() <= math.floor(1 / threshold)
     flat = torch.zeros(1, math.floor(1 / threshold))  # equal scores 1/m: at the bound or below
-    assert vlp_losses.vlpl_pseudo_labels(flat, threshold=threshold * 0.999).sum() == flat.shape[1]
+    assert vlpl_pseudo_labels(flat, threshold=threshold * 0.999).sum() == flat.shape[1]
 
 
 # --- CRISP (SPEC_VLP §4) -------------------------------------------------------------------------

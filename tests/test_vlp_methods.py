@@ -15,6 +15,7 @@ import torch
 from largeloss import cli as main
 from largeloss.experiment import config, paper_numbers, presets
 from largeloss.methods import peer_losses, vlp_losses
+from largeloss.methods.pseudo_label_rules import vlpl_pseudo_labels
 from largeloss.methods import registry as methods
 from largeloss.utils.errors import InputError
 
@@ -59,16 +60,16 @@ def read_jsonl(path) -> list[dict]:
 
 # --- each class is its vlp_losses function ----------------------------------------------------
 
-@pytest.mark.parametrize("flipped", [None, torch.tensor([True, False, True])])
 @pytest.mark.parametrize("epoch", [1, 3])
-def test_gpr_method_is_gpr_loss_on_the_readers_rows(flipped, epoch):
+def test_gpr_method_on_a_folder_of_hard_labels_is_gpr_loss_on_them(epoch):
     reader = fake_pseudo_labels()
     method = methods.build("gpr", OBSERVED, pseudo_labels=reader, expected_num_pos=1.2,
                            num_epochs=4, gr_beta=(0.0, 10.0, -2.0, -8.0), gpr_lambda=(0.8, 0.2),
                            gpr_reg=0.01, gr_q3=1.5)
     logits = batch_logits()
-    output = method.loss(logits, SAMPLE_IDS, epoch, flipped=flipped)
-    pseudo, _ = reader.rows(SAMPLE_IDS, flipped)
+    assert not method.needs_flips  # AEVLP's views draw their own flips, not the image's
+    output = method.loss_of_batch(logits, SAMPLE_IDS, epoch, torch.tensor([True, True, False]))
+    pseudo, _ = reader.rows(SAMPLE_IDS, None)
     expected = vlp_losses.gpr_loss(logits, OBSERVED[SAMPLE_IDS], pseudo, epoch,
                                    expected_num_pos=1.2, num_epochs=4, beta=(0.0, 10.0, -2.0, -8.0),
                                    lam=(0.8, 0.2), reg=0.01, q3=1.5)
@@ -85,10 +86,11 @@ def test_vlpl_method_matches_the_flip_and_applies_its_rule(rule):
                            vlpl_temperature=0.01)
     flipped = torch.tensor([True, False, False])
     logits = batch_logits(2)
-    output = method.loss(logits, SAMPLE_IDS, 1, flipped=flipped)
+    assert method.needs_flips  # the engine passes the training flips through loss_of_batch
+    output = method.loss_of_batch(logits, SAMPLE_IDS, 1, flipped)
     assert torch.equal(reader.calls[0][1], flipped)  # the training image's flip bit, passed on
     labels, scores = reader.rows(SAMPLE_IDS, flipped)
-    pseudo = labels if rule == "labels" else vlp_losses.vlpl_pseudo_labels(scores, threshold=0.3)
+    pseudo = labels if rule == "labels" else vlpl_pseudo_labels(scores, threshold=0.3)
     expected = vlp_losses.vlpl_loss(logits, OBSERVED[SAMPLE_IDS], pseudo, alpha=0.1, beta_pos=0.5)
     torch.testing.assert_close(output.loss, expected.loss)
     other = vlp_losses.vlpl_loss(logits, OBSERVED[SAMPLE_IDS],
@@ -100,23 +102,75 @@ def test_vlpl_method_matches_the_flip_and_applies_its_rule(rule):
 @pytest.mark.parametrize("name", ["gpr", "vlpl"])
 def test_methods_that_need_pseudo_labels_are_refused_without_them(name):
     assert methods.method_class(name).needs_pseudo_labels
-    with pytest.raises(InputError, match=f"--loss {name} trains on vision-language pseudo-labels: "
+    with pytest.raises(InputError, match=f"method {name} trains on vision-language pseudo-labels: "
                                          f"pass --pseudo_labels DIR"):
         methods.build(name, OBSERVED, expected_num_pos=1.0)
+    with pytest.raises(InputError, match=f"--loss {name} trains on vision-language pseudo-labels"):
+        methods.method_class(name)(OBSERVED, expected_num_pos=1.0) if name == "gpr" else \
+            methods.method_class(name)(OBSERVED)  # the class refuses too, built directly
 
 
 @pytest.mark.parametrize("name", ["gpr", "vlpl"])
-def test_the_cli_refuses_them_without_pseudo_labels_exit_2(tmp_path, name, capsys):
-    code = main.main([*TINY_DIGITS, "--epochs", "1", "--loss", name, "--out_dir",
-                      str(tmp_path / "run")])
-    assert code == 2
-    assert "trains on vision-language pseudo-labels" in capsys.readouterr().err
+def test_the_cli_refuses_them_without_pseudo_labels_exit_2(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.parse_args([*TINY_DIGITS, "--loss", name])
+    assert exit_info.value.code == 2
+    assert f"method {name} trains on vision-language pseudo-labels" in capsys.readouterr().err
 
 
-def test_methods_without_the_flag_never_receive_pseudo_labels():
+@pytest.mark.parametrize("name, part, rule", [("vlpl", "labels", "labels"),
+                                               ("vlpl", "scores", "scores"), ("gpr", "labels", None)])
+def test_a_folder_without_the_part_a_method_reads_is_refused(name, part, rule):
+    reader = fake_pseudo_labels()
+    setattr(reader, part, None)
+    reader.path = "coco_x.pl"
+    hyper = {"vlpl_rule": rule} if name == "vlpl" else {"expected_num_pos": 1.0}
+    with pytest.raises(InputError, match=f"--pseudo_labels coco_x.pl: no {part}.npy, which "
+                                         f"--loss {name} needs"):
+        methods.build(name, OBSERVED, pseudo_labels=reader, **hyper)
+
+
+def test_methods_that_do_not_use_pseudo_labels_refuse_them():
     assert not methods.method_class("crisp").needs_pseudo_labels
-    method = methods.build("em", OBSERVED, pseudo_labels=fake_pseudo_labels())
-    assert not hasattr(method, "pseudo_labels")
+    with pytest.raises(InputError, match="method em does not use pseudo-labels"):
+        methods.build("em", OBSERVED, pseudo_labels=fake_pseudo_labels())
+
+
+class FakeDampViews(FakePseudoLabels):
+    """A folder with the global view and a 2×2 grid: SPEC_VLP §1.6's example as cosines
+    (each tile's softmax at T = 0.01 is the spec's: c = 0.01·ln s)."""
+    num_views = 5
+
+    def __init__(self):
+        tiles = torch.tensor([[0.70, 0.25, 0.05], [0.02, 0.95, 0.03], [0.60, 0.20, 0.20],
+                              [0.90, 0.05, 0.05]])
+        views = torch.cat([torch.tensor([[0.30, 0.28, 0.25]]), 0.01 * tiles.log()])  # V×L
+        super().__init__(torch.zeros(1, 2, 3, dtype=torch.int8), views[None, None, 0].expand(1, 2, 3))
+        self.view_cosines = views
+        self.view_calls = []
+
+    def views(self, sample_ids, view_flips=None):
+        self.view_calls.append(view_flips)
+        return self.view_cosines.expand(len(sample_ids), 5, 3).clone()
+
+
+@pytest.mark.parametrize("view_flips", ["fixed", "per-view"])
+def test_gpr_applies_damp_to_the_views_at_each_step(view_flips):
+    """§1.6: observed positive class 0, COCO's T/η/thr, top-k 3, ρ_neg 0.34 → y′ = [1, 1, 0]."""
+    reader = FakeDampViews()
+    observed = torch.tensor([[1, 0, 0]])
+    method = methods.build("gpr", observed, pseudo_labels=reader, expected_num_pos=1.5,
+                           damp_temperature=0.01, damp_eta=0.3, damp_threshold=0.5, damp_top_k=3,
+                           damp_negative_ratio=0.34, damp_view_flips=view_flips)
+    logits = torch.tensor([[2.0, -1.0, 0.0]])
+    output = method.loss(logits, torch.tensor([0]), 1)
+    expected = vlp_losses.gpr_loss(logits, observed, torch.tensor([[1, 1, 0]]), 1,
+                                   expected_num_pos=1.5)
+    torch.testing.assert_close(output.loss, expected.loss)
+    flips = reader.view_calls[0]
+    assert (flips is None) == (view_flips == "fixed")
+    if flips is not None:
+        assert flips.shape == (1, 5) and flips.dtype == torch.bool
 
 
 # --- CRISP: priors at each epoch's end, checkpointed ------------------------------------------------
@@ -195,26 +249,30 @@ def test_interrupted_and_resumed_crisp_run_equals_an_uninterrupted_one(tmp_path)
 @pytest.mark.parametrize("dataset", ["pascal", "coco", "nuswide", "cub"])
 def test_gpr_flags_default_to_aevlps_values_per_dataset_and_gr_keeps_its_own(dataset):
     beta, (q2, q3), lam, reg, _, _ = presets._GPR_TABLE[dataset]
-    resolved = config.parse_args(["--dataset", dataset, "--loss", "gpr"])
+    folder = ["--pseudo_labels", "x.pl"]  # read only when the run starts
+    resolved = config.parse_args(["--dataset", dataset, "--loss", "gpr", *folder])
     assert (resolved.gr_beta, resolved.gr_q3, resolved.gpr_lambda, resolved.gpr_reg) == \
         (beta, q3, lam, reg)
     assert config.parse_args(["--dataset", dataset, "--loss", "gr"]).gr_beta == peer_losses.GR_BETA
-    vlpl = config.parse_args(["--dataset", dataset, "--loss", "vlpl"])
+    vlpl = config.parse_args(["--dataset", dataset, "--loss", "vlpl", *folder])
     assert vlpl.em_alpha == presets.VLP_PRESETS["VLPL"][dataset]["loss"]["alpha"]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--loss", "gpr", "--gpr_lambda", "0.3", "0.6"], "--gpr_lambda is LAMBDA1 LAMBDA2"),
-    (["--loss", "gpr", "--gpr_rho", "1.5"], "--gpr_rho is a soft target in [0, 1]"),
-    (["--loss", "gpr", "--gpr_reg", "-1"], "--gpr_reg must be >= 0"),
-    (["--loss", "vlpl", "--vlpl_threshold", "1"], "--vlpl_threshold is a softmax score"),
-    (["--loss", "vlpl", "--vlpl_temperature", "0"], "--vlpl_temperature must be > 0"),
+    (["--loss", "gpr", "--pseudo_labels", "x.pl", "--gpr_lambda", "0.3", "0.6"], "--gpr_lambda is LAMBDA1 LAMBDA2"),
+    (["--loss", "gpr", "--pseudo_labels", "x.pl", "--gpr_rho", "1.5"], "--gpr_rho is a soft target in [0, 1]"),
+    (["--loss", "gpr", "--pseudo_labels", "x.pl", "--gpr_reg", "-1"], "--gpr_reg must be >= 0"),
+    (["--loss", "vlpl", "--pseudo_labels", "x.pl", "--vlpl_threshold", "1"], "--vlpl_threshold is a softmax score"),
+    (["--loss", "vlpl", "--pseudo_labels", "x.pl", "--vlpl_temperature", "0"], "--vlpl_temperature must be > 0"),
     (["--loss", "crisp", "--crisp_tau", "0"], "--crisp_tau must be in (0, 1)"),
     (["--loss", "crisp", "--crisp_warmup_epochs", "0"], "--crisp_warmup_epochs must be >= 1"),
     (["--loss", "crisp", "--crisp_initial_prior", "2"], "--crisp_initial_prior must be in [0, 1]"),
+    (["--loss", "gpr", "--pseudo_labels", "x.pl", "--damp_negative_ratio", "1"],
+     "--damp_negative_ratio must be in [0, 1)"),
+    (["--loss", "crisp", "--pseudo_labels", "x.pl"], "method crisp does not use pseudo-labels"),
     (["--loss", "gr", "--gpr_rho", "0.5"], "--gpr_rho is a hyper-parameter of gpr, not of gr"),
     (["--loss", "em", "--vlpl_beta_pos", "0.5"], "--vlpl_beta_pos is a hyper-parameter of vlpl"),
-    (["--loss", "gpr", "--train_mode", "linear_init"], "gpr's schedule spans the run's epochs"),
+    (["--loss", "gpr", "--pseudo_labels", "x.pl", "--train_mode", "linear_init"], "gpr's schedule spans the run's epochs"),
 ])
 def test_impossible_values_are_refused_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -232,6 +290,8 @@ def test_paper_numbers_and_flags_of_the_vlp_rows(row, method, numbers):
         assert paper_numbers.paper_map(dataset, row, "linear_init") is None
     assert paper_numbers.method_flags(row) == (method, "none")
     flags = paper_numbers.peer_flags("coco", row)
+    folder = paper_numbers.pseudo_label_dir("coco", row)
+    flags += [] if folder is None else ["--pseudo_labels", folder]
     resolved = config.parse_args(["--dataset", "coco", "--loss", method, *flags])
     assert resolved.method == method
     if row == "aevlp":

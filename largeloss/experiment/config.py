@@ -104,6 +104,14 @@ class Config:
     crisp_warmup_epochs: int = PEER_DEFAULTS["crisp_warmup_epochs"]
     crisp_initial_prior: float = PEER_DEFAULTS["crisp_initial_prior"]
     crisp_positive_scale: str = PEER_DEFAULTS["crisp_positive_scale"]
+    damp_temperature: float = PEER_DEFAULTS["damp_temperature"]
+    damp_eta: float = PEER_DEFAULTS["damp_eta"]
+    damp_threshold: float = PEER_DEFAULTS["damp_threshold"]
+    damp_top_k: int = PEER_DEFAULTS["damp_top_k"]
+    damp_negative_ratio: float = PEER_DEFAULTS["damp_negative_ratio"]
+    damp_negatives: int = PEER_DEFAULTS["damp_negatives"]
+    damp_view_flips: str = PEER_DEFAULTS["damp_view_flips"]
+    pseudo_labels: str | None = None  # a <name>.pl folder (SPEC_VLP §1.1) for the methods needing one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
                              "authors' best per dataset and scheme; BoostLU's with --boostlu_alpha "
                              "on pascal/coco/nuswide/cub)")
+    method.add_argument("--pseudo_labels", metavar="DIR",
+                        help="a pseudo-label folder <name>.pl (docs/pseudo_labels.md), made once "
+                             "per dataset by scripts/make_pseudo_labels.py (CLIP, or the digits "
+                             "simulation) and shared by every seed and method; for the methods "
+                             "that train on pseudo-labels, refused for the others. Its rows are "
+                             "matched to the training images by id (default: none)")
     method.add_argument("--llcp_relabel", choices=("above", "modified"),
                         help="LL-Cp: which modified entries become positives for good: those strictly "
                              "above the k-th largest loss (SPEC §4; with k = 1 none) or every modified "
@@ -358,6 +372,7 @@ def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
                         help="GPR: weight of the regulariser ((1/B)·Σp − k)²/L², k = "
                              "--expected_num_pos (default per dataset: pascal 0.05, coco/nuswide "
                              "0.001, cub 0.01; otherwise 0.05)")
+    add_damp_flags(method)
     method.add_argument("--vlpl_beta_pos", type=float, metavar="BETA",
                         help="VLPL: weight of the pseudo-positives' soft BCE (target 0.9) "
                              "(default: 0.7). VLPL's EM weight is --em_alpha")
@@ -384,6 +399,34 @@ def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
     method.add_argument("--crisp_positive_scale", choices=("batch", "unbiased"),
                         help="CRISP-Eq7: batch = mean of (1 − p) over the batch's positives of the "
                              "class; unbiased = their sum × n/(B·n_j) (default: batch)")
+
+
+def add_damp_flags(method: argparse._ArgumentGroup) -> None:
+    """GPR's DAMP rule, applied at each step to the grid views of a --pseudo_labels folder of kind
+    damp (SPEC_VLP §1.4); defaults per dataset: AEVLP's configs (pascal's elsewhere)."""
+    method.add_argument("--damp_temperature", type=float, metavar="T",
+                        help="GPR/DAMP: per-view softmax temperature over classes (default: 0.01; "
+                             "cub 0.1)")
+    method.add_argument("--damp_eta", type=float, metavar="ETA",
+                        help="GPR/DAMP: cap of the gate η = min(s⁰ of the observed positive, ETA); "
+                             "a class takes its best tile above η, its worst below (default: pascal "
+                             "0, coco/nuswide 0.3, cub 0.005)")
+    method.add_argument("--damp_threshold", type=float, metavar="THR",
+                        help="GPR/DAMP: a top-k class is a pseudo-positive when its combined score "
+                             "is >= THR (default: 0.5; nuswide 0.6, cub 0.005)")
+    method.add_argument("--damp_top_k", type=int, metavar="K",
+                        help="GPR/DAMP: classes considered per image (default: 3; cub 32)")
+    method.add_argument("--damp_negative_ratio", type=float, metavar="RHO",
+                        help="GPR/DAMP: the int(RHO·L) classes with the lowest mean score are set "
+                             "to --damp_negatives (default: 0.2; coco 0.3)")
+    method.add_argument("--damp_negatives", type=int, choices=(0, -1),
+                        help="GPR/DAMP: 0 = the released code (those classes become unknown: no "
+                             "negative pseudo-label, GPR's negative branch never fires); -1 = our "
+                             "reading of the paper's figure (default: 0)")
+    method.add_argument("--damp_view_flips", choices=("per-view", "fixed"),
+                        help="GPR/DAMP: per-view = each view's flip variant drawn afresh at every "
+                             "step (the authors' distribution); fixed = unflipped views "
+                             "(default: per-view)")
 
 
 def method_lines() -> list[str]:
@@ -574,7 +617,7 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         stop_after=args.stop_after, log_every=args.log_every, overwrite=args.overwrite,
         split=args.split, logger=args.logger,
         track_train=args.track_train, pointing_game=args.pointing_game,
-        track_images=args.track_images, **peer_values,
+        track_images=args.track_images, pseudo_labels=args.pseudo_labels, **peer_values,
     ))
 
 
@@ -603,6 +646,10 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
     """The values of the peer methods' flags (explicit > the authors' per dataset > theirs), after
     refusing what cannot run: a flag of another method, BoostLU where its paper does not put it."""
     cls = methods.method_class(method)
+    try:
+        methods.check_pseudo_labels_given(method, args.pseudo_labels is not None)
+    except ValueError as error:
+        parser.error(str(error))
     for name in PEER_DEFAULTS:
         if getattr(args, name) is not None and name not in cls.hyper_parameters:
             users = [user for user, other in methods.METHODS.items() if name in other.hyper_parameters]

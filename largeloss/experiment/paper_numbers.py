@@ -161,7 +161,9 @@ _PEER_FLAGS = {
     "SPLC": {"tau": "--splc_tau", **_FOCAL_FLAGS},
     "GR": {"beta": "--gr_beta", "alpha": "--gr_alpha", "q2": "--gr_q2", "q3": "--gr_q3"},
     "AEVLP": {"beta": "--gr_beta", "alpha": "--gr_alpha", "q2": "--gr_q2", "q3": "--gr_q3",
-              "lam": "--gpr_lambda", "rho": "--gpr_rho", "reg": "--gpr_reg"},
+              "lam": "--gpr_lambda", "rho": "--gpr_rho", "reg": "--gpr_reg",
+              **{f"damp_{key}": f"--damp_{key}"
+                 for key in ("temperature", "eta", "threshold", "top_k", "negative_ratio")}},
     "VLPL": {"alpha": "--em_alpha", "beta_pos": "--vlpl_beta_pos"},
     "CRISP": {"delta": "--crisp_delta", "tau": "--crisp_tau",
                   "warmup_epochs": "--crisp_warmup_epochs"},
@@ -198,7 +200,8 @@ def peer_flags(dataset: str, method: str) -> list[str]:
     name = _ROW_NAMES[method]
     presets = _ROW_PRESETS[name]
     preset = presets.get(dataset) or presets["pascal"]
-    values = {**preset["model"], **preset["loss"], **preset.get("apl", {})}
+    values = {**preset["model"], **preset["loss"], **preset.get("apl", {}),
+              **{f"damp_{key}": value for key, value in preset.get("damp", {}).items()}}
     if dataset not in presets and takes_delta_rel(method):
         values["delta_rel"] = DATASET_DEFAULTS[dataset].delta_rel[method.removesuffix(BOOSTLU)]
     recipe = peer_recipe(dataset, method)

@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass
 
 from largeloss.methods import peer_losses, vlp_losses
+from largeloss.methods.pseudo_label_rules import DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD
 from largeloss.methods.peer_losses import (APL_NUM_EPOCHS, APL_PROPORTION, BOOSTLU_ALPHA, GR_ALPHA, GR_BETA,
                                            GR_LINEAR_INIT, GR_NUM_EPOCHS, GR_Q2, GR_Q3, HILL_GAMMA,
                                            HILL_LAMBDA, HILL_MARGIN, SPLC_GAMMA, SPLC_MARGIN,
@@ -74,10 +75,13 @@ PEER_DEFAULTS = {
     # SPEC_VLP: GPR (AEVLP), VLPL, CRISP-Eq7
     "gpr_lambda": vlp_losses.GPR_LAMBDA, "gpr_rho": vlp_losses.GPR_RHO,
     "gpr_reg": vlp_losses.GPR_REG, "vlpl_beta_pos": vlp_losses.VLPL_BETA_POS,
-    "vlpl_rule": "labels", "vlpl_temperature": vlp_losses.VLPL_TEMPERATURE,
-    "vlpl_threshold": vlp_losses.VLPL_THRESHOLD, "crisp_delta": vlp_losses.CRISP_DELTA,
+    "vlpl_rule": "labels", "vlpl_temperature": VLPL_TEMPERATURE,
+    "vlpl_threshold": VLPL_THRESHOLD, "crisp_delta": vlp_losses.CRISP_DELTA,
     "crisp_tau": vlp_losses.CRISP_TAU, "crisp_warmup_epochs": vlp_losses.CRISP_WARMUP_EPOCHS,
     "crisp_initial_prior": 0.0, "crisp_positive_scale": "batch",
+    **{f"damp_{key}": getattr(DAMP_PRESETS["pascal"], key)
+       for key in ("temperature", "eta", "threshold", "top_k", "negative_ratio")},
+    "damp_negatives": 0, "damp_view_flips": "per-view",
 }
 
 
@@ -167,8 +171,9 @@ EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset
 
 # --- GPR (AEVLP), VLPL and CRISP-Eq7 (SPEC_VLP): the authors' hyper-parameters ----------------
 #
-# VLP_PRESETS[method][dataset] = {"loss": kwargs of vlp_losses' loss, "pseudo_labels": what the
-# pseudo-label file must hold, "train": the recipe} (PEER_PRESETS' keys). Sources:
+# VLP_PRESETS[method][dataset] = {"loss": kwargs of vlp_losses' loss, "damp": GPR's DAMP rule
+# (pseudo_label_rules.DampSettings, applied at each step), "pseudo_labels": what the pseudo-label
+# folder must hold, "train": the recipe} (PEER_PRESETS' keys). Sources:
 # SPEC_VLP §1.4 and §2.2 (AEVLP: configs/*.json), §3.3 (VLPL: main_clip.py, README), §4.2 (CRISP:
 # the paper gives 10 epochs and ResNet-50 only; the rest is ours, marked so).
 
@@ -180,10 +185,6 @@ _GPR_TABLE = {
     "nuswide": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.0), (0.7, 0.5), 0.001, 16, 10),
     "cub": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.5), (0.8, 0.2), 0.01, 8, 10),
 }
-# DAMP per dataset (§1.4): T, η, thr, grid, top-k, ρ_neg. Applied by the pseudo-label files.
-DAMP_TABLE = {"pascal": (0.01, 0.0, 0.5, 4, 3, 0.2), "coco": (0.01, 0.3, 0.5, 4, 3, 0.3),
-              "nuswide": (0.01, 0.3, 0.6, 4, 3, 0.2), "cub": (0.1, 0.005, 0.005, 5, 32, 0.2)}
-_DAMP_KEYS = ("temperature", "eta", "threshold", "grid", "top_k", "negative_ratio")
 _VLPL_TABLE = {"pascal": (0.2, 1e-5), "coco": (0.1, 1e-5), "nuswide": (0.1, 1e-5),
                "cub": (0.01, 1e-4)}  # α (EM), lr
 
@@ -193,7 +194,9 @@ def _gpr_preset(dataset: str) -> dict:
     return {"model": {},
             "loss": {"beta": beta, "alpha": GR_ALPHA, "q2": q2, "q3": q3, "lam": lam,
                      "rho": vlp_losses.GPR_RHO, "reg": reg},
-            "pseudo_labels": {"kind": "damp", **dict(zip(_DAMP_KEYS, DAMP_TABLE[dataset]))},
+            "damp": {key: getattr(DAMP_PRESETS[dataset], key)
+                     for key in ("temperature", "eta", "threshold", "top_k", "negative_ratio")},
+            "pseudo_labels": {"kind": "damp", "grid": DAMP_PRESETS[dataset].grid},
             "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
                       "batch_size": batch_size, "num_epochs": num_epochs, "early_stop": 2.0}}
 
@@ -201,8 +204,8 @@ def _gpr_preset(dataset: str) -> dict:
 def _vlpl_preset(dataset: str) -> dict:
     alpha, lr = _VLPL_TABLE[dataset]
     return {"model": {}, "loss": {"alpha": alpha, "beta_pos": vlp_losses.VLPL_BETA_POS},
-            "pseudo_labels": {"kind": "vlpl", "temperature": vlp_losses.VLPL_TEMPERATURE,
-                              "threshold": vlp_losses.VLPL_THRESHOLD, "flip": "match-train"},
+            "pseudo_labels": {"kind": "vlpl", "temperature": VLPL_TEMPERATURE,
+                              "threshold": VLPL_THRESHOLD, "flip": "match-train"},
             "train": {"optimizer": "adam", "lr": lr, "head_lr_mult": 1, "weight_decay": 0.0,
                       "batch_size": 8, "num_epochs": 10, "early_stop": 0.0}}
 
@@ -224,6 +227,7 @@ VLP_PRESETS: dict[str, dict[str, dict]] = {
 # own; they apply to --loss gpr only (GR keeps its repository's defaults). VLPL's α per dataset is
 # EM's (EM_DEFAULTS' em_alpha: the same values, SPEC_VLP §3.3).
 GPR_DEFAULTS = {dataset: {"gr_beta": preset["loss"]["beta"], "gr_q3": preset["loss"]["q3"],
-                          "gpr_lambda": preset["loss"]["lam"], "gpr_reg": preset["loss"]["reg"]}
+                          "gpr_lambda": preset["loss"]["lam"], "gpr_reg": preset["loss"]["reg"],
+                          **{f"damp_{key}": value for key, value in preset["damp"].items()}}
                 for dataset, preset in VLP_PRESETS["AEVLP"].items()}
 METHOD_DATASET_DEFAULTS = {"gpr": GPR_DEFAULTS}  # registered method: its flag defaults per dataset

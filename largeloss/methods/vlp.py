@@ -12,8 +12,11 @@ receives, as the constructor keyword `pseudo_labels`, an object with
                                                                      scores B×L float)
 
 (data/pseudo_labels.py's PseudoLabels: files computed once, offline, by scripts/make_pseudo_labels.py;
-the trainer never runs CLIP). `flipped` is the training image's flip bit, for VLPL's flip matching;
-a trainer that does not pass it gets the unflipped variant. Imported by the package's top level
+the trainer never runs CLIP), and, for DAMP, its `views(sample_ids, view_flips)` (B×V×L cosines).
+VLPL declares needs_flips: the engine passes each row's training flip bit (policy match-train).
+GPR on a folder with grid views recomputes DAMP's labels at every step from freshly drawn per-view
+flips (policy per-view, the authors' distribution); on a folder of hard labels only (the digits
+simulation) it reads them as they are. Imported by the package's top level
 (largeloss/__init__.py), which Python runs before any largeloss module: every entry point that
 imports the registry sees these classes (importing vlp from methods/__init__.py would make an import
 cycle of the package with its own modules).
@@ -25,8 +28,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from largeloss.data.pseudo_labels import random_view_flips
 from largeloss.methods import peer_losses, vlp_losses
 from largeloss.methods.losses import LossOutput, compute_loss
+from largeloss.methods.pseudo_label_rules import (DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD,
+                                                  DampSettings, damp_pseudo_labels,
+                                                  vlpl_pseudo_labels)
+
+DAMP_DEFAULT = DAMP_PRESETS["pascal"]  # GPR's defaults are VOC's (vlp_losses), its DAMP's too
 from largeloss.methods.registry import GeneralizedRobustLoss, Method, _require, register
 from largeloss.utils.errors import InputError
 
@@ -43,10 +52,20 @@ class PseudoLabelMethod(Method):
                              f"(docs/vlp_methods.md)")
         self.pseudo_labels = pseudo_labels
 
-    def pseudo_rows(self, sample_ids: Tensor, flipped: Tensor | None, device) -> tuple[Tensor, Tensor]:
-        """(y′ B×L int8 in {-1, 0, +1}, scores B×L float) of the batch, on `device`."""
+    def pseudo_rows(self, sample_ids: Tensor, flipped: Tensor | None,
+                    device) -> tuple[Tensor | None, Tensor | None]:
+        """(y′ B×L int8 in {-1, 0, +1}, scores B×L float; either None when the folder lacks it)
+        of the batch, on `device`."""
         labels, scores = self.pseudo_labels.rows(sample_ids, flipped)
-        return torch.as_tensor(labels, device=device), torch.as_tensor(scores, device=device)
+        return tuple(None if part is None else torch.as_tensor(part, device=device)
+                     for part in (labels, scores))
+
+    def require_part(self, part: str) -> None:
+        """InputError when the folder has no `part` ("labels" or "scores") and the method needs it."""
+        if getattr(self.pseudo_labels, part, True) is None:
+            folder = getattr(self.pseudo_labels, "path", "the pseudo-label folder")
+            raise InputError(f"--pseudo_labels {folder}: no {part}.npy, which --loss {self.name} "
+                             f"needs here (docs/vlp_methods.md)")
 
 
 @register
@@ -57,15 +76,28 @@ class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
     needs_expected_num_pos = True
     schedule_spans_the_run = True
     hyper_parameters = ("num_epochs", "expected_num_pos", "gr_beta", "gr_alpha", "gr_q2", "gr_q3",
-                        "gr_schedule", "gpr_lambda", "gpr_rho", "gpr_reg")
+                        "gr_schedule", "gpr_lambda", "gpr_rho", "gpr_reg", "damp_temperature",
+                        "damp_eta", "damp_threshold", "damp_top_k", "damp_negative_ratio",
+                        "damp_negatives", "damp_view_flips")
 
     def __init__(self, observed, true_labels=None, *, device="cpu", pseudo_labels=None,
                  expected_num_pos: float, num_epochs: int = peer_losses.GR_NUM_EPOCHS,
                  gr_beta=peer_losses.GR_BETA, gr_alpha=peer_losses.GR_ALPHA,
                  gr_q2: float = peer_losses.GR_Q2, gr_q3: float = peer_losses.GR_Q3,
                  gr_schedule: str = "reference", gpr_lambda=vlp_losses.GPR_LAMBDA,
-                 gpr_rho: float = vlp_losses.GPR_RHO, gpr_reg: float = vlp_losses.GPR_REG):
+                 gpr_rho: float = vlp_losses.GPR_RHO, gpr_reg: float = vlp_losses.GPR_REG,
+                 damp_temperature: float = DAMP_DEFAULT.temperature,
+                 damp_eta: float = DAMP_DEFAULT.eta, damp_threshold: float = DAMP_DEFAULT.threshold,
+                 damp_top_k: int = DAMP_DEFAULT.top_k,
+                 damp_negative_ratio: float = DAMP_DEFAULT.negative_ratio, damp_negatives: int = 0,
+                 damp_view_flips: str = "per-view"):
         super().__init__(observed, true_labels, device=device, pseudo_labels=pseudo_labels)
+        # DAMP on the grid views at every step, or the folder's hard labels (no grid views)
+        self.damp = getattr(pseudo_labels, "num_views", 1) > 1
+        self.require_part("scores" if self.damp else "labels")
+        self.damp_settings = DampSettings(damp_temperature, damp_eta, damp_threshold, 0,
+                                          damp_top_k, damp_negative_ratio)
+        self.damp_negatives, self.view_flips = damp_negatives, damp_view_flips
         self.arguments = {"expected_num_pos": expected_num_pos, "num_epochs": num_epochs,
                           "beta": tuple(map(float, gr_beta)), "alpha": tuple(map(float, gr_alpha)),
                           "q2": gr_q2, "q3": gr_q3, "lam": tuple(map(float, gpr_lambda)),
@@ -84,12 +116,31 @@ class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
         _require(0 <= rho <= 1, f"--gpr_rho is a soft target in [0, 1], got {rho}")
         reg = hyper.get("gpr_reg", vlp_losses.GPR_REG)
         _require(reg >= 0, f"--gpr_reg must be >= 0, got {reg}")
+        _require(hyper.get("damp_temperature", 1.0) > 0, "--damp_temperature must be > 0")
+        _require(hyper.get("damp_top_k", 1) >= 1, "--damp_top_k must be >= 1")
+        _require(0 <= hyper.get("damp_negative_ratio", 0.0) < 1,
+                 "--damp_negative_ratio must be in [0, 1)")
+        _require(hyper.get("damp_negatives", 0) in (0, -1), "--damp_negatives must be 0 or -1")
+        _require(hyper.get("damp_view_flips", "per-view") in ("per-view", "fixed"),
+                 "--damp_view_flips must be per-view or fixed")
 
-    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int,
-             flipped: Tensor | None = None) -> LossOutput:
-        pseudo, _ = self.pseudo_rows(sample_ids, flipped, logits.device)
-        return vlp_losses.gpr_loss(logits, self.labels.rows(sample_ids), pseudo, epoch,
-                                   **self.arguments)
+    def batch_pseudo_labels(self, sample_ids: Tensor, observed: Tensor) -> Tensor:
+        """y′ of the batch (B×L int8): DAMP from the grid views with fresh per-view flips (from
+        torch's default generator: seeded by --seed, saved with the run's RNG state), or the
+        folder's hard labels."""
+        if not self.damp:
+            return self.pseudo_rows(sample_ids, None, observed.device)[0]
+        flips = None
+        if self.view_flips == "per-view":
+            flips = random_view_flips(len(sample_ids), self.pseudo_labels.num_views,
+                                      observed.device)
+        cosines = self.pseudo_labels.views(sample_ids, flips).to(observed.device)
+        return damp_pseudo_labels(cosines, observed, self.damp_settings, self.damp_negatives)
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        observed = self.labels.rows(sample_ids)
+        pseudo = self.batch_pseudo_labels(sample_ids, observed)
+        return vlp_losses.gpr_loss(logits, observed, pseudo, epoch, **self.arguments)
 
 
 @register
@@ -97,17 +148,19 @@ class VisionLanguagePseudoLabels(PseudoLabelMethod):
     """VLPL (Xing et al., CVPR 2024 workshop): EM plus a β_pos-weighted soft positive on the classes
     CLIP scores above a threshold, for the same flip as the training image (SPEC_VLP §3)."""
     name = "vlpl"
+    needs_flips = True  # its pseudo-labels are those of the flipped image when the image is
     hyper_parameters = ("em_alpha", "vlpl_beta_pos", "vlpl_rule", "vlpl_temperature",
                         "vlpl_threshold")
 
     def __init__(self, observed, true_labels=None, *, device="cpu", pseudo_labels=None,
                  em_alpha: float = peer_losses.EM_ALPHA,
                  vlpl_beta_pos: float = vlp_losses.VLPL_BETA_POS, vlpl_rule: str = "labels",
-                 vlpl_temperature: float = vlp_losses.VLPL_TEMPERATURE,
-                 vlpl_threshold: float = vlp_losses.VLPL_THRESHOLD):
+                 vlpl_temperature: float = VLPL_TEMPERATURE,
+                 vlpl_threshold: float = VLPL_THRESHOLD):
         super().__init__(observed, true_labels, device=device, pseudo_labels=pseudo_labels)
         self.em_alpha, self.beta_pos, self.rule = em_alpha, vlpl_beta_pos, vlpl_rule
         self.temperature, self.threshold = vlpl_temperature, vlpl_threshold
+        self.require_part(vlpl_rule)
 
     @classmethod
     def check_hyper_parameters(cls, hyper: dict) -> None:
@@ -117,9 +170,9 @@ class VisionLanguagePseudoLabels(PseudoLabelMethod):
         _require(beta_pos >= 0, f"--vlpl_beta_pos must be >= 0, got {beta_pos}")
         _require(hyper.get("vlpl_rule", "labels") in ("labels", "scores"),
                  f"--vlpl_rule must be labels or scores, got {hyper.get('vlpl_rule')!r}")
-        temperature = hyper.get("vlpl_temperature", vlp_losses.VLPL_TEMPERATURE)
+        temperature = hyper.get("vlpl_temperature", VLPL_TEMPERATURE)
         _require(temperature > 0, f"--vlpl_temperature must be > 0, got {temperature}")
-        threshold = hyper.get("vlpl_threshold", vlp_losses.VLPL_THRESHOLD)
+        threshold = hyper.get("vlpl_threshold", VLPL_THRESHOLD)
         _require(0 < threshold < 1, f"--vlpl_threshold is a softmax score in (0, 1), got {threshold}")
 
     def batch_pseudo_labels(self, sample_ids: Tensor, flipped: Tensor | None, device) -> Tensor:
@@ -128,8 +181,7 @@ class VisionLanguagePseudoLabels(PseudoLabelMethod):
         labels, scores = self.pseudo_rows(sample_ids, flipped, device)
         if self.rule == "labels":
             return labels
-        return vlp_losses.vlpl_pseudo_labels(scores, temperature=self.temperature,
-                                             threshold=self.threshold)
+        return vlpl_pseudo_labels(scores, temperature=self.temperature, threshold=self.threshold)
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int,
              flipped: Tensor | None = None) -> LossOutput:

@@ -27,7 +27,7 @@ from largeloss.methods import peer_losses
 from largeloss.methods.losses import LossOutput, bce
 
 __all__ = ["gpr_pseudo_positive_weight", "gpr_per_entry", "gpr_regulariser", "gpr_loss",
-           "vlpl_pseudo_labels", "vlpl_per_entry", "vlpl_loss", "crisp_class_priors",
+           "vlpl_per_entry", "vlpl_loss", "crisp_class_priors",
            "crisp_per_class", "crisp_loss"]
 
 # --- the authors' defaults (VOC's for GPR, SPEC_VLP §2.2; VLPL §3.3; CRISP §4.1) ------------------
@@ -36,8 +36,6 @@ GPR_RHO = 0.9             # soft target of a pseudo-positive
 GPR_REG = 0.05            # weight of EPR's regulariser
 VLPL_BETA_POS = 0.7       # weight of the pseudo-positive term
 VLPL_POSITIVE_TARGET = 0.9  # its soft target, hard-coded by the authors
-VLPL_TEMPERATURE = 0.01
-VLPL_THRESHOLD = 0.3
 CRISP_DELTA = 0.01        # δ of the estimator's confidence term
 CRISP_TAU = 0.01          # τ of the estimator's confidence term
 CRISP_WARMUP_EPOCHS = 1   # epochs of AN before the first estimate (ours; the paper's is unknown)
@@ -119,16 +117,6 @@ def gpr_loss(logits: Tensor, observed: Tensor, pseudo_labels: Tensor, epoch: int
 
 
 # --- VLPL (SPEC_VLP §3) -------------------------------------------------------------------------
-
-def vlpl_pseudo_labels(cosines: Tensor, *, temperature: float = VLPL_TEMPERATURE,
-                       threshold: float = VLPL_THRESHOLD) -> Tensor:
-    """VLPL's rule (SPEC_VLP §3.1): y′_j = 1 iff softmax(c/T)_j > thr (strict), else 0.
-
-    cosines: B×L cosine similarities of the image and the class texts. Returns B×L int8 in {0, 1}.
-    The softmax sums to 1, so at most ⌊1/thr⌋ classes pass (fewer when 1/thr is an integer)."""
-    scores = torch.softmax(cosines.float() / temperature, dim=1)
-    return (scores > threshold).to(torch.int8)
-
 
 def vlpl_per_entry(logits: Tensor, observed: Tensor, pseudo_labels: Tensor, *,
                    alpha: float = peer_losses.EM_ALPHA, beta_pos: float = VLPL_BETA_POS) -> Tensor:
