@@ -8,11 +8,15 @@ The maths itself (SPEC_VLP's worked examples) is tested in tests/test_vlp_losses
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from largeloss import cli as main
+from largeloss.data import datasets
+from largeloss.data.pseudo_labels import save_pseudo_labels
 from largeloss.experiment import config, paper_numbers, presets
 from largeloss.methods import peer_losses, vlp_losses
 from largeloss.methods.pseudo_label_rules import vlpl_pseudo_labels
@@ -299,3 +303,39 @@ def test_paper_numbers_and_flags_of_the_vlp_rows(row, method, numbers):
         assert resolved.gpr_lambda == (0.7, 0.5) and resolved.early_stop_drop == 2.0
     if row == "crisp":
         assert "this run is CRISP-Eq7, our variant" in paper_numbers.peer_note("coco", row)
+
+
+# --- through the CLI, on real pseudo-label folders ------------------------------------------------
+
+def write_folder(tmp_path, kind: str):
+    """A pseudo-label folder for TINY_DIGITS' 32 training images: hard labels from the clean ones
+    (kind "labels", F = 2: the flipped variant drops every other positive) or DAMP-style cosines of
+    a global view and a 2×2 grid (kind "views", F = 2)."""
+    data = datasets.load_data("digits", "data/digits", None, 32, digits_train_size=32)
+    true = np.asarray(data.train.true_labels).astype(np.int8)
+    if kind == "labels":
+        flipped = true.copy()
+        flipped[::2] = 0
+        return save_pseudo_labels(tmp_path / "labels.pl", data.train.image_ids, data.class_names,
+                                  {"kind": "test"}, labels=np.stack([true, flipped], axis=1))
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.1, 0.3, (len(true), 2, 5, true.shape[1]))
+    scores += 0.05 * true[:, None, None, :]  # the true classes score higher in every view
+    return save_pseudo_labels(tmp_path / "views.pl", data.train.image_ids, data.class_names,
+                              {"kind": "damp", "grid": 2}, scores=scores)
+
+
+@pytest.mark.filterwarnings("ignore:class .* has no observed positive")
+@pytest.mark.filterwarnings("ignore:no observed positive")
+@pytest.mark.parametrize("name, kind", [("gpr", "labels"), ("gpr", "views"), ("vlpl", "labels")])
+def test_each_method_trains_two_epochs_on_a_pseudo_label_folder(tmp_path, name, kind):
+    folder = write_folder(tmp_path, kind)
+    out_dir = tmp_path / "run"
+    assert main.main([*TINY_DIGITS, "--epochs", "2", "--loss", name, "--pseudo_labels",
+                      str(folder), "--seed", "1", "--out_dir", str(out_dir)]) == 0
+    rows = read_jsonl(out_dir / "metrics.jsonl")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
+    assert all(row["modified"] > 0 for row in rows)  # pseudo-positives scored every epoch
+    saved = json.loads((out_dir / "config.json").read_text())
+    assert saved["method"] == name and saved["pseudo_labels"] == str(folder)
