@@ -221,7 +221,7 @@ def peer_note(dataset: str, method: str) -> str:
         reason = (f"{dataset} is not in the paper" if dataset not in PAPER_DATASETS
                   else f"{name}'s paper has no number on the Cole protocol")
         return f"# paper: none ({reason})"
-    std = {**PEER_PAPER_STD, **VLP_PAPER_STD}.get(dataset, {}).get(name)
+    std = (PEER_PAPER_STD if method in PEER_METHODS else VLP_PAPER_STD).get(dataset, {}).get(name)
     note = f"# paper E2E {dataset} {name}: {value:.2f}" + ("" if std is None else f" ± {std:.2f}")
     return note + VLP_CAVEATS.get(method, "")
 

@@ -70,7 +70,7 @@ class PseudoLabelMethod(Method):
 
 @register
 class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
-    """GPR (AEVLP, Tran et al., ICCV 2025): GR's loss with a pseudo-positive branch weighted within
+    """GPR (AEVLP, ICCV 2025): GR's loss with a pseudo-positive branch weighted within
     [λ₂, λ₁] and EPR's regulariser, on DAMP pseudo-labels from a frozen CLIP (SPEC_VLP §2)."""
     name = "gpr"
     needs_expected_num_pos = True
@@ -145,7 +145,7 @@ class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
 
 @register
 class VisionLanguagePseudoLabels(PseudoLabelMethod):
-    """VLPL (Xing et al., CVPR 2024 workshop): EM plus a β_pos-weighted soft positive on the classes
+    """VLPL (CVPR 2024 workshop): EM plus a β_pos-weighted soft positive on the classes
     CLIP scores above a threshold, for the same flip as the training image (SPEC_VLP §3)."""
     name = "vlpl"
     needs_flips = True  # its pseudo-labels are those of the flipped image when the image is
@@ -192,7 +192,7 @@ class VisionLanguagePseudoLabels(PseudoLabelMethod):
 
 @register
 class ClassPriorsCRISP(Method):
-    """CRISP-Eq7 (ours, after Liu et al., NeurIPS 2025): AN for the warm-up epochs, then per-class
+    """CRISP-Eq7 (ours, after CRISP, NeurIPS 2025): AN for the warm-up epochs, then per-class
     priors π̂ re-estimated after every epoch from a pass over the training set, and our reading of
     CRISP's loss (its Eq. 8 is not decoded, SPEC_VLP §4.2): not the paper's published loss."""
     name = "crisp"
