@@ -17,8 +17,9 @@ import traceback
 from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
+from largeloss.engine.resume import resume_config
 from largeloss.engine.run_folder import RunFolder, read_checkpoint
-from largeloss.engine.train import evaluate_checkpoint, fit, resume_config
+from largeloss.engine.train import evaluate_checkpoint, fit
 from largeloss.experiment.config import Config, explicit_flags, parse_args
 from largeloss.utils.distributed import destroy, world_from_environment
 from largeloss.utils.errors import InputError, TrainingDiverged

@@ -271,6 +271,7 @@ def load_clip(args: argparse.Namespace, device: torch.device):
         raise InputError(f"--model {name}: open_clip does not know it (pass --model_config JSON)")
     if args.clip_weights and not Path(args.clip_weights).is_file():
         raise InputError(f"--clip_weights {args.clip_weights}: no such file")
+    torch.manual_seed(0)  # random weights (pretrained none): the same model when a pass resumes
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except (OSError, RuntimeError, ValueError) as error:  # no network, a tag open_clip lacks

@@ -18,7 +18,7 @@ from largeloss import cli as main
 from largeloss.data import formats
 from largeloss.engine import train
 from largeloss.experiment import config
-from largeloss.methods import registry as methods
+from largeloss.methods import losses
 from largeloss.reporting import summarize
 
 RUN_KEYS = {"epoch", "train_loss", "val_map", "modified", "seconds", "images_per_s"}
@@ -307,14 +307,14 @@ def test_corrupt_image_is_refused_naming_the_file(tmp_path, cole_folder, capsys,
 
 @pytest.mark.filterwarnings("ignore:no observed positive")
 def test_nan_loss_stops_the_run_and_writes_error_txt(tmp_path, monkeypatch, capsys):
-    real_compute_loss = methods.compute_loss
+    real_large_loss = losses.large_loss  # the default method is AN + LL-R
 
     def nan_loss(*args, **kwargs):
-        output = real_compute_loss(*args, **kwargs)
+        output = real_large_loss(*args, **kwargs)
         return type(output)(loss=output.loss * float("nan"), modified=output.modified,
                             relabel=output.relabel)
 
-    monkeypatch.setattr(methods, "compute_loss", nan_loss)
+    monkeypatch.setattr(losses, "large_loss", nan_loss)
     out_dir = tmp_path / "run"
     assert main.main([*TINY_DIGITS, "--epochs", "2", "--out_dir", str(out_dir)]) == 3
     assert "the training loss became nan in epoch 1" in capsys.readouterr().err

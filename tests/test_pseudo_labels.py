@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from largeloss.data.loading import DevicePreprocess
 from largeloss.data.pseudo_labels import (PseudoLabels, class_names_sha256, load_pseudo_labels,
                                           random_view_flips, save_pseudo_labels)
+from largeloss.engine import train
+from largeloss.methods import losses
 from largeloss.methods import registry as methods
+from largeloss.utils.distributed import SINGLE_PROCESS
 from largeloss.utils.errors import InputError
 
 CLASS_NAMES = ("cat", "dog", "sea")
@@ -186,8 +191,7 @@ class ToyPseudoLabelMethod(methods.Method):
     def loss(self, logits, sample_ids, epoch, flipped=None):
         labels, _ = self.pseudo_labels.rows(sample_ids, flipped)
         self.seen.append((sample_ids.clone(), None if flipped is None else flipped.clone(), labels))
-        return methods.compute_loss("an", logits, self.labels.rows(sample_ids), epoch=epoch,
-                                    check_values=False)
+        return losses.an_loss(logits, self.labels.rows(sample_ids))
 
 
 @pytest.fixture
@@ -225,3 +229,36 @@ def test_pseudo_labels_for_a_method_that_ignores_them_are_refused(folder, toy_me
     pseudo = load_pseudo_labels(folder, IDS, CLASS_NAMES)
     with pytest.raises(InputError, match="method an does not use pseudo-labels .*toy_pl"):
         methods.build("an", np.array([[1, 0, 0]]), pseudo_labels=pseudo)
+
+
+def test_the_engine_reports_the_flip_it_applied():
+    """forward_global_batch's `flipped` is True exactly for the images the preprocess mirrored:
+    images whose left half is bright and right half dark; the model returns the mean of the left
+    half minus that of the right, negative where the image was flipped."""
+    images = torch.zeros((64, 3, 4, 4), dtype=torch.uint8)
+    images[..., :2] = 200
+    preprocess = DevicePreprocess((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), torch.device("cpu"))
+
+    def left_minus_right(inputs):
+        return (inputs[..., :2].mean(dim=(1, 2, 3)) - inputs[..., 2:].mean(dim=(1, 2, 3)))[:, None]
+
+    phase = SimpleNamespace(preprocess=preprocess, forward=left_minus_right, amp="off")
+    torch.manual_seed(0)
+    logits, sample_ids, flipped = train.forward_global_batch(phase, images, torch.arange(64), 64,
+                                                             torch.device("cpu"), SINGLE_PROCESS)
+    assert sample_ids.tolist() == list(range(64))
+    assert flipped.dtype == torch.bool and 0 < int(flipped.sum()) < 64
+    assert torch.equal(flipped, logits[:, 0] < 0)
+
+
+def test_to_another_device_copies_the_training_rows_in_split_order(folder):
+    """Off the CPU the training rows are copied once, in split order (file_rows becomes 0..N−1);
+    the meta device stands in for a GPU (shapes and indexing, no values)."""
+    pseudo = load_pseudo_labels(folder, ["d.jpg", "a.jpg", "c.jpg"], CLASS_NAMES)
+    moved = pseudo.to("meta")
+    assert moved.device.type == "meta" and moved.scores.shape == (3, 2, 5, 3)
+    assert moved.labels.shape == (3, 2, 3)
+    labels, scores = moved.rows(torch.tensor([2, 0], device="meta"),
+                                torch.tensor([True, False], device="meta"))
+    assert labels.shape == (2, 3) and scores.shape == (2, 3) and scores.dtype == torch.float32
+    assert moved.views(torch.tensor([1], device="meta")).shape == (1, 5, 3)

@@ -50,7 +50,7 @@ def class_names_sha256(class_names) -> str:
     return hashlib.sha256("\n".join(class_names).encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity, not an element-wise tensor comparison
 class PseudoLabels:
     """The rows of a pseudo-label folder for one training split.
 

@@ -664,6 +664,10 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
                          "features has no class activation maps to boost")
         if args.boostlu_alpha <= 0:
             parser.error(f"--boostlu_alpha must be > 0, got {args.boostlu_alpha}")
+    try:
+        methods.check_pseudo_labels_given(method, args.pseudo_labels is not None)
+    except ValueError as error:
+        parser.error(str(error))
     if cls.schedule_spans_the_run and args.train_mode == "linear_init":
         parser.error(f"{method}'s schedule spans the run's epochs; --train_mode linear_init has two "
                      f"phases, each restarting the epoch count (use end_to_end or linear)")

@@ -137,15 +137,6 @@ class SparseLabelStore:
         """nnz int8 in {-1, +1}: the given labelled entries (relabels not included)."""
         return self.values
 
-    def observed_counts(self) -> tuple[Tensor, Tensor]:
-        """(positives, negatives) given per class: two L-vectors of int64 on the CPU, relabels
-        not included (class groups G1–G5 sort classes by positives + negatives of the train set).
-        """
-        positive = self.values == 1
-        classes = self.indices.long()
-        return (torch.bincount(classes[positive], minlength=self.num_classes).cpu(),
-                torch.bincount(classes[~positive], minlength=self.num_classes).cpu())
-
     def rows(self, sample_ids: Tensor) -> Tensor:
         """B×L int8 observed labels in {-1, 0, +1} of the batch, relabels applied.
 

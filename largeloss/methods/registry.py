@@ -1,7 +1,8 @@
 """Training methods as objects: each owns the state it keeps across batches, the trainer calls it.
 
 A method is built from the training split's labels and its hyper-parameters, computes the batch
-loss from logits and sample ids (through the pure, tested `losses.compute_loss`), and keeps what
+loss from logits and sample ids (through its own pure, tested function in losses.py or
+peer_losses.py), and keeps what
 outlives a batch: the observed labels with LL-Cp's permanent relabels, ROLE's label estimator.
 The trainer never asks which method it runs; it calls
 
@@ -43,9 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from largeloss.data.pseudo_labels import PseudoLabels
-from largeloss.methods import peer_losses
+from largeloss.methods import losses, peer_losses
 from largeloss.methods.label_stores import LabelEstimator, LabelStore, build_label_store
-from largeloss.methods.losses import LLCP_RELABEL, LossOutput, compute_loss, ll_num_modified
+from largeloss.methods.losses import LLCP_RELABEL, LossOutput, ll_num_modified, to_observed
 from largeloss.utils.errors import InputError
 
 METHODS: dict[str, type[Method]] = {}
@@ -101,8 +102,8 @@ def chosen_hyper_parameters(name: str, hyper: dict | None = None, **named) -> di
 
 
 def build(name: str, observed, true_labels=None, *, device: torch.device | str = "cpu",
-          hyper: dict | None = None, pseudo_labels: PseudoLabels | None = None,
-          **named) -> Method:
+          hyper: dict | None = None, unknown: float = 0,
+          pseudo_labels: PseudoLabels | None = None, **named) -> Method:
     """The method `name` for a training split.
 
     Args:
@@ -112,6 +113,9 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
         true_labels: N×L in {0, 1} or None; given only to methods that declare needs_true_labels.
         hyper: every hyper-parameter the caller holds (e.g. Config.method_hyper_parameters():
             delta_rel, expected_num_pos, seed, estimator_lr_mult, num_epochs, em_alpha, ...).
+        unknown: the value marking unknown entries of a dense `observed`: 0 (labels in
+            {-1, 0, +1}), NaN (labels in {0, 1, NaN}, as mlcpl) or an ignore index such as -100
+            (labels in {0, 1, -100}, as torchmetrics); converted here by losses.to_observed.
         pseudo_labels: the run's pseudo_labels.PseudoLabels (--pseudo_labels), on `device`; given
             to a method that declares needs_pseudo_labels (as the keyword `pseudo_labels` of its
             __init__), refused with the reason (InputError) when missing for one or given to
@@ -123,6 +127,8 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
     cls = method_class(name)
     check_pseudo_labels_given(name, pseudo_labels is not None)
     chosen = chosen_hyper_parameters(name, hyper, **named)
+    if unknown != 0:
+        observed = to_observed(observed, unknown)
     if cls.needs_pseudo_labels:
         chosen["pseudo_labels"] = pseudo_labels
     return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
@@ -228,10 +234,9 @@ class Method:
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         """The loss on a batch. logits: B×L; sample_ids: B training-set rows on the logits'
-        device; epoch: 1-based, counted within the training phase. No host sync."""
-        return compute_loss(self.name, logits, self.labels.rows(sample_ids),
-                            true_labels=self._true_rows(sample_ids), epoch=epoch,
-                            check_values=False, **self._loss_arguments(sample_ids))
+        device; epoch: 1-based, counted within the training phase. No host sync. Each method
+        calls its own pure loss function (losses.py, peer_losses.py)."""
+        raise NotImplementedError
 
     def loss_of_batch(self, logits: Tensor, sample_ids: Tensor, epoch: int,
                       flipped: Tensor | None = None) -> LossOutput:
@@ -243,10 +248,6 @@ class Method:
 
     def _true_rows(self, sample_ids: Tensor) -> Tensor | None:
         return None if self.true_labels is None else self.true_labels[sample_ids]
-
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        """Extra keyword arguments of compute_loss for this method."""
-        return {}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         """Called after each optimiser step with the step's output."""
@@ -283,12 +284,18 @@ class BCE(Method):
     name = "bce"
     needs_true_labels = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.bce_loss(logits, self._true_rows(sample_ids))
+
 
 @register
 class BCELabelSmoothing(Method):
     """Full-label BCE with label smoothing ε = 0.1."""
     name = "bce_ls"
     needs_true_labels = True
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.bce_ls_loss(logits, self._true_rows(sample_ids))
 
 
 @register
@@ -297,12 +304,18 @@ class IgnoreUnobservedPositives(Method):
     name = "iun"
     needs_true_labels = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.iun_loss(logits, self.labels.rows(sample_ids), self._true_rows(sample_ids))
+
 
 @register
 class IgnoreUnobserved(Method):
     """IU: observed positives and observed negatives only."""
     name = "iu"
     needs_observed_negatives = True
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.iu_loss(logits, self.labels.rows(sample_ids))
 
 
 @register
@@ -311,17 +324,26 @@ class AssumeNegative(Method):
     name = "an"
     composes_with_boostlu = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.an_loss(logits, self.labels.rows(sample_ids))
+
 
 @register
 class AssumeNegativeLabelSmoothing(Method):
     """AN-LS: AN with label smoothing ε = 0.1."""
     name = "an_ls"
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.an_ls_loss(logits, self.labels.rows(sample_ids))
+
 
 @register
 class WeakAssumeNegative(Method):
     """WAN: AN with negatives down-weighted by 1/(L−1)."""
     name = "wan"
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.wan_loss(logits, self.labels.rows(sample_ids))
 
 
 @register
@@ -335,8 +357,8 @@ class ExpectedPositiveRegularisation(Method):
         super().__init__(observed, true_labels, device=device)
         self.expected_num_pos = expected_num_pos
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"expected_num_pos": self.expected_num_pos}
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.epr_loss(logits, self.labels.rows(sample_ids), self.expected_num_pos)
 
 
 @register
@@ -355,9 +377,9 @@ class OnlineLabelEstimation(Method):
         self.estimator_lr_mult = estimator_lr_mult
         self.estimator: nn.Module = LabelEstimator(observed, seed).to(device)
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"expected_num_pos": self.expected_num_pos,
-                "estimator_logits": self.estimator(sample_ids)}
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.role_loss(logits, self.labels.rows(sample_ids), self.estimator(sample_ids),
+                                self.expected_num_pos)
 
     def parameter_groups(self, base_lr: float) -> list[dict]:
         return [{"params": list(self.estimator.parameters()),
@@ -387,8 +409,11 @@ class LargeLoss(Method):
             raise ValueError(f"delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
         self.delta_rel = delta_rel
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"delta_rel": self.delta_rel}
+    llcp_relabel = "above"  # LL-R / LL-Ct relabel nothing; LL-Cp takes it as a hyper-parameter
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.large_loss(logits, self.labels.rows(sample_ids), self.name, epoch,
+                                 self.delta_rel, self.llcp_relabel)
 
 
 @register
@@ -422,9 +447,6 @@ class LargeLossCorrectionPermanent(LargeLoss):
         super().check_hyper_parameters(hyper)
         _require(hyper.get("llcp_relabel", "above") in LLCP_RELABEL,
                  f"--llcp_relabel must be one of {LLCP_RELABEL}, got {hyper.get('llcp_relabel')!r}")
-
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"delta_rel": self.delta_rel, "llcp_relabel": self.llcp_relabel}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         self.labels.apply_relabel(sample_ids, output.relabel)
@@ -521,10 +543,6 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
         probs = torch.sigmoid(training_set_logits().detach().to(self.pseudo_targets.device))
         self.pseudo_targets, self.pseudo_mask = peer_losses.apl_pass(
             probs, self.labels.observed, self.pseudo_targets, self.pseudo_mask, self.num_per_pass)
-
-    @property
-    def num_pseudo_negatives(self) -> int:
-        return int(self.pseudo_mask.sum())
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pseudo_targets": self.pseudo_targets.cpu(),

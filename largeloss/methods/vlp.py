@@ -30,7 +30,7 @@ from torch import Tensor
 
 from largeloss.data.pseudo_labels import random_view_flips
 from largeloss.methods import peer_losses, vlp_losses
-from largeloss.methods.losses import LossOutput, compute_loss
+from largeloss.methods.losses import LossOutput, an_loss
 from largeloss.methods.pseudo_label_rules import (DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD,
                                                   DampSettings, damp_pseudo_labels,
                                                   vlpl_pseudo_labels)
@@ -235,7 +235,7 @@ class ClassPriorsCRISP(Method):
         """AN up to the warm-up's last epoch; then CRISP-Eq7 with the priors of the last pass."""
         observed = self.labels.rows(sample_ids)
         if epoch <= self.warmup_epochs:
-            return compute_loss("an", logits, observed, epoch=epoch, check_values=False)
+            return an_loss(logits, observed)
         weights = (None if self.unbiased_scale is None
                    else self.unbiased_scale.to(logits.device) / logits.shape[0])
         return vlp_losses.crisp_loss(logits, observed, self.priors.to(logits.device),

@@ -374,3 +374,11 @@ def predict(model: Callable[[Tensor], Tensor], loader, preprocess: Callable, dev
     result = np.empty_like(outputs)
     result[torch.cat(order).cpu().numpy()] = outputs
     return result
+
+
+def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
+    """nn.Linear(D, L) with PyTorch's default init drawn from `seed`, the global RNG untouched:
+    linear mode and LinearInit's phase 1 start from the same head."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(num_features, num_classes)
