@@ -48,8 +48,8 @@ DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Build (and run) the commands for one cell of the paper's table (SPEC §7) with the "
-                    "authors' hyper-parameters (SPEC §6): per dataset optimizer and lr (pascal SGD 5e-3, "
+        description="Build (and run) the commands for one cell of the paper's table (docs/reproducing.md) with the "
+                    "authors' hyper-parameters (docs/protocol.md): per dataset optimizer and lr (pascal SGD 5e-3, "
                     "coco/nuswide Adam 1e-5, cub Adam 7.5e-5), per scheme and dataset the best Δrel, "
                     "batch size 16, 10 epochs. The baselines (bce, an, wan, an_ls, epr, "
                     "role) have no tuned lr in the LL paper: they get the dataset's optimizer and lr. "

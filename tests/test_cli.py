@@ -90,7 +90,7 @@ def test_every_method_trains_two_epochs_and_writes_the_run_folder(tmp_path, loss
     modified = [row["modified"] for row in rows]
     if mod_scheme == "none":
         assert modified == [0, 0]
-    else:  # epoch 1 is the warm-up (SPEC §4); from epoch 2 on the scheme modifies entries
+    else:  # epoch 1 is the warm-up (docs/methods.md §LL schedule); from epoch 2 on the scheme modifies entries
         assert modified[0] == 0 and modified[1] > 0
 
 
@@ -371,7 +371,7 @@ def test_paper_defaults_pascal_ll_cp():
     assert resolved.expected_num_pos == 1.5
 
 
-# SPEC §6, "best hyper-parameters (authors, end-to-end)".
+# docs/protocol.md §Training protocol, the authors' best end-to-end hyper-parameters.
 PAPER_TABLE = {"pascal": ("sgd", 5e-3, (0.2, 0.2, 0.1)), "coco": ("adam", 1e-5, (0.4, 0.2, 0.2)),
                "nuswide": ("adam", 1e-5, (0.4, 0.2, 0.2)), "cub": ("adam", 7.5e-5, (0.4, 0.4, 0.2))}
 

@@ -121,7 +121,7 @@ def test_a_cache_file_without_sidecar_is_refused_and_left_alone(tmp_path, capsys
 def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole_folder,
                                                                   extractions, capsys):
     """Sidecar-less {train,val}_features_imagenet_resnet50.npy in the data folder (where Cole et
-    al.'s code keeps them): used for resnet50 / imagenet_v1 / 448 px, rows mapped as SPEC §2."""
+    al.'s code keeps them): used for resnet50 / imagenet_v1 / 448 px, rows mapped as docs/protocol.md."""
     data_root = cole_folder("pascal", num_train=20, num_test=8)
     official = {phase: np.random.RandomState(index).rand(rows, 2048).astype(np.float32)
                 for index, (phase, rows) in enumerate((("train", 20), ("val", 8)))}

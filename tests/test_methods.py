@@ -42,7 +42,7 @@ def test_method_loss_equals_compute_loss_on_its_rows(name):
     assert torch.equal(output.modified, expected.modified)
 
 
-PEER_METHODS = {"em", "APL", "hill", "splc", "gr"}  # SPEC_PEERS, tests/test_peer_methods.py
+PEER_METHODS = {"em", "APL", "hill", "splc", "gr"}  # docs/methods.md, tests/test_peer_methods.py
 
 
 def test_the_registry_is_the_cli_choice_list():

@@ -2,7 +2,7 @@
 object is its peer_losses function, APL keeps its pseudo-negatives in its own checkpointed store,
 the CLI trains every one of them, refuses what cannot run, and BoostLU's head at α = 1 is today's.
 
-The maths itself (SPEC_PEERS' worked examples) is tested in tests/test_peer_losses.py."""
+The maths itself (docs/methods.md §Worked examples) is tested in tests/test_peer_losses.py."""
 from __future__ import annotations
 
 import json
@@ -103,8 +103,8 @@ def test_the_registry_offers_the_peer_methods():
 @pytest.mark.parametrize("llcp_relabel,expected", [("above", []), ("modified", [(0, 1)])])
 def test_llcp_relabel_rule_of_boostlus_code_relabels_the_kth_entry_too(llcp_relabel, expected):
     """Δrel 8 % of 3×4 entries: k = ⌈0.96⌉ = 1, so only the largest candidate loss, (0, 1), is
-    modified and nothing lies strictly above it: SPEC §4's LL-Cp relabels nothing, BoostLU's code
-    (loss ≥ R) relabels that entry (SPEC_PEERS §1.2)."""
+    modified and nothing lies strictly above it: the LL paper's LL-Cp relabels nothing, BoostLU's code
+    (loss ≥ R) relabels that entry (docs/methods.md §Paper or code)."""
     logits = torch.tensor([[0.0, 5.0, 4.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     method = methods.build("LL-Cp", OBSERVED[:3], delta_rel=8.0, llcp_relabel=llcp_relabel)
     output = method.loss(logits, torch.arange(3), epoch=2)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from largeloss.data import sparse_labels
 from largeloss.data.sparse_labels import (SparseLabels, check_sparse_labels, load_sparse_labels,
                                           read_class_names, read_long_csv, save_sparse_labels)
 from largeloss.methods.label_stores import ObservedLabelStore, SparseLabelStore
@@ -85,7 +86,12 @@ def broken(**changes) -> SparseLabels:
     ({"class_names": [1, 2, 3, 4, 5]}, "class_names has dtype int64, expected unicode strings"),
     ({"values": [1.0, -1, 1, 1, -1, 1, -1]}, "values has dtype float64, expected integers"),
 ])
-def test_malformed_csr_is_refused_naming_the_file(tmp_path, changes, message):
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=lambda chunk: f"chunk{chunk or ''}")
+def test_malformed_csr_is_refused_naming_the_file(tmp_path, monkeypatch, changes, message, chunk):
+    """The same error whatever the chunk size of the entry checks (CHECK_CHUNK; 1–3 put chunk
+    boundaries inside and between images)."""
+    if chunk:
+        monkeypatch.setattr(sparse_labels, "CHECK_CHUNK", chunk)
     path = tmp_path / "bad_labels.npz"
     with pytest.raises(ValueError, match=f"bad_labels.npz: {message}"):
         save_sparse_labels(path, broken(**changes))
@@ -95,6 +101,16 @@ def test_malformed_csr_is_refused_naming_the_file(tmp_path, changes, message):
                       ("indptr", "indices", "values", "image_ids", "class_names")})
     with pytest.raises(ValueError, match=f"bad_labels.npz: {message}"):
         load_sparse_labels(path)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 24])
+def test_well_formed_labels_pass_the_check_in_any_chunk_size(monkeypatch, chunk):
+    monkeypatch.setattr(sparse_labels, "CHECK_CHUNK", chunk)
+    check_sparse_labels(example(), "example")
+    rng = np.random.default_rng(chunk)
+    observed = rng.choice([-1, 0, 0, 1], size=(9, 6)) * (rng.random((9, 1)) < 0.7)  # empty rows
+    check_sparse_labels(SparseLabels.from_dense(observed, [f"{i}" for i in range(9)],
+                                                list("abcdef")), "random")
 
 
 def test_rows_may_be_empty_and_check_accepts_them():

@@ -26,7 +26,7 @@ from largeloss.utils.errors import InputError
 
 def load_cole_data(dataset: str, data_root: Path, image_dir: Path | None,
                    image_size: int) -> ExperimentData:
-    """A paper dataset in Cole format (SPEC §2): official train split 80/20 into train/val with
+    """A paper dataset in Cole format (docs/protocol.md): official train split 80/20 into train/val with
     RandomState(1200), official val = test; model selection on clean val labels."""
     if not data_root.is_dir():
         raise InputError(f"dataset folder {data_root} does not exist; prepare it with "

@@ -1,7 +1,7 @@
 """Sparse observed labels for many classes: a CSR file format, a long-CSV reader, and the
 training-set label store that holds only the labelled entries.
 
-Encoding (SPEC §1): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
+Encoding (docs/protocol.md): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
 from the CSR arrays is unobserved.
 
 One split of N images and L classes with nnz labelled entries (`SparseLabels`):
@@ -17,7 +17,10 @@ One split of N images and L classes with nnz labelled entries (`SparseLabels`):
 Files: one `.npz` per split holding these five arrays (`save_sparse_labels`, `load_sparse_labels`;
 no pickles), or a long CSV `image,class,label` beside a class list (`read_long_csv`, format in
 data/README.md). Memory is 8·(N+1) + 5·nnz bytes plus the names: OpenImages V3 train
-(3.7M images, 21M entries) takes ~135 MB where a dense N×L int8 matrix takes 18.5 GB.
+(3.7M images, 21M entries) takes ~135 MB where a dense N×L int8 matrix takes 18.5 GB; at the
+real density of its human-verified rows (~60 per image, 220M entries) ~1.1 GB. The check of a
+loaded file walks the entries in chunks (CHECK_CHUNK), so its temporaries stay within 64 MB
+rather than ~4 bytes per entry (0.9 GB at 220M entries).
 
 `SparseLabelStore` is the training-set state built from these arrays, with the interface of
 `losses.ObservedLabelStore` (rows, apply_relabel, num_relabeled, state_dict, load_state_dict).
@@ -35,6 +38,7 @@ from largeloss.utils import atomic
 
 CSR_KEYS = ("indptr", "indices", "values", "image_ids", "class_names")
 LONG_CSV_COLUMNS = ("image", "class", "label")
+CHECK_CHUNK = 1 << 24  # entries checked at a time: ~4 bytes of temporaries each, 64 MB at most
 
 
 @dataclass(frozen=True)
@@ -122,25 +126,35 @@ def check_sparse_labels(labels: SparseLabels, source: str) -> None:
         bad = int(np.argmax((indices < 0) | (indices >= num_classes)))
         raise ValueError(f"{source}: class index {indices[bad]} (entry {bad}) outside "
                          f"[0, {num_classes})")
-    bad_values = (values != 1) & (values != -1)  # not np.isin: it sorts a copy of nnz entries
-    if bad_values.any():
-        bad = int(np.argmax(bad_values))
-        raise ValueError(f"{source}: value {values[bad]} (entry {bad}) is not +1 or -1")
-    starts_a_row = np.zeros(len(indices), dtype=bool)
-    starts_a_row[indptr[:-1][row_lengths > 0]] = True
-    unordered = ~starts_a_row[1:] & (indices[1:] <= indices[:-1])
-    if unordered.any():
-        entry = int(np.argmax(unordered)) + 1
-        image = int(np.searchsorted(indptr, entry, side="right")) - 1
-        raise ValueError(f"{source}: image {image} ({str(labels.image_ids[image])!r}) lists its "
-                         f"classes out of order or twice (class {indices[entry]} after "
-                         f"{indices[entry - 1]}); each image's classes must strictly increase")
+    for start in range(0, len(indices), CHECK_CHUNK):  # bounded temporaries (module docstring)
+        _check_entry_chunk(labels, source, start, min(start + CHECK_CHUNK, len(indices)))
     for key in ("image_ids", "class_names"):
         names = np.sort(getattr(labels, key))
         repeated = names[1:] == names[:-1]
         if repeated.any():
             raise ValueError(f"{source}: {key} holds {str(names[np.argmax(repeated)])!r} more "
                              f"than once")
+
+
+def _check_entry_chunk(labels: SparseLabels, source: str, start: int, end: int) -> None:
+    """check_sparse_labels on entries [start, end): values ±1, classes strictly increasing within
+    each image (entry `start` compared with the one before it)."""
+    indptr, indices, values = labels.indptr, labels.indices, labels.values
+    bad_values = (values[start:end] != 1) & (values[start:end] != -1)  # not np.isin: it sorts
+    if bad_values.any():
+        bad = start + int(np.argmax(bad_values))
+        raise ValueError(f"{source}: value {values[bad]} (entry {bad}) is not +1 or -1")
+    first = max(start, 1)  # entries first … end−1, each against the entry before it
+    starts_a_row = np.zeros(end - first, dtype=bool)
+    row_starts = indptr[(indptr >= first) & (indptr < end)]
+    starts_a_row[row_starts - first] = True
+    unordered = ~starts_a_row & (indices[first:end] <= indices[first - 1:end - 1])
+    if unordered.any():
+        entry = first + int(np.argmax(unordered))
+        image = int(np.searchsorted(indptr, entry, side="right")) - 1
+        raise ValueError(f"{source}: image {image} ({str(labels.image_ids[image])!r}) lists its "
+                         f"classes out of order or twice (class {indices[entry]} after "
+                         f"{indices[entry - 1]}); each image's classes must strictly increase")
 
 
 def save_sparse_labels(path: Path, labels: SparseLabels) -> None:

@@ -1,5 +1,5 @@
 """Features: extracting, caching and loading the pooled backbone features that a linear head
-trains on (Cole et al.'s LinearInit and linear mode, SPEC §6), and the batches of them that the
+trains on (Cole et al.'s LinearInit and linear mode, docs/linear.md), and the batches of them that the
 training loop (train.py) iterates like a loader of images.
 
     python main.py --dataset coco --train_mode linear_init   # phase 1: the head on cached features
@@ -124,7 +124,7 @@ class CacheUnit:
 
 
 def cache_units(dataset: str, data: ExperimentData) -> list[CacheUnit]:
-    if dataset in PAPER_DATASETS:  # SPEC §2: official train = train + val, official val = test
+    if dataset in PAPER_DATASETS:  # docs/protocol.md: official train = train + val, official val = test
         num_official_train = len(data.train) + len(data.val)
         train_rows, val_rows = formats.train_val_split(num_official_train)
         if len(train_rows) != len(data.train):

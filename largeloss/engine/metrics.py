@@ -1,4 +1,4 @@
-"""Mean average precision (SPEC §2): per class scikit-learn AP on float32 scores."""
+"""Mean average precision (docs/protocol.md): per class scikit-learn AP on float32 scores."""
 from __future__ import annotations
 
 import numpy as np

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ from largeloss.utils.errors import InputError, TrainingDiverged
 
 DISTRIBUTED_TIMEOUT_S = 600  # a collective waiting longer means a lost process: fail, not hang
 LOGIT_LIMIT = 1e6  # |logit| above this: the run diverged (module docstring)
+# The end-of-epoch pass over the training set holds N×L float32 scores up to three times at once
+# (on the device, their host copy, the method's probabilities): one copy may take this fraction of
+# the machine's RAM (OpenImages V3: 3.7M × 5,000 × 4 bytes = 74 GB is refused at start).
+TRAINING_SET_PASS_RAM_FRACTION = 0.25
 
 # --- building blocks ----------------------------------------------------------------------------
 
@@ -389,9 +394,29 @@ def training_set_logits(run: Run, phase: Phase) -> Tensor:
     return torch.from_numpy(logits).to(run.device)
 
 
+def training_set_pass_bound_bytes() -> int:
+    """The most bytes one N×L float32 copy of the training-set scores may take: a fraction
+    (TRAINING_SET_PASS_RAM_FRACTION) of this machine's physical RAM."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(TRAINING_SET_PASS_RAM_FRACTION * physical)
+
+
+def check_training_set_pass_fits(num_images: int, num_classes: int, bound_bytes: int) -> None:
+    """Refuse (InputError) a run whose end-of-epoch pass (the method's end_epoch, --track_train)
+    would hold N×L float32 scores larger than `bound_bytes`, before any training."""
+    needed = num_images * num_classes * 4
+    if needed > bound_bytes:
+        raise InputError(
+            f"the end-of-epoch pass over the training set (the method's end_epoch or "
+            f"--track_train) holds N×L float32 scores: {num_images} × {num_classes} × 4 bytes = "
+            f"{needed:,} bytes (about three copies at once), over the bound of "
+            f"{bound_bytes:,} bytes ({TRAINING_SET_PASS_RAM_FRACTION:g} of this machine's "
+            f"RAM); use a method without that pass, or fewer images or classes")
+
+
 def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int,
                        logits: Tensor) -> dict:
-    """--track_train (SPEC §8): loss groups and clean mAP from the eval pass over the training set
+    """--track_train (docs/analyses.md): loss groups and clean mAP from the eval pass over the training set
     (`logits`, N×L, training_set_logits), this epoch's precision of modification, and
     corrections.json."""
     train = run.data.train
@@ -516,7 +541,7 @@ def image_loaders(data: ExperimentData, config: Config, device: torch.device,
 
 
 def train_eval_loader(data: ExperimentData, config: Config, device: torch.device, world: World):
-    """The training set in order, evaluated without flip (SPEC §8)."""
+    """The training set in order, evaluated without flip (docs/analyses.md)."""
     return loading.make_loader(data.train.images, config.batch_size * 2, False,
                                 config.num_workers, config.seed, device.type == "cuda", world)
 
@@ -590,6 +615,9 @@ def fit(config: Config, data: ExperimentData | None = None, saved: dict | None =
         check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
     splits.warn_classes_without_positives(run.data)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
+    if run.method.uses_training_set_pass or config.track_train:
+        check_training_set_pass_fits(len(run.data.train), run.data.num_classes,
+                                     training_set_pass_bound_bytes())
     write_run_header(run)
     if logger_class is not None and run.world.is_main:
         run.logger = logger_class(log_dir=str(run.folder.path))

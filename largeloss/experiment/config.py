@@ -1,7 +1,7 @@
 """Command-line flags, paper defaults per dataset, and the resolved, frozen run configuration.
 
 Precedence: explicit flag > `--config FILE` (JSON or YAML, e.g. a run's config.json) > the
-dataset's paper default (SPEC §6) > built-in.
+dataset's paper default (docs/protocol.md §Training protocol) > built-in.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "matched to the training images by id (default: none)")
     method.add_argument("--llcp_relabel", choices=("above", "modified"),
                         help="LL-Cp: which modified entries become positives for good: those strictly "
-                             "above the k-th largest loss (SPEC §4; with k = 1 none) or every modified "
+                             "above the k-th largest loss (the LL paper; with k = 1 none) or every modified "
                              "one, as BoostLU's code (default: above)")
     method.add_argument("--boostlu_alpha", type=float, default=1.0, metavar="ALPHA",
                         help="BoostLU (Kim et al., CVPR 2023): the head is applied at every position "

@@ -1,5 +1,5 @@
 """The papers' published numbers, one home for every figure the tool sets beside a run: the LL
-paper's table (SPEC §7), OpenImages, and the later methods' (SPEC_PEERS) published and re-run
+paper's table (docs/reproducing.md), OpenImages, and the later methods' (README) published and re-run
 numbers; and the authors' best hyper-parameters, read from the CLI's own tables (presets.py) and
 the method registry.
 
@@ -26,7 +26,7 @@ LL_SCHEMES = tuple(name for name in methods.schemes()
                    if "delta_rel" in methods.method_class(name).hyper_parameters)
 SETTINGS = ("end_to_end", "linear_init")  # train_mode values the paper reports (E2E, LI)
 
-# SPEC §7: test mAP (0-100), ResNet-50, 448 px. PAPER_MAP[train_mode][dataset][method].
+# docs/reproducing.md: test mAP (0-100), ResNet-50, 448 px. PAPER_MAP[train_mode][dataset][method].
 _COLUMNS = ("pascal", "coco", "nuswide", "cub")
 _E2E = {  # method: VOC, COCO, NUS, CUB
     "bce": (90.2, 78.0, 54.5, 32.9),
@@ -50,7 +50,7 @@ _LI = {
     "LL-Ct": (89.3, 71.6, 49.6, 21.8),
     "LL-Cp": (88.3, 71.0, 49.4, 21.4),
 }
-METHODS = tuple(_E2E)  # the rows of SPEC §7, in the paper's order (registered method names)
+METHODS = tuple(_E2E)  # the rows of the LL paper's table, in its order (registered method names)
 assert all(method in methods.METHODS for method in METHODS)
 PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
     setting: {dataset: {method: row[col] for method, row in table.items()}
@@ -58,10 +58,10 @@ PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
     for setting, table in (("end_to_end", _E2E), ("linear_init", _LI))
 }
 
-# OpenImages V3 (ResNet-101, 224 px, real partial labels), all groups; SPEC §7, not reproduced here.
+# OpenImages V3 (ResNet-101, 224 px, real partial labels), all groups; docs/openimages.md, not reproduced here.
 OPENIMAGES_MAP = {"an": 82.0, "LL-R": 82.5, "LL-Ct": 82.6, "LL-Cp": 82.5}
 
-# SPEC §6: the authors' best end-to-end hyper-parameters, from the CLI's own table (config.py), so
+# docs/protocol.md: the authors' best end-to-end hyper-parameters, from the CLI's own table (config.py), so
 # the scripts and the CLI cannot drift apart. `delta_rel` is in percent per epoch. The baselines have
 # no tuned value in the LL paper: they use the dataset's optimizer and lr. digits is the project's
 # CPU demo, not in the paper.
@@ -109,7 +109,7 @@ def method_label(config: dict) -> str | None:
 
 
 def best_hparams(dataset: str, method: str) -> dict:
-    """optimizer, lr, epochs and (LL schemes only) delta_rel for a dataset and method (SPEC §6);
+    """optimizer, lr, epochs and (LL schemes only) delta_rel for a dataset and method (docs/protocol.md);
     the batch size is DATASET_DEFAULTS[dataset].batch_size."""
     if dataset not in BEST_HPARAMS:
         raise ValueError(f"no hyper-parameters for dataset {dataset!r}; known: {', '.join(BEST_HPARAMS)}")
@@ -121,14 +121,14 @@ def best_hparams(dataset: str, method: str) -> dict:
     return hparams
 
 
-# --- the methods after the LL paper (SPEC_PEERS) ---------------------------------------------------
+# --- the methods after the LL paper (docs/methods.md) ----------------------------------------------
 #
 # Their rows: the registered methods, and the large-loss schemes with BoostLU's head. PEER_NAMES
 # gives each row's name in peer_losses' tables. Presets (peer_flags): the authors' published values
-# per dataset (PEER_PRESETS) on the SPEC §2 protocol (Cole split, clean-val selection).
-# What the engine does not do is left out, and said in the README: EM's early stop at the first epoch
+# per dataset (PEER_PRESETS) on the protocol of docs/protocol.md (Cole split, clean-val selection).
+# What the engine does not do is left out, and said in docs/methods.md: EM's early stop at the first epoch
 # without val improvement (our runs keep the dataset's early stop) and GR's frozen-backbone epochs
-# (n = 0 in its defaults). Hill and SPLC trained on another protocol (SPEC_PEERS §3.3): their
+# (n = 0 in its defaults). Hill and SPLC trained on another protocol (docs/methods.md §Presets): their
 # preset is ours, the dataset's LL-paper recipe with their loss values and the mean reduction.
 # digits (not in any paper): every method at the digits recipe with pascal's values, and BoostLU at
 # digits' Δrel (so that the head is the only change from the LL rows).
@@ -169,7 +169,7 @@ _PEER_FLAGS = {
                   "warmup_epochs": "--crisp_warmup_epochs"},
 }
 # The authors' code behaviour that differs from this project's default and shaped their numbers
-# (on their datasets): BoostLU's LL-Cp relabels every modified entry (SPEC_PEERS §1.2).
+# (on their datasets): BoostLU's LL-Cp relabels every modified entry (docs/methods.md §Paper or code).
 _CODE_VARIANTS = {f"LL-Cp{BOOSTLU}": ["--llcp_relabel", "modified"]}
 _TRAIN_FLAGS = {"optimizer": "--optimizer", "lr": "--lr", "head_lr_mult": "--head_lr_mult",
                 "weight_decay": "--weight_decay", "batch_size": "--batch_size",
@@ -253,10 +253,10 @@ def pseudo_label_command(python: str, dataset: str, method: str) -> list[str] | 
 
 
 # Published test mAP (0-100), ResNet-50, end to end. PEER_PAPER_MAP[dataset][method].
-# BoostLU: README image quantitative1.png (SPEC_PEERS §1.4); EM: the ECCV poster, mean over an
-# unstated number of seeds, std in PEER_PAPER_STD (§2.4; its NUS is the official image set, not
-# Cole's re-crawl); GR: AEVLP's README image citing GR (§4.4). Hill/SPLC: the paper's tables were
-# not readable and the aggregator's values have no clear protocol (§3.4), so none are listed.
+# BoostLU: README image quantitative1.png; EM: the ECCV poster, mean over an
+# unstated number of seeds, std in PEER_PAPER_STD (its NUS is the official image set, not
+# Cole's re-crawl); GR: AEVLP's README image citing GR. Hill/SPLC: the paper's tables were
+# not readable and the aggregator's values have no clear protocol, so none are listed.
 _PEER_COLUMNS = {  # method: pascal, coco, nuswide, cub
     "LL-R+BoostLU": (89.29, 72.89, 49.59, 19.80),
     "LL-Ct+BoostLU": (88.61, 71.78, 48.37, 19.25),

@@ -20,7 +20,7 @@ PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
 
 @dataclass(frozen=True)
 class DatasetDefaults:
-    """The authors' best end-to-end hyper-parameters (SPEC §6) or ours for the other datasets."""
+    """The authors' best end-to-end hyper-parameters (docs/protocol.md) or ours for the other datasets."""
     optimizer: str
     lr: float
     delta_rel: dict[str, float]      # best Δrel (percent per epoch) per LL scheme
@@ -43,12 +43,12 @@ DATASET_DEFAULTS = {
     # OpenImages V3 (real partial labels, 5,000 classes): ResNet-101 at 224 px as the LL paper
     # (and IMCL, whose numbers its table reuses); the rest is ours, the paper being silent: Adam at
     # COCO's lr, batch 64, 5 epochs (3.7M images each), and Δrel far below COCO's since only
-    # ~0.05 % of the entries are observed positives (README "OpenImages V3").
+    # ~0.05 % of the entries are observed positives (docs/openimages.md).
     "openimages": DatasetDefaults("adam", 1e-5, {"LL-R": 0.01, "LL-Ct": 0.01, "LL-Cp": 0.005},
                                   None, arch="resnet101", image_size=224, epochs=5,
                                   batch_size=64),
     # Ours, for the generated CPU demo: about 15 % of its entries are false negatives (COCO: 2.4 %),
-    # hence the larger Δrel. See README "Results on the embedded dataset".
+    # hence the larger Δrel. See docs/reproducing.md "The digits table".
     "digits": DatasetDefaults("adam", 1e-3, {"LL-R": 1.0, "LL-Ct": 0.5, "LL-Cp": 1.0}, None,
                               arch="small_cnn", image_size=48, epochs=20, batch_size=16,
                               early_stop_drop=0.0),  # its 250-image val set is too noisy for it
@@ -59,7 +59,7 @@ DATASET_DEFAULTS = {
 DEFAULT_SCHEME = {"an": "LL-R"}
 
 
-# The flags of the methods after the LL paper (SPEC_PEERS) and their defaults, the authors' (and
+# The flags of the methods after the LL paper (docs/methods.md) and their defaults, the authors' (and
 # LL-Cp's relabel rule, whose BoostLU variant came with them): the keys are the hyper-parameter
 # names the method classes declare; a flag is refused for a method that does not declare it.
 # EM's α and APL's β, T_w are per dataset in the EM code (EM_DEFAULTS); other datasets get pascal's,
@@ -91,7 +91,7 @@ PEER_DEFAULTS = {
 BOOSTLU_DELTA_REL = peer_losses.BOOSTLU_DELTA_REL
 
 
-# Cole et al.'s LinearInit phase-1 settings per loss (SPEC §6); other losses use an_ls's.
+# Cole et al.'s LinearInit phase-1 settings per loss (docs/protocol.md); other losses use an_ls's.
 LINEAR_DEFAULTS = {"role": (1e-3, 16)}
 
 
@@ -102,9 +102,9 @@ LINEAR_DEFAULT = (1e-4, 8)
 #
 # PEER_PRESETS[method][dataset] = {"model": kwargs of models.MultiLabelNet, "loss": kwargs of the
 # method's loss function here (losses.compute_loss for the LL schemes), "apl": kwargs of the apl_*
-# functions, "train": the recipe}. Sources: SPEC_PEERS §1.3 (BoostLU: README command and config.py,
-# the same for every dataset), §2.3 (EM/APL: main.py, per dataset), §3.1–3.3 (Hill/SPLC: losses.py
-# defaults), §4.2–4.3 (GR: config.py defaults; GR publishes no per-dataset values).
+# functions, "train": the recipe}. Sources (docs/methods.md): BoostLU's README command and config.py
+# (the same for every dataset), EM/APL's main.py (per dataset), Hill/SPLC's losses.py defaults, GR's
+# config.py defaults (GR publishes no per-dataset values).
 # lr is the backbone's; head_lr_mult multiplies it for the head. early_stop: "patience0" stops at
 # the first epoch whose val mAP does not improve; a number stops when val mAP falls more than that
 # many points below the best.
@@ -119,7 +119,7 @@ def _boostlu_preset(scheme: str) -> dict:
                       "batch_size": 16, "num_epochs": 10}}
 
 
-# EM / EM+APL per dataset (SPEC_PEERS §2.3): batch, lr, α, T_w, β. θ = 0.9 and T = 10 for all.
+# EM / EM+APL per dataset (docs/methods.md §Presets): batch, lr, α, T_w, β. θ = 0.9 and T = 10 for all.
 _EM_TABLE = {"pascal": (8, 1e-5, 0.2, 5, 0.02), "coco": (16, 1e-5, 0.1, 5, 0.9),
              "nuswide": (16, 1e-5, 0.1, 4, 0.2), "cub": (8, 1e-4, 0.01, 3, 0.4)}
 
@@ -137,7 +137,7 @@ def _em_preset(dataset: str, with_apl: bool) -> dict:
 
 # Hill / SPLC: the loss hyper-parameters only, the same for every dataset. Their recipe (batch 128,
 # Adam 1e-4, OneCycle, weight decay, EMA, RandAugment, selection on the test set) is not the Cole
-# protocol (SPEC_PEERS §3.3), so no training values are carried. SPLC's τ = 0.65 is for COCO with
+# protocol (docs/methods.md), so no training values are carried. SPLC's τ = 0.65 is for COCO with
 # 75 % of the labels kept, not the single-positive setting.
 _HILL = {"model": {}, "loss": {"lam": HILL_LAMBDA, "margin": HILL_MARGIN, "gamma": HILL_GAMMA,
                                "reduction": "sum"}, "train": {}}
@@ -147,7 +147,7 @@ _SPLC = {"model": {}, "loss": {"tau": SPLC_TAU, "margin": SPLC_MARGIN, "gamma": 
                                "start_epoch": SPLC_START_EPOCH, "reduction": "sum"}, "train": {}}
 
 
-# GR: the repository's defaults for every dataset (its only runnable values, SPEC_PEERS §4.3).
+# GR: the repository's defaults for every dataset (its only runnable values, docs/methods.md).
 _GR = {"model": {}, "loss": {"num_epochs": GR_NUM_EPOCHS, "linear_init": GR_LINEAR_INIT,
                              "beta": GR_BETA, "alpha": GR_ALPHA, "q2": GR_Q2, "q3": GR_Q3},
        "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,

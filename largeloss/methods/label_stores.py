@@ -224,7 +224,7 @@ def logit(probability: float) -> float:
 
 
 class LabelEstimator(nn.Module):
-    """ROLE's label estimator θ ∈ R^(N×L) over the whole training set (SPEC §5).
+    """ROLE's label estimator θ ∈ R^(N×L) over the whole training set (docs/methods.md §ROLE).
 
     Memory: N·L float32 values, plus two Adam moments of the same size, so 12·N·L bytes on the
     training device (COCO: 65,665 × 80 → 63 MB; OpenImages-size 1.7M × 5000 → 102 GB: too much).

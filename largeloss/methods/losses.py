@@ -1,6 +1,6 @@
-"""Every loss of the project, computed from logits (SPEC §3–§5).
+"""Every loss of the project, computed from logits (docs/methods.md).
 
-Label encodings (SPEC §1):
+Label encodings (docs/protocol.md §Label encodings):
     observed      B×L in {-1, 0, +1}: observed negative, unobserved, observed positive
     true_labels   B×L in {0, 1}: clean labels (only the full-label baselines and IUN may use them)
 
@@ -28,7 +28,7 @@ from torch import Tensor
 
 LL_SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 # Which of LL-Cp's modified entries become positives for good: those strictly above the threshold
-# R (SPEC §4, the LL authors' code), or every modified one, loss ≥ R (BoostLU's code, SPEC_PEERS §1.2).
+# R (the LL paper, docs/methods.md §LL-R, LL-Ct, LL-Cp), or every modified one, loss ≥ R (BoostLU's code).
 LLCP_RELABEL = ("above", "modified")
 LABEL_SMOOTHING = 0.1  # ε of bce_ls and an_ls
 
@@ -59,7 +59,7 @@ def expected_positive_regulariser(probs: Tensor, expected_num_pos: float) -> Ten
     return ((probs.sum(dim=1).mean() - expected_num_pos) / num_classes) ** 2
 
 
-# --- the large-loss schedule (SPEC §4) ---------------------------------------------------------
+# --- the large-loss schedule (docs/methods.md §LL schedule) --------------------------------------
 
 def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
                     num_classes: int) -> int:
@@ -84,7 +84,7 @@ def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
 
 
 def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Which candidates have a large loss (SPEC §4).
+    """Which candidates have a large loss (docs/methods.md §LL schedule).
 
     Args:
         negative_losses: B×L, BCE(x, 0), used for ranking only.
@@ -109,7 +109,7 @@ def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tup
 
 def _output(per_entry: Tensor, regulariser: Tensor | None = None, modified: Tensor | None = None,
             relabel: Tensor | None = None) -> LossOutput:
-    """sum / (B·L) of the per-entry losses, plus the regulariser undivided (SPEC §3)."""
+    """sum / (B·L) of the per-entry losses, plus the regulariser undivided (docs/methods.md)."""
     loss = per_entry.sum() / per_entry.numel()
     if regulariser is not None:
         loss = loss + regulariser
@@ -173,7 +173,7 @@ def epr_loss(logits: Tensor, observed: Tensor, expected_num_pos: float) -> LossO
 
 def role_loss(logits: Tensor, observed: Tensor, estimator_logits: Tensor,
               expected_num_pos: float) -> LossOutput:
-    """ROLE (Cole et al. Eq. 10), SPEC §5: classifier and estimator teach each other.
+    """ROLE (Cole et al. Eq. 10), docs/methods.md §ROLE: classifier and estimator teach each other.
 
     0.5·[pos(p) + pos(e)] + 0.5·[BCE(x, ē) + BCE(θ, p̄)], pos = −log on observed positives, with
     ē, p̄ detached so the classifier never gets gradient through the estimator and vice versa.
@@ -195,7 +195,7 @@ def large_loss(logits: Tensor, observed: Tensor, scheme: str, epoch: int, delta_
                llcp_relabel: str = "above") -> LossOutput:
     """AN with the large unobserved losses rejected (LL-R) or their targets flipped (LL-Ct, LL-Cp),
     Kim et al. Eq. 4–6. k from ll_num_modified(scheme, epoch, Δrel, B, L); `modified` marks the
-    modified entries; `relabel` LL-Cp's permanent relabels: those "above" R (SPEC §4) or every
+    modified entries; `relabel` LL-Cp's permanent relabels: those "above" R (the LL paper) or every
     "modified" one (BoostLU's code; with k = 1 the former relabels nothing, the latter one entry)."""
     if llcp_relabel not in LLCP_RELABEL:
         raise ValueError(f"llcp_relabel must be one of {LLCP_RELABEL}, got {llcp_relabel!r}")
@@ -260,7 +260,7 @@ def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: 
         estimator_logits: B×L rows of ROLE's θ for this batch (role).
         check_values: verify the encodings (one host sync); the trainer validates once at load
             time and passes False.
-        llcp_relabel: LL-Cp's permanent relabels, "above" R (SPEC §4) or every "modified" entry.
+        llcp_relabel: LL-Cp's permanent relabels, "above" R (the LL paper) or every "modified" entry.
         unknown: the value marking unknown labels in `observed` (0, NaN, or an ignore index).
     """
     if method not in LOSSES:

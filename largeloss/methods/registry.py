@@ -23,9 +23,9 @@ Adding a method: one subclass of `Method`, decorated with `@register`, its tests
 modify a base loss (the large-loss schemes modify `an`, APL modifies `em`).
 
 The methods after the LL paper (BoostLU's head is a model option, --boostlu_alpha; EM, EM+APL, Hill,
-SPLC, GR) wrap the pure maths of peer_losses.py (SPEC_PEERS); the vision-language pseudo-label
-methods and CRISP (GPR, VLPL, CRISP-Eq7) are in vlp.py (SPEC_VLP), registered on import of the
-package.
+SPLC, GR) wrap the pure maths of peer_losses.py (docs/methods.md); the vision-language pseudo-label
+methods and CRISP (GPR, VLPL, CRISP-Eq7) are in vlp.py (docs/vlp_methods.md), registered by the
+package's top level.
 
     import torch, methods
     observed = torch.tensor([[1, 0, 0], [0, 1, 0]])              # N×L in {-1, 0, +1}
@@ -196,6 +196,8 @@ class Method:
         needs_flips: its loss() takes the keyword `flipped` (B bool: True where the row's training
             image was horizontally flipped this step; None when no flip was drawn, e.g. a head on
             cached features), to match pseudo-labels to the flipped image (SPEC_VLP §1.2).
+        uses_training_set_pass: its end_epoch asks for the N×L logits of the training set (the
+            trainer refuses at start a run whose N×L float32 scores would not fit in memory).
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
@@ -209,6 +211,7 @@ class Method:
     schedule_spans_the_run: ClassVar[bool] = False
     needs_pseudo_labels: ClassVar[bool] = False
     needs_flips: ClassVar[bool] = False
+    uses_training_set_pass: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
         self.labels = build_label_store(observed, device)
@@ -363,7 +366,7 @@ class ExpectedPositiveRegularisation(Method):
 
 @register
 class OnlineLabelEstimation(Method):
-    """ROLE: the classifier and an N×L label estimator θ teach each other (SPEC §5). θ trains at
+    """ROLE: the classifier and an N×L label estimator θ teach each other (docs/methods.md). θ trains at
     estimator_lr_mult × the phase's learning rate, without weight decay."""
     name = "role"
     needs_expected_num_pos = True
@@ -397,7 +400,7 @@ class OnlineLabelEstimation(Method):
 
 class LargeLoss(Method):
     """AN whose largest unobserved losses are modified, k per batch growing with the epoch
-    (SPEC §4); Δrel in percent per epoch."""
+    (docs/methods.md §LL schedule); Δrel in percent per epoch."""
     base_loss = "an"
     modifies_entries = True
     hyper_parameters = ("delta_rel",)
@@ -432,8 +435,8 @@ class LargeLossCorrectionTemporary(LargeLoss):
 class LargeLossCorrectionPermanent(LargeLoss):
     """LL-Cp: the entries above the threshold become observed positives for good.
 
-    llcp_relabel "above" (SPEC §4): the candidates strictly above the k-th largest loss; "modified":
-    every modified candidate, loss ≥ it (BoostLU's code, SPEC_PEERS §1.2)."""
+    llcp_relabel "above" (the LL paper): the candidates strictly above the k-th largest loss; "modified":
+    every modified candidate, loss ≥ it (BoostLU's code; docs/methods.md §LL-R, LL-Ct, LL-Cp)."""
     name = "LL-Cp"
     hyper_parameters = ("delta_rel", "llcp_relabel")
 
@@ -465,12 +468,12 @@ class LargeLossCorrectionPermanent(LargeLoss):
 
 
 
-# --- after the LL paper (SPEC_PEERS): the maths is peer_losses.py's ---------------------------------
+# --- after the LL paper (docs/methods.md): the maths is peer_losses.py's ----------------------------
 
 @register
 class EntropyMaximisation(Method):
-    """EM (Zhou et al., ECCV 2022): −log p on positives, −α·H(p) on unobserved entries (SPEC_PEERS
-    §2.1); observed negatives get BCE (an extension). The loss can be negative."""
+    """EM (Zhou et al., ECCV 2022): −log p on positives, −α·H(p) on unobserved entries (docs/methods.md
+    §EM); observed negatives get BCE (an extension). The loss can be negative."""
     name = "em"
     hyper_parameters = ("em_alpha",)
 
@@ -491,7 +494,7 @@ class EntropyMaximisation(Method):
 @register
 class AsymmetricPseudoLabelling(EntropyMaximisation):
     """EM+APL (Zhou et al., ECCV 2022): EM, plus soft pseudo-negatives from a pass over the training
-    set after epochs T_w … T−1, scored β·BCE(x, s) with s = p at labelling (SPEC_PEERS §2.2).
+    set after epochs T_w … T−1, scored β·BCE(x, s) with s = p at labelling (docs/methods.md §EM+APL).
 
     The pseudo-negatives live in their own N×L store (soft targets float32 + mask bool, 5 bytes per
     entry: COCO 26 MB), never in the ±1 observed labels, and go into every checkpoint. `modified`
@@ -501,6 +504,7 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
     hyper_parameters = ("em_alpha", "apl_beta", "apl_warmup_epochs", "apl_proportion", "num_epochs")
     schedule_spans_the_run = True
     dense_bytes_per_entry = 5  # the N×L soft pseudo-negatives (float32) and their mask
+    uses_training_set_pass = True  # the pseudo-labelling pass (end_epoch)
 
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  em_alpha: float = peer_losses.EM_ALPHA, apl_beta: float = peer_losses.APL_BETA,
@@ -567,7 +571,7 @@ def _check_reduction(hyper: dict) -> None:
 @register
 class Hill(Method):
     """Hill (Zhang et al., 2021): focal-margin positives, (λ − p)·p² on every other entry
-    (SPEC_PEERS §3.1)."""
+    (docs/methods.md §Hill)."""
     name = "hill"
     hyper_parameters = ("hill_lambda", "focal_margin", "focal_gamma", "reduction")
 
@@ -590,7 +594,7 @@ class Hill(Method):
 @register
 class SelfPacedLossCorrection(Method):
     """SPLC (Zhang et al., 2021): focal margin loss; from epoch 2 on, unobserved entries with
-    σ(x) > τ count as positives in their batch, never stored (SPEC_PEERS §3.2)."""
+    σ(x) > τ count as positives in their batch, never stored (docs/methods.md §SPLC)."""
     name = "splc"
     modifies_entries = True
     hyper_parameters = ("splc_tau", "focal_margin", "focal_gamma", "reduction")
@@ -617,7 +621,7 @@ class SelfPacedLossCorrection(Method):
 class GeneralizedRobustLoss(Method):
     """GR loss (Chen et al., IJCAI 2024): −log p on positives; unobserved entries weighted
     v(p̄)·[k̂(p̄)·L1 + (1 − k̂(p̄))·L2], soft label k̂ and weight v on epoch schedules over the run's
-    --epochs T (SPEC_PEERS §4)."""
+    --epochs T (docs/methods.md §GR)."""
     name = "gr"
     hyper_parameters = ("num_epochs", "gr_beta", "gr_alpha", "gr_q2", "gr_q3", "gr_schedule",
                         "gr_observed_negatives")

@@ -198,7 +198,8 @@ class ClassPriorsCRISP(Method):
     name = "crisp"
     hyper_parameters = ("crisp_delta", "crisp_tau", "crisp_warmup_epochs", "crisp_initial_prior",
                         "crisp_positive_scale")
-    dense_bytes_per_entry = 4  # the N×L float32 score pass of every epoch's end
+    uses_training_set_pass = True  # the prior estimate after every epoch (end_epoch)
+    dense_bytes_per_entry = 1  # it reads the N×L observed matrix (refused on sparse labels)
 
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  crisp_delta: float = vlp_losses.CRISP_DELTA,
