@@ -232,6 +232,12 @@ def test_eval_only_writes_the_splits_scores_and_results(run_copy, split, size, n
     results = json.loads((run_copy / f"{name}.json").read_text())
     assert results["split"] == split and results["data_root"] == "data/digits"
     assert len(results[f"{split}_ap"]) == 10 and results["scores"] == f"{name}.npy"
+    assert results[f"{split}_num_classes"] == 10 and len(results["class_names"]) == 10
+    assert results[f"{split}_num_measured"] <= 10 and f"{split}_map_measured" in results
+    # --help names exactly the files written (eval_<stem>.json for test, eval_<stem>_val.json)
+    help_text = " ".join(config.build_parser().format_help().split())
+    written = name.replace("best", "<stem>")
+    assert f"{written}.json" in help_text and f"{written}.npy" in help_text
 
 
 # --- 8. progress lines without a terminal; the optional TensorBoard logger --------------------

@@ -121,7 +121,8 @@ def load_long_custom_data(data_root: Path, image_dir: Path, image_size: int) -> 
 
 def load_openimages_data(data_root: Path, image_dir: Path | None,
                          image_size: int) -> ExperimentData:
-    """OpenImages V3 as `scripts/prepare_data.py --dataset openimages` writes it (openimages.py):
+    """OpenImages (V3, V6 or V7) as `scripts/prepare_data.py --dataset openimages` writes it
+    (openimages.py; the same files for every release, which metadata.json names):
     train = supervision, validation = model selection, test = test, every split with real partial
     labels (±1 verified, everything else unknown) held sparse in `Split.sparse` (no N×L matrix).
     Images are IMAGE_DIR/<split>/<ImageID>.jpg; IMAGE_DIR is --image_dir, else the one recorded in
@@ -155,7 +156,9 @@ def load_openimages_data(data_root: Path, image_dir: Path | None,
     if len(class_names) != len(class_mids):
         raise InputError(f"{names_file} has {len(class_names)} lines for {len(class_mids)} classes")
     return ExperimentData(train=split_of("train"), val=split_of("validation"),
-                          test=split_of("test"), class_names=class_names)
+                          test=split_of("test"), class_names=class_names,
+                          class_ids=class_mids.tolist(),
+                          release=openimages.read_release(data_root))
 
 
 def openimages_image_dir(data_root: Path) -> Path:

@@ -55,12 +55,17 @@ class Split:
 @dataclass(frozen=True)
 class ExperimentData:
     """The three splits; notes: what an evaluation split cannot measure well (evaluation_problems),
-    printed at the start of a run and kept in results.json."""
+    printed at the start of a run and kept in results.json. class_ids: stable class identifiers
+    beside the display names where the dataset has them (OpenImages: the MIDs; display names
+    repeat there); release: the dataset release the files came from (OpenImages: "V3", "V6",
+    "V7"); both None elsewhere and both kept in results.json."""
     train: Split
     val: Split
     test: Split
     class_names: list[str]
     notes: list[str] = field(default_factory=list)
+    class_ids: list[str] | None = None
+    release: str | None = None
 
     @property
     def num_classes(self) -> int:

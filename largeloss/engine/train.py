@@ -718,6 +718,7 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
                "seed": config.seed, "train_mode": config.train_mode,
                "best_epoch": state.best_epoch, "val_map": state.best_val_map,
                "test_map": test["map"], "test_ap": test["ap"], "class_names": run.data.class_names,
+               **class_identity(run.data),
                "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "notes": run.data.notes}
     linear_rows = [row for row in state.history if row.get("phase") == "linear"]
@@ -738,6 +739,17 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     print(f"best {phase.label}epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
           f"test mAP {test['map']:.2f}  ({run.folder.path / 'results.json'})", flush=True)
     return results
+
+
+def class_identity(data: ExperimentData) -> dict:
+    """The dataset release and the class ids beside the names (OpenImages: "V6" and the MIDs, so
+    that a per-class AP is traceable where display names repeat); {} for datasets without them."""
+    identity = {}
+    if data.release is not None:
+        identity["data_release"] = data.release
+    if data.class_ids is not None:
+        identity["class_ids"] = list(data.class_ids)
+    return identity
 
 
 def coverage_results(test: dict) -> dict:
@@ -766,12 +778,29 @@ def masked_results(test: dict) -> dict:
     return test["masked"]
 
 
+def evaluation_fields(result: dict, split: str) -> dict:
+    """results.json's fields beyond the mAP and the APs, for `split`: a sparse split's masked
+    fields unprefixed as in results.json (both conventions, class counts, G1–G5; printed), a
+    dense split's class counts as <split>_num_classes, <split>_num_measured, <split>_map_measured."""
+    if "masked" in result:
+        print(f"{split} {format_masked_map(result['masked'])}; {split}_map is "
+              f"{metrics.MAP_CONVENTION}", flush=True)
+        return dict(result["masked"])
+    coverage = result.get("coverage")
+    if coverage is None:
+        return {}
+    return {f"{split}_num_classes": coverage["num_classes"],
+            f"{split}_num_measured": coverage["num_measured"],
+            f"{split}_map_measured": coverage["map_measured"]}
+
+
 def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int,
                         split: str = "test", data_paths: dict | None = None) -> dict:
     """--eval_only: mAP of a best.pt / last.pt on `split` with the configuration saved inside it
-    (data_paths: data_root / image_dir where given, the data moved). Writes
-    eval_<stem>[_val].json and the split's N×L float32 logits, rows in the split's order, as
-    eval_<stem>[_val].npy beside the checkpoint."""
+    (data_paths: data_root / image_dir where given, the data moved). Writes beside the checkpoint
+    eval_<stem>.json (test) or eval_<stem>_val.json (val), with the mAP, per-class AP, class names
+    (and ids, release) and `evaluation_fields`, and the split's N×L float32 logits, rows in the
+    split's order, as eval_<stem>.npy / eval_<stem>_val.npy."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path, "--eval_only")
     config = dataclasses.replace(config_from_dict(checkpoint["config"]), device=device_name,
@@ -790,7 +819,8 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     results = {"checkpoint": str(path), "epoch": checkpoint["epoch"], "split": split,
                "data_root": config.data_root, "image_dir": config.image_dir,
                f"{split}_map": result["map"], f"{split}_ap": result["ap"],
-               "scores": f"{name}.npy"}
+               "class_names": run.data.class_names, **class_identity(run.data),
+               **evaluation_fields(result, split), "scores": f"{name}.npy"}
     run.folder.write_npy(f"{name}.npy", result["scores"].astype(np.float32))
     run.folder.write_json(f"{name}.json", results)
     return results

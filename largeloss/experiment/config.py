@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits is generated offline (no download); pascal/coco/nuswide/cub read "
                            "the Cole-format folder written by scripts/prepare_data.py; features reads "
                            "vectors from DATA_ROOT/features.npz (layout in features.py; needs "
-                           "--train_mode linear); openimages reads the sparse V3 folder of "
-                           "prepare_data.py (real partial labels) (default: digits)")
+                           "--train_mode linear); openimages reads the sparse V3/V6/V7 folder "
+                           "of prepare_data.py (real partial labels) (default: digits)")
     data.add_argument("--data_root", metavar="DIR",
                       help="dataset folder (default: data/<dataset>)")
     data.add_argument("--image_dir", metavar="DIR",
@@ -328,9 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "apply; any other flag that differs from the saved one is refused")
     engineering.add_argument("--eval_only", metavar="CHECKPOINT",
                              help="evaluate a best.pt/last.pt on --split (with --data_root / "
-                                  "--image_dir if the data moved) and exit; writes "
-                                  "eval_<stem>_<split>.json and the N×L logits as "
-                                  "eval_<stem>_<split>.npy beside the checkpoint")
+                                  "--image_dir if the data moved) and exit; writes beside the "
+                                  "checkpoint eval_<stem>.json (--split test) or "
+                                  "eval_<stem>_val.json: mAP, AP per class and, for partial "
+                                  "labels, both mAP conventions, class counts and G1–G5 as "
+                                  "results.json; and the N×L logits as eval_<stem>.npy / "
+                                  "eval_<stem>_val.npy")
     engineering.add_argument("--split", choices=("val", "test"), default="test",
                              help="the split --eval_only evaluates (default: test)")
     engineering.add_argument("--logger", choices=("none", "tensorboard"), default="none",

@@ -60,6 +60,16 @@ PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
 
 # OpenImages V3 (ResNet-101, 224 px, real partial labels), all groups; docs/openimages.md, not reproduced here.
 OPENIMAGES_MAP = {"an": 82.0, "LL-R": 82.5, "LL-Ct": 82.6, "LL-Cp": 82.5}
+OPENIMAGES_PAPER_RELEASE = "V3"  # the release of the LL paper's table; V6/V7 runs have no paper row
+
+# The network and input size behind the paper's numbers (SPEC §7): (arch, image_size in pixels).
+PAPER_SETUP = {"openimages": ("resnet101", 224)}
+DEFAULT_PAPER_SETUP = ("resnet50", 448)
+
+
+def paper_setup(dataset: str) -> tuple[str, int]:
+    """(arch, image_size) of the paper's runs for `dataset`."""
+    return PAPER_SETUP.get(dataset, DEFAULT_PAPER_SETUP)
 
 # docs/protocol.md: the authors' best end-to-end hyper-parameters, from the CLI's own table (config.py), so
 # the scripts and the CLI cannot drift apart. `delta_rel` is in percent per epoch. The baselines have
