@@ -10,11 +10,16 @@ authors' Δrel sweep of the large-loss schemes.
                                                      # linear heads on cached features, one pass
     python scripts/reproduce.py --dataset coco --method gr --dry_run           # a later method
     python scripts/reproduce.py --dataset pascal --method peers --seeds 3      # all 8 later rows
+    python scripts/reproduce.py --dataset coco --method aevlp --dry_run        # pseudo-labels, then GPR
     python scripts/summarize.py runs/repro                                      # then the table
 
 The methods after the LL paper (PEER_METHODS: LL-R/Ct/Cp+BoostLU, em, APL, hill, splc, gr) run with
 their authors' published hyper-parameters per dataset (scripts/paper_numbers.py's peer_flags, from
-presets.PEER_PRESETS), end to end only, their paper's number beside each command.
+presets.PEER_PRESETS), end to end only, their paper's number beside each command. So do the vision-language rows (VLP_METHODS: aevlp =
+GPR on DAMP pseudo-labels, vlpl, crisp = CRISP-Eq7, our variant of CRISP's loss; docs/vlp_methods.md):
+aevlp and vlpl first print the offline command that makes their pseudo-label folder with CLIP
+(scripts/make_pseudo_labels.py, on a GPU, once per dataset; skipped when its meta.json exists) and
+pass it to every run with --pseudo_labels.
 
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
 epochs, train_mode, seed, out_dir), with the paper's number for the cell beside it, then run one after
@@ -35,7 +40,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from largeloss.experiment.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
-                                                best_hparams, method_flags, paper_map, peer_flags, peer_note)
+                                                VLP_METHODS, best_hparams, method_flags, paper_map,
+                                                peer_flags, peer_note, pseudo_label_command,
+                                                pseudo_label_dir)
 from largeloss.experiment.presets import DATASET_DEFAULTS
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
@@ -52,9 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "paper (no paper number).",
         epilog="Example: python scripts/reproduce.py --dataset coco --method LL-Ct --dry_run")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--method", choices=METHODS + PEER_METHODS + ("all", "peers"),
+    parser.add_argument("--method", choices=METHODS + PEER_METHODS + VLP_METHODS + ("all", "peers", "vlp"),
                         help="a row of the table, 'all' for the LL paper's whole column (in the paper's "
-                             "order), or 'peers' for the rows of the later methods (end to end only)")
+                             "order), 'peers' for the rows of the later methods, or 'vlp' for the "
+                             "vision-language pseudo-label rows and CRISP (both end to end only)")
     parser.add_argument("--sweep_delta_rel", action="store_true",
                         help=f"instead of --method: every large-loss scheme ({', '.join(LL_SCHEMES)}) "
                              f"at every Δrel the authors searched ({', '.join(map(str, DELTA_REL_GRID))}), "
@@ -89,8 +97,10 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
     loss, mod_scheme = method_flags(method)
     main_py = os.path.relpath(REPO_ROOT / "main.py")
     command = [python, main_py, "--dataset", dataset, "--loss", loss, "--mod_scheme", mod_scheme]
-    if method in PEER_METHODS:
-        return command + peer_flags(dataset, method) + [
+    if method in PEER_METHODS + VLP_METHODS:
+        folder = pseudo_label_dir(dataset, method)
+        pseudo_labels = [] if folder is None else ["--pseudo_labels", folder]
+        return command + peer_flags(dataset, method) + pseudo_labels + [
             "--train_mode", setting, "--seed", str(seed), "--out_dir", out_dir] + extra
     hparams = best_hparams(dataset, method)
     if method in LL_SCHEMES:  # Δrel means nothing to the other methods
@@ -103,7 +113,7 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
 
 
 def paper_note(dataset: str, method: str, setting: str) -> str:
-    if method in PEER_METHODS:
+    if method in PEER_METHODS + VLP_METHODS:
         return peer_note(dataset, method)
     value = paper_map(dataset, method, setting)
     column = {"end_to_end": "E2E", "linear_init": "LI"}[setting]
@@ -114,9 +124,14 @@ def paper_note(dataset: str, method: str, setting: str) -> str:
 
 def table_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
     """(what, out_dir, command) of each cell run: methods in the paper's order, then seeds."""
-    methods = {"all": METHODS, "peers": PEER_METHODS}.get(args.method, (args.method,))
+    methods = {"all": METHODS, "peers": PEER_METHODS, "vlp": VLP_METHODS}.get(args.method,
+                                                                             (args.method,))
     runs = []
     for method in methods:
+        producer = pseudo_label_command(args.python, args.dataset, method)
+        if producer is not None:
+            runs.append(("# pseudo-labels, once per dataset (a GPU and CLIP weights)",
+                         pseudo_label_dir(args.dataset, method), producer))
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             out_dir = os.path.join(args.runs_dir, args.dataset, args.setting, method, f"seed{seed}")
             command = build_command(args.python, args.dataset, method, args.setting, seed, out_dir,
@@ -168,8 +183,9 @@ def sweep_heads(out_dir: str) -> list[str]:
 
 
 def finished(out_dir: str) -> bool:
-    """A run with results.json, or a sweep folder whose every head has one."""
-    if os.path.isfile(os.path.join(out_dir, "results.json")):
+    """A run with results.json, a pseudo-label folder with meta.json, or a sweep folder whose every
+    head has results.json."""
+    if any(os.path.isfile(os.path.join(out_dir, name)) for name in ("results.json", "meta.json")):
         return True
     heads = sweep_heads(out_dir)
     return bool(heads) and all(os.path.isfile(os.path.join(head, "results.json")) for head in heads)
@@ -195,7 +211,7 @@ def run_all(runs: list[tuple[str, str, list[str]]], dry_run: bool, force: bool) 
         line = shlex.join(command) + (f"  {note}" if note else "")
         done = finished(out_dir)
         if done and not force:
-            print(f"# [{index}/{len(runs)}] done, skipped (results.json exists): {line}", flush=True)
+            print(f"# [{index}/{len(runs)}] done, skipped (results.json or meta.json exists): {line}", flush=True)
             continue
         command = command + folder_flags(out_dir, force)
         line = shlex.join(command) + (f"  {note}" if note else "")
@@ -220,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print("reproduce: --seeds must be at least 1", file=sys.stderr)
         return 2
-    if args.setting != "end_to_end" and (args.method in PEER_METHODS or args.method == "peers"):
+    if args.setting != "end_to_end" and (args.method in PEER_METHODS + VLP_METHODS
+                                         or args.method in ("peers", "vlp")):
         parser.error(f"--method {args.method}: the later methods' papers report end-to-end "
                      f"numbers only (use --setting end_to_end)")
     if args.setting == "linear" and not args.sweep_delta_rel:

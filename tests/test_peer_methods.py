@@ -93,7 +93,7 @@ def test_the_registry_offers_the_peer_methods():
     assert [name for name, cls in methods.METHODS.items() if cls.composes_with_boostlu] == \
         ["an", *losses.LL_SCHEMES]
     assert {name for name, cls in methods.METHODS.items() if cls.schedule_spans_the_run} == \
-        {"APL", "gr"}
+        {"APL", "gr", "gpr"}  # gpr: GR's schedules (tests/test_vlp_methods.py)
     help_text = config.build_parser().format_help()
     for flags in ("--loss em --mod_scheme APL", "--loss hill", "--loss splc", "--loss gr",
                   "--boostlu_alpha 5"):

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from largeloss.experiment.presets import (BOOSTLU_DELTA_REL, DATASET_DEFAULTS, DEFAULT_SCHEME, EM_DEFAULTS,
-                                          LINEAR_DEFAULT, LINEAR_DEFAULTS, PAPER_DATASETS, PEER_DEFAULTS)
+                                          LINEAR_DEFAULT, LINEAR_DEFAULTS, METHOD_DATASET_DEFAULTS,
+                                          PAPER_DATASETS, PEER_DEFAULTS)
 from largeloss.methods import registry as methods
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features", "openimages")
@@ -92,6 +93,25 @@ class Config:
     gr_schedule: str = PEER_DEFAULTS["gr_schedule"]
     gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
     llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
+    gpr_lambda: tuple = PEER_DEFAULTS["gpr_lambda"]
+    gpr_rho: float = PEER_DEFAULTS["gpr_rho"]
+    gpr_reg: float = PEER_DEFAULTS["gpr_reg"]
+    vlpl_beta_pos: float = PEER_DEFAULTS["vlpl_beta_pos"]
+    vlpl_rule: str = PEER_DEFAULTS["vlpl_rule"]
+    vlpl_temperature: float = PEER_DEFAULTS["vlpl_temperature"]
+    vlpl_threshold: float = PEER_DEFAULTS["vlpl_threshold"]
+    crisp_delta: float = PEER_DEFAULTS["crisp_delta"]
+    crisp_tau: float = PEER_DEFAULTS["crisp_tau"]
+    crisp_warmup_epochs: int = PEER_DEFAULTS["crisp_warmup_epochs"]
+    crisp_initial_prior: float = PEER_DEFAULTS["crisp_initial_prior"]
+    crisp_positive_scale: str = PEER_DEFAULTS["crisp_positive_scale"]
+    damp_temperature: float = PEER_DEFAULTS["damp_temperature"]
+    damp_eta: float = PEER_DEFAULTS["damp_eta"]
+    damp_threshold: float = PEER_DEFAULTS["damp_threshold"]
+    damp_top_k: int = PEER_DEFAULTS["damp_top_k"]
+    damp_negative_ratio: float = PEER_DEFAULTS["damp_negative_ratio"]
+    damp_negatives: int = PEER_DEFAULTS["damp_negatives"]
+    damp_view_flips: str = PEER_DEFAULTS["damp_view_flips"]
     pseudo_labels: str | None = None  # a <name>.pl folder (SPEC_VLP §1.1) for the methods needing one
 
     def to_dict(self) -> dict:
@@ -239,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GR on observed negatives (−1): bce = −log(1−p), our extension; ignore "
                              "= no loss, the authors' code (default: bce)")
 
+    add_vlp_flags(method)
+
     model = parser.add_argument_group("model")
     model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits; small_cnn_gn: "
                                       "with GroupNorm, batch-split independent), any timm "
@@ -346,6 +368,76 @@ def build_parser() -> argparse.ArgumentParser:
                                "in the first N training images that have a false negative, written "
                                "to corrections.json (default: 8)")
     return parser
+
+
+def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
+    """The flags of GPR, VLPL and CRISP-Eq7 (SPEC_VLP; docs/vlp_methods.md)."""
+    method.add_argument("--gpr_lambda", type=float, nargs=2, metavar=("LAMBDA1", "LAMBDA2"),
+                        help="GPR (AEVLP): the pseudo-positives' weight 1 − v is kept within "
+                             "[LAMBDA2, LAMBDA1] (default per dataset: pascal 0.7 0.4, coco/nuswide "
+                             "0.7 0.5, cub 0.8 0.2; otherwise 0.7 0.4). GPR also takes --gr_beta, "
+                             "--gr_alpha, --gr_q2, --gr_q3 (defaults: AEVLP's per dataset)")
+    method.add_argument("--gpr_rho", type=float, metavar="RHO",
+                        help="GPR: soft target of a pseudo-positive, in [0, 1] (default: 0.9)")
+    method.add_argument("--gpr_reg", type=float, metavar="WEIGHT",
+                        help="GPR: weight of the regulariser ((1/B)·Σp − k)²/L², k = "
+                             "--expected_num_pos (default per dataset: pascal 0.05, coco/nuswide "
+                             "0.001, cub 0.01; otherwise 0.05)")
+    add_damp_flags(method)
+    method.add_argument("--vlpl_beta_pos", type=float, metavar="BETA",
+                        help="VLPL: weight of the pseudo-positives' soft BCE (target 0.9) "
+                             "(default: 0.7). VLPL's EM weight is --em_alpha")
+    method.add_argument("--vlpl_rule", choices=("labels", "scores"),
+                        help="VLPL: labels = the pseudo-label folder's labels; scores = VLPL's rule "
+                             "softmax(c/T) > threshold on its cosine scores, with the two flags "
+                             "below (default: labels)")
+    method.add_argument("--vlpl_temperature", type=float, metavar="T",
+                        help="VLPL with --vlpl_rule scores: softmax temperature (default: 0.01)")
+    method.add_argument("--vlpl_threshold", type=float, metavar="THR",
+                        help="VLPL with --vlpl_rule scores: a class is a pseudo-positive when its "
+                             "softmax score is > THR, so at most ⌊1/THR⌋ per image (default: 0.3)")
+    method.add_argument("--crisp_delta", type=float, metavar="DELTA",
+                        help="CRISP-Eq7: δ of the prior estimator's confidence term (default: 0.01)")
+    method.add_argument("--crisp_tau", type=float, metavar="TAU",
+                        help="CRISP-Eq7: τ of the prior estimator's confidence term (default: 0.01)")
+    method.add_argument("--crisp_warmup_epochs", type=int, metavar="EPOCHS",
+                        help="CRISP-Eq7: epochs trained with AN before the first prior estimate; "
+                             "the priors are re-estimated after every epoch from then on (default: "
+                             "1; the paper's is unknown)")
+    method.add_argument("--crisp_initial_prior", type=float, metavar="PI",
+                        help="CRISP-Eq7: prior of a class with no observed positive, in [0, 1] "
+                             "(default: 0)")
+    method.add_argument("--crisp_positive_scale", choices=("batch", "unbiased"),
+                        help="CRISP-Eq7: batch = mean of (1 − p) over the batch's positives of the "
+                             "class; unbiased = their sum × n/(B·n_j) (default: batch)")
+
+
+def add_damp_flags(method: argparse._ArgumentGroup) -> None:
+    """GPR's DAMP rule, applied at each step to the grid views of a --pseudo_labels folder of kind
+    damp (SPEC_VLP §1.4); defaults per dataset: AEVLP's configs (pascal's elsewhere)."""
+    method.add_argument("--damp_temperature", type=float, metavar="T",
+                        help="GPR/DAMP: per-view softmax temperature over classes (default: 0.01; "
+                             "cub 0.1)")
+    method.add_argument("--damp_eta", type=float, metavar="ETA",
+                        help="GPR/DAMP: cap of the gate η = min(s⁰ of the observed positive, ETA); "
+                             "a class takes its best tile above η, its worst below (default: pascal "
+                             "0, coco/nuswide 0.3, cub 0.005)")
+    method.add_argument("--damp_threshold", type=float, metavar="THR",
+                        help="GPR/DAMP: a top-k class is a pseudo-positive when its combined score "
+                             "is >= THR (default: 0.5; nuswide 0.6, cub 0.005)")
+    method.add_argument("--damp_top_k", type=int, metavar="K",
+                        help="GPR/DAMP: classes considered per image (default: 3; cub 32)")
+    method.add_argument("--damp_negative_ratio", type=float, metavar="RHO",
+                        help="GPR/DAMP: the int(RHO·L) classes with the lowest mean score are set "
+                             "to --damp_negatives (default: 0.2; coco 0.3)")
+    method.add_argument("--damp_negatives", type=int, choices=(0, -1),
+                        help="GPR/DAMP: 0 = the released code (those classes become unknown: no "
+                             "negative pseudo-label, GPR's negative branch never fires); -1 = our "
+                             "reading of the paper's figure (default: 0)")
+    method.add_argument("--damp_view_flips", choices=("per-view", "fixed"),
+                        help="GPR/DAMP: per-view = each view's flip variant drawn afresh at every "
+                             "step (the authors' distribution); fixed = unflipped views "
+                             "(default: per-view)")
 
 
 def method_lines() -> list[str]:
@@ -567,6 +659,10 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
     """The values of the peer methods' flags (explicit > the authors' per dataset > theirs), after
     refusing what cannot run: a flag of another method, BoostLU where its paper does not put it."""
     cls = methods.method_class(method)
+    try:
+        methods.check_pseudo_labels_given(method, args.pseudo_labels is not None)
+    except ValueError as error:
+        parser.error(str(error))
     for name in PEER_DEFAULTS:
         if getattr(args, name) is not None and name not in cls.hyper_parameters:
             users = [user for user, other in methods.METHODS.items() if name in other.hyper_parameters]
@@ -588,10 +684,12 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
     if cls.schedule_spans_the_run and args.train_mode == "linear_init":
         parser.error(f"{method}'s schedule spans the run's epochs; --train_mode linear_init has two "
                      f"phases, each restarting the epoch count (use end_to_end or linear)")
-    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {})}
+    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {}),
+              **METHOD_DATASET_DEFAULTS.get(method, {}).get(args.dataset, {})}
     values.update({name: getattr(args, name) for name in PEER_DEFAULTS
                    if getattr(args, name) is not None})
-    values["gr_beta"], values["gr_alpha"] = tuple(values["gr_beta"]), tuple(values["gr_alpha"])
+    for name in ("gr_beta", "gr_alpha", "gpr_lambda"):
+        values[name] = tuple(values[name])
     return {**values, "boostlu_alpha": args.boostlu_alpha}
 
 

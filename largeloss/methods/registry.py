@@ -23,7 +23,9 @@ Adding a method: one subclass of `Method`, decorated with `@register`, its tests
 modify a base loss (the large-loss schemes modify `an`, APL modifies `em`).
 
 The methods after the LL paper (BoostLU's head is a model option, --boostlu_alpha; EM, EM+APL, Hill,
-SPLC, GR) wrap the pure maths of peer_losses.py (docs/methods.md).
+SPLC, GR) wrap the pure maths of peer_losses.py (docs/methods.md); the vision-language pseudo-label
+methods and CRISP (GPR, VLPL, CRISP-Eq7) are in vlp.py (docs/vlp_methods.md), registered by the
+package's top level.
 
     import torch, methods
     observed = torch.tensor([[1, 0, 0], [0, 1, 0]])              # N×L in {-1, 0, +1}
