@@ -1,4 +1,4 @@
-"""Make a pseudo-label folder (<name>.pl, SPEC_VLP §1.1) for a dataset's training split, once, offline.
+"""Make a pseudo-label folder (<name>.pl, docs/pseudo_labels.md) for a dataset's training split, once, offline.
 
     # AEVLP's DAMP inputs: raw CLIP ViT-B/16 cosines of the whole image and a g×g grid of tiles,
     # unflipped and flipped (the method applies DAMP's temperature/gate/threshold at each step)
@@ -15,7 +15,7 @@
 Needs open_clip (pip install -e .[clip]) except for the simulation. CLIP runs batched on the GPU
 under fp16 autocast when one is available (--device), on the CPU otherwise. The work is written in
 chunks of --chunk_images images; a rerun with the same settings continues where it stopped.
-Cost (SPEC_VLP §1.3): N·V·F CLIP forwards, COCO's DAMP 2.2 M (ViT-B/16).
+Cost (docs/pseudo_labels.md): N·V·F CLIP forwards, COCO's DAMP 2.2 M (ViT-B/16).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)   # both authors normalise CLIP's input as
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PROMPT_TEMPLATE = "a photo of a {}."
 VLPL_TRAIN_SIZE = 448                   # VLPL feeds CLIP the training tensor (448², then resized)
-# (open_clip name, pretrained tag) per kind, SPEC_VLP §1.3: the -quickgelu names for OpenAI weights
+# (open_clip name, pretrained tag) per kind, docs/pseudo_labels.md: the -quickgelu names for OpenAI weights
 MODELS = {"damp": ("ViT-B-16-quickgelu", "openai"), "vlpl": ("ViT-L-14-336-quickgelu", "openai")}
 
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="the folder to write, ending in .pl (default: "
                                       "DATA_ROOT/<kind>_<model>.pl; digits: data/digits_sim_p<P>_r<R>.pl)")
     parser.add_argument("--kind", choices=("damp", "vlpl"), default="damp",
-                        help="damp: scores of the global view and a g×g grid, AEVLP (SPEC_VLP §1.4); "
+                        help="damp: scores of the global view and a g×g grid, AEVLP (docs/pseudo_labels.md); "
                              "vlpl: scores of the training tensor and VLPL's labels (§3.1) "
                              "(default: damp)")
     parser.add_argument("--model", help="open_clip model name (default: ViT-B-16-quickgelu for damp, "
@@ -169,12 +169,12 @@ def simulate(args: argparse.Namespace, data) -> Path:
     return out
 
 
-# --- views of an image (SPEC_VLP §1.3, §1.4) ---------------------------------------------------
+# --- views of an image (docs/pseudo_labels.md) ---------------------------------------------------
 
 def grid_views(image: Image.Image, grid: int) -> list[Image.Image]:
     """[the whole image, then the g×g tiles row by row]: tile (y, x) is the crop (x·w, y·h,
     (x+1)·w, (y+1)·h) with w = ⌊W/g⌋, h = ⌊H/g⌋; the right and bottom remainder pixels are
-    dropped (SPEC_VLP §1.4 step 1). V = g² + 1 views."""
+    dropped (docs/pseudo_labels.md step 1). V = g² + 1 views."""
     width, height = image.size
     tile_w, tile_h = width // grid, height // grid
     if tile_w == 0 or tile_h == 0:
@@ -186,7 +186,7 @@ def grid_views(image: Image.Image, grid: int) -> list[Image.Image]:
 
 def view_tensors(views: list[Image.Image], size: int, flips: int) -> torch.Tensor:
     """F×V×3×S×S float: each view Resize((S, S)) bilinear (square, no crop), unflipped (f = 0)
-    and mirrored (f = 1), ImageNet-normalised (SPEC_VLP §1.4 step 2)."""
+    and mirrored (f = 1), ImageNet-normalised (docs/pseudo_labels.md step 2)."""
     resized = torch.stack([TF.pil_to_tensor(view.resize((size, size), Image.BILINEAR))
                            for view in views]).float() / 255
     variants = [resized, resized.flip(-1)][:flips]
@@ -200,7 +200,7 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def training_tensor_views(image: Image.Image, size: int, flips: int) -> torch.Tensor:
-    """F×1×3×S×S: VLPL's CLIP input (SPEC_VLP §1.3): the training tensor (Resize((448, 448))
+    """F×1×3×S×S: VLPL's CLIP input (docs/pseudo_labels.md): the training tensor (Resize((448, 448))
     bilinear, ImageNet-normalised, flipped for f = 1) resized as a tensor to S×S, bilinear without
     antialiasing (the authors' torchvision 0.12)."""
     train = TF.pil_to_tensor(image.resize((VLPL_TRAIN_SIZE, VLPL_TRAIN_SIZE), Image.BILINEAR))
@@ -282,7 +282,7 @@ def load_clip(args: argparse.Namespace, device: torch.device):
 
 
 def prompt_names(class_names: list[str]) -> list[str]:
-    """`a photo of a {name}.` with `_` → space (SPEC_VLP §1.4 step 3)."""
+    """`a photo of a {name}.` with `_` → space (docs/pseudo_labels.md step 3)."""
     return [PROMPT_TEMPLATE.format(name.replace("_", " ")) for name in class_names]
 
 
@@ -380,7 +380,7 @@ def chunk_cosines(model, text: torch.Tensor, image_dir: Path, paths: list[str], 
 
 def producer_meta(args: argparse.Namespace, name: str, pretrained: str | None,
                   settings: ViewSettings, device: torch.device) -> dict:
-    """meta.json's producer fields (SPEC_VLP §1.1); pseudo_labels.save adds the format fields."""
+    """meta.json's producer fields (docs/pseudo_labels.md); pseudo_labels.save adds the format fields."""
     preprocess = ({"input": "each view Resize((S, S)) bilinear, no crop", "size": settings.size}
                   if settings.kind == "damp" else
                   {"input": f"Resize(({VLPL_TRAIN_SIZE}, {VLPL_TRAIN_SIZE})) bilinear, then the "

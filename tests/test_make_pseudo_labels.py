@@ -49,7 +49,7 @@ def coordinate_image(width: int, height: int) -> Image.Image:
 
 def test_grid_views_are_the_whole_image_then_tiles_row_by_row():
     """W = 10, H = 7, g = 3: w = 3, h = 2; tile (y, x) = crop (3x, 2y, 3x+3, 2y+2); the last
-    column and row of pixels are dropped (SPEC_VLP §1.4 step 1)."""
+    column and row of pixels are dropped (docs/pseudo_labels.md step 1)."""
     views = script.grid_views(coordinate_image(10, 7), 3)
     assert len(views) == 10 and views[0].size == (10, 7)
     assert all(view.size == (3, 2) for view in views[1:])

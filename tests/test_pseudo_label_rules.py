@@ -1,4 +1,4 @@
-"""The pseudo-label rules (largeloss/methods/pseudo_label_rules.py) against SPEC_VLP's worked
+"""The pseudo-label rules (largeloss/methods/pseudo_label_rules.py) against docs/vlp_methods.md's worked
 examples (§1.6 DAMP, §3.4 VLPL; hand values typed from the spec) and their listed properties."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from largeloss.methods.pseudo_label_rules import (DAMP_PRESETS, DampSettings, da
                                                   damp_labels_from_scores, damp_pseudo_labels,
                                                   vlpl_pseudo_labels)
 
-# SPEC_VLP §1.6: g = 2, L = 3, COCO's T/η/thr, top-k 3; observed positive class 0.
+# docs/pseudo_labels.md: g = 2, L = 3, COCO's T/η/thr, top-k 3; observed positive class 0.
 GLOBAL_COSINES = torch.tensor([0.30, 0.28, 0.25])
 TILE_PROBS = torch.tensor([[0.70, 0.25, 0.05], [0.02, 0.95, 0.03], [0.60, 0.20, 0.20],
                            [0.90, 0.05, 0.05]])
@@ -37,7 +37,7 @@ def test_damp_worked_example_of_the_spec():
 
 def test_damp_gate_takes_the_best_tile_above_eta():
     """Class 2's best tile (0.20) is below η = 0.3: its min tile is used; with η = 0.1 (γ₂ = 1)
-    ŝ₂ = ½(0.0059 + 0.20) = 0.1029 (SPEC_VLP §1.6)."""
+    ŝ₂ = ½(0.0059 + 0.20) = 0.1029 (docs/pseudo_labels.md)."""
     combined, _ = damp_aggregate(worked_example_view_probs(), OBSERVED, eta=0.1)
     assert combined[0, 2].item() == pytest.approx(0.1029, abs=1e-4)
 
@@ -80,7 +80,7 @@ def test_damp_needs_tiles():
 
 
 def test_vlpl_worked_example_of_the_spec():
-    """SPEC_VLP §3.4: cosines [0.27, 0.265, 0.22], T = 0.01 → s = [0.6199, 0.3760, 0.0042] →
+    """docs/vlp_methods.md: cosines [0.27, 0.265, 0.22], T = 0.01 → s = [0.6199, 0.3760, 0.0042] →
     y′ = [1, 1, 0]."""
     cosines = torch.tensor([[0.27, 0.265, 0.22]])
     assert torch.softmax(cosines / 0.01, dim=1)[0].tolist() == pytest.approx(

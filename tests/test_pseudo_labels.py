@@ -1,4 +1,4 @@
-"""Pseudo-label folders (largeloss/data/pseudo_labels.py, SPEC_VLP §1.1–1.2): writing, reading,
+"""Pseudo-label folders (largeloss/data/pseudo_labels.py, docs/pseudo_labels.md): writing, reading,
 the one-line checks, the batch accessors per flip policy, and how methods receive them."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The maths of GPR (AEVLP), VLPL and CRISP-Eq7 (methods/vlp_losses.py) against SPEC_VLP's worked
+"""The maths of GPR (AEVLP), VLPL and CRISP-Eq7 (methods/vlp_losses.py) against docs/vlp_methods.md's worked
 examples, typed by hand from the spec (4 decimals: atol 1e-4), and their properties: GPR's
 pseudo-positive weight within [λ₂, λ₁], VLPL's at most ⌊1/thr⌋ pseudo-positives, CRISP's estimator
 on §4.1's example, and what is detached."""
@@ -12,7 +12,7 @@ import torch
 from largeloss.methods import peer_losses, vlp_losses
 from largeloss.methods.pseudo_label_rules import vlpl_pseudo_labels
 
-# SPEC_VLP notation: Ex-A and Ex-B.
+# docs/vlp_methods.md notation: Ex-A and Ex-B.
 EX_A = torch.tensor([[2.0, -1.0, 0.0]])
 Y_A = torch.tensor([[1, 0, 0]])
 EX_B = torch.tensor([[2.0, -1.0, 0.8], [-0.5, 1.5, -3.0]])
@@ -28,7 +28,7 @@ def close(actual, expected):
                                torch.tensor(expected, dtype=torch.float32), **TOL)
 
 
-# --- GPR (SPEC_VLP §2.4) -------------------------------------------------------------------------
+# --- GPR (docs/vlp_methods.md) -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("epoch, schedule, per_entry, total", [
     (1, (0.0, -2.0, 0.5375, 1.8125), [[0.1269, 0.4853, 0.5226]], 0.3784),
@@ -48,7 +48,7 @@ def test_gpr_ex_a_voc_values(epoch, schedule, per_entry, total):
 
 
 def test_gpr_regulariser_is_epr_scaled_by_l_squared():
-    # 0.05·(1.6497 − 1.5)²/9 = 0.000125 (SPEC_VLP §2.4)
+    # 0.05·(1.6497 − 1.5)²/9 = 0.000125 (docs/vlp_methods.md)
     assert 0.05 * vlp_losses.gpr_regulariser(EX_A, 1.5).item() == pytest.approx(1.2455e-4, abs=2e-7)
 
 
@@ -104,7 +104,7 @@ def test_gpr_weights_are_constants_of_the_gradient():
     torch.testing.assert_close(logits.grad, weight * (prob - 0.9))
 
 
-# --- VLPL (SPEC_VLP §3.4) ------------------------------------------------------------------------
+# --- VLPL (docs/vlp_methods.md) ------------------------------------------------------------------------
 
 def test_vlpl_rule_on_the_worked_cosines():
     cosines = torch.tensor([[0.27, 0.265, 0.22]])
@@ -149,7 +149,7 @@ def test_vlpl_never_more_than_floor_one_over_threshold_pseudo_positives(threshol
     assert vlpl_pseudo_labels(flat, threshold=threshold * 0.999).sum() == flat.shape[1]
 
 
-# --- CRISP (SPEC_VLP §4) -------------------------------------------------------------------------
+# --- CRISP (docs/vlp_methods.md) -------------------------------------------------------------------------
 
 SCORES = torch.tensor([0.9, 0.8, 0.7, 0.4, 0.3, 0.1])
 POSITIVES = torch.tensor([1, 0, 1, 0, 0, 0])

@@ -4,7 +4,7 @@ contract of data/pseudo_labels.PseudoLabels), the methods that need pseudo-label
 without them, CRISP re-estimates its priors at each epoch's end, keeps them in its checkpoint and
 resumes to the same run, and the flags take the authors' values per dataset.
 
-The maths itself (SPEC_VLP's worked examples) is tested in tests/test_vlp_losses.py."""
+The maths itself (docs/vlp_methods.md's worked examples) is tested in tests/test_vlp_losses.py."""
 from __future__ import annotations
 
 import json
@@ -141,7 +141,7 @@ def test_methods_that_do_not_use_pseudo_labels_refuse_them():
 
 
 class FakeDampViews(FakePseudoLabels):
-    """A folder with the global view and a 2×2 grid: SPEC_VLP §1.6's example as cosines
+    """A folder with the global view and a 2×2 grid: docs/pseudo_labels.md's example as cosines
     (each tile's softmax at T = 0.01 is the spec's: c = 0.01·ln s)."""
     num_views = 5
 
@@ -186,7 +186,7 @@ def test_crisp_is_an_during_the_warmup_then_eq7_with_the_estimated_priors():
     ids = torch.arange(6)
     an = peer_losses.bce(logits, (observed == 1).float()).mean()
     torch.testing.assert_close(method.loss(logits, ids, 1).loss, an)
-    # SPEC_VLP §4.1's example as class 0's scores; class 1's one positive scores lowest
+    # docs/vlp_methods.md's example as class 0's scores; class 1's one positive scores lowest
     scores = torch.tensor([[0.9, 0.5], [0.8, 0.6], [0.7, 0.7], [0.4, 0.8], [0.3, 0.9], [0.1, 0.2]])
     calls = []
     method.end_epoch(1, lambda: calls.append(1) or torch.logit(scores))

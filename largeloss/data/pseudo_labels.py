@@ -1,4 +1,4 @@
-"""Pseudo-label folders (SPEC_VLP §1.1): what a frozen vision-language model said about each training
+"""Pseudo-label folders (docs/pseudo_labels.md): what a frozen vision-language model said about each training
 image, computed once offline (scripts/make_pseudo_labels.py) and read, never written, by training.
 
 A `<name>.pl/` folder holds plain .npy files (loaded with allow_pickle=False, the numeric arrays
@@ -147,7 +147,7 @@ class PseudoLabels:
 
 def random_view_flips(batch_size: int, num_views: int, device: torch.device | str,
                       generator: torch.Generator | None = None) -> Tensor:
-    """B×V bool, each view's own flip bit ~ Bernoulli(0.5) (SPEC_VLP §1.2 policy per-view). From
+    """B×V bool, each view's own flip bit ~ Bernoulli(0.5) (docs/pseudo_labels.md policy per-view). From
     the device's default generator unless `generator` is given: seeded and saved in checkpoints by
     the engine, and identical on every process, which all see the global batch."""
     return torch.rand((batch_size, num_views), device=device, generator=generator) < 0.5

@@ -112,7 +112,7 @@ class Config:
     damp_negative_ratio: float = PEER_DEFAULTS["damp_negative_ratio"]
     damp_negatives: int = PEER_DEFAULTS["damp_negatives"]
     damp_view_flips: str = PEER_DEFAULTS["damp_view_flips"]
-    pseudo_labels: str | None = None  # a <name>.pl folder (SPEC_VLP §1.1) for the methods needing one
+    pseudo_labels: str | None = None  # a <name>.pl folder (docs/pseudo_labels.md) for the methods needing one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
-    """The flags of GPR, VLPL and CRISP-Eq7 (SPEC_VLP; docs/vlp_methods.md)."""
+    """The flags of GPR, VLPL and CRISP-Eq7 (docs/vlp_methods.md)."""
     method.add_argument("--gpr_lambda", type=float, nargs=2, metavar=("LAMBDA1", "LAMBDA2"),
                         help="GPR (AEVLP): the pseudo-positives' weight 1 − v is kept within "
                              "[LAMBDA2, LAMBDA1] (default per dataset: pascal 0.7 0.4, coco/nuswide "
@@ -414,7 +414,7 @@ def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
 
 def add_damp_flags(method: argparse._ArgumentGroup) -> None:
     """GPR's DAMP rule, applied at each step to the grid views of a --pseudo_labels folder of kind
-    damp (SPEC_VLP §1.4); defaults per dataset: AEVLP's configs (pascal's elsewhere)."""
+    damp (docs/pseudo_labels.md); defaults per dataset: AEVLP's configs (pascal's elsewhere)."""
     method.add_argument("--damp_temperature", type=float, metavar="T",
                         help="GPR/DAMP: per-view softmax temperature over classes (default: 0.01; "
                              "cub 0.1)")

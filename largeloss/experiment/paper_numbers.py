@@ -62,7 +62,7 @@ PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
 OPENIMAGES_MAP = {"an": 82.0, "LL-R": 82.5, "LL-Ct": 82.6, "LL-Cp": 82.5}
 OPENIMAGES_PAPER_RELEASE = "V3"  # the release of the LL paper's table; V6/V7 runs have no paper row
 
-# The network and input size behind the paper's numbers (SPEC §7): (arch, image_size in pixels).
+# The network and input size behind the paper's numbers (docs/reproducing.md): (arch, image_size in pixels).
 PAPER_SETUP = {"openimages": ("resnet101", 224)}
 DEFAULT_PAPER_SETUP = ("resnet50", 448)
 
@@ -149,7 +149,7 @@ PEER_METHODS = tuple(PEER_NAMES)
 assert all(name.removesuffix(BOOSTLU) in methods.METHODS for name in PEER_METHODS)
 assert set(PEER_NAMES.values()) == set(PEER_PRESETS)
 
-# The vision-language pseudo-label rows and CRISP (SPEC_VLP), handled by the same peer_* functions.
+# The vision-language pseudo-label rows and CRISP (docs/vlp_methods.md), handled by the same peer_* functions.
 # aevlp is GPR on DAMP pseudo-labels; crisp is CRISP-Eq7, our reading of CRISP's loss, whose row
 # carries the paper's number for its own (Eq. 8) loss, which the tool does not run.
 VLP_NAMES = {"aevlp": "AEVLP", "vlpl": "VLPL", "crisp": "CRISP"}
@@ -236,12 +236,12 @@ def peer_note(dataset: str, method: str) -> str:
     return note + VLP_CAVEATS.get(method, "")
 
 
-# What a vision-language row's number is not (SPEC_VLP §4.2, §2.5).
+# What a vision-language row's number is not (docs/vlp_methods.md).
 VLP_CAVEATS = {"crisp": " (CRISP's own loss, Eq. 8, not run here: this run is CRISP-Eq7, our "
                         "variant; see docs/vlp_methods.md)",
                "aevlp": " (the authors add a random, unseeded GCN perturbation to CLIP's text "
                         "features; off here, docs/vlp_methods.md)"}
-# The pseudo-label folder of a row (SPEC_VLP §1.1), made by the other helper's offline script.
+# The pseudo-label folder of a row (docs/pseudo_labels.md), made by the other helper's offline script.
 PSEUDO_LABEL_KINDS = {"aevlp": "damp", "vlpl": "vlpl"}
 
 
@@ -302,7 +302,7 @@ PEER_RERUN_MAP = {paper: {dataset: {method: row[column] for method, row in rows.
                   for paper, rows in _RERUN_COLUMNS.items()}
 
 
-# SPEC_VLP §2.3, §3.3, §4.2: test mAP (0-100), ResNet-50 at 448 px, end to end. AEVLP: its results
+# docs/vlp_methods.md: test mAP (0-100), ResNet-50 at 448 px, end to end. AEVLP: its results
 # image; VLPL: its README; CRISP: Table 1, mean ± std of 5 runs, official NUS image set. CRISP's
 # numbers are for its paper's loss (Eq. 8), which this tool does NOT run: CRISP-Eq7 is ours.
 _VLP_COLUMNS = {"AEVLP": (90.46, 73.54, 50.70, 24.89), "VLPL": (89.10, 71.45, 49.55, 24.02),

@@ -72,7 +72,7 @@ PEER_DEFAULTS = {
     "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
     "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
     "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
-    # SPEC_VLP: GPR (AEVLP), VLPL, CRISP-Eq7
+    # docs/vlp_methods.md: GPR (AEVLP), VLPL, CRISP-Eq7
     "gpr_lambda": vlp_losses.GPR_LAMBDA, "gpr_rho": vlp_losses.GPR_RHO,
     "gpr_reg": vlp_losses.GPR_REG, "vlpl_beta_pos": vlp_losses.VLPL_BETA_POS,
     "vlpl_rule": "labels", "vlpl_temperature": VLPL_TEMPERATURE,
@@ -169,12 +169,12 @@ EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset
                for dataset, preset in PEER_PRESETS["EM+APL"].items()}
 
 
-# --- GPR (AEVLP), VLPL and CRISP-Eq7 (SPEC_VLP): the authors' hyper-parameters ----------------
+# --- GPR (AEVLP), VLPL and CRISP-Eq7 (docs/vlp_methods.md): the authors' hyper-parameters ----------------
 #
 # VLP_PRESETS[method][dataset] = {"loss": kwargs of vlp_losses' loss, "damp": GPR's DAMP rule
 # (pseudo_label_rules.DampSettings, applied at each step), "pseudo_labels": what the pseudo-label
 # folder must hold, "train": the recipe} (PEER_PRESETS' keys). Sources:
-# SPEC_VLP §1.4 and §2.2 (AEVLP: configs/*.json), §3.3 (VLPL: main_clip.py, README), §4.2 (CRISP:
+# docs/pseudo_labels.md (AEVLP: configs/*.json), §3.3 (VLPL: main_clip.py, README), §4.2 (CRISP:
 # the paper gives 10 epochs and ResNet-50 only; the rest is ours, marked so).
 
 VLP_DATASETS = ("pascal", "coco", "nuswide", "cub")
@@ -223,9 +223,9 @@ VLP_PRESETS: dict[str, dict[str, dict]] = {
     "CRISP": {dataset: copy.deepcopy(_CRISP) for dataset in VLP_DATASETS},
 }
 
-# GPR's per-dataset values (AEVLP's configs, SPEC_VLP §2.2) for the flags it shares with GR and its
+# GPR's per-dataset values (AEVLP's configs, docs/vlp_methods.md) for the flags it shares with GR and its
 # own; they apply to --loss gpr only (GR keeps its repository's defaults). VLPL's α per dataset is
-# EM's (EM_DEFAULTS' em_alpha: the same values, SPEC_VLP §3.3).
+# EM's (EM_DEFAULTS' em_alpha: the same values, docs/vlp_methods.md).
 GPR_DEFAULTS = {dataset: {"gr_beta": preset["loss"]["beta"], "gr_q3": preset["loss"]["q3"],
                           "gpr_lambda": preset["loss"]["lam"], "gpr_reg": preset["loss"]["reg"],
                           **{f"damp_{key}": value for key, value in preset["damp"].items()}}

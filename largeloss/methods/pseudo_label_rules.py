@@ -1,4 +1,4 @@
-"""The rules that turn vision-language similarities into pseudo-labels (SPEC_VLP §1.4, §3.1): pure
+"""The rules that turn vision-language similarities into pseudo-labels (docs/pseudo_labels.md): pure
 functions of tensors, used by the methods at each step (per-step flips) and by
 scripts/make_pseudo_labels.py (VLPL's fixed rule, stored as labels.npy).
 
@@ -15,7 +15,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class DampSettings:
-    """AEVLP's DAMP hyper-parameters (SPEC_VLP §1.4 table; configs/*.json of the authors' code).
+    """AEVLP's DAMP hyper-parameters (docs/pseudo_labels.md table; configs/*.json of the authors' code).
 
     temperature T of the per-view softmax; eta η_cfg, the cap of the gate; threshold on ŝ
     (non-strict); grid g (V = g² + 1 views); top_k classes considered positive; negative_ratio
@@ -36,12 +36,12 @@ DAMP_PRESETS = {
 }
 DAMP_DEFAULT_GRID = 4          # datasets without a preset (custom data)
 
-VLPL_TEMPERATURE = 0.01        # SPEC_VLP §3.3: the CLI defaults of the authors' code
+VLPL_TEMPERATURE = 0.01        # docs/vlp_methods.md: the CLI defaults of the authors' code
 VLPL_THRESHOLD = 0.3
 
 
 def damp_aggregate(view_probs: Tensor, observed: Tensor, eta: float) -> tuple[Tensor, Tensor]:
-    """DAMP's aggregation of per-view class probabilities (SPEC_VLP §1.4 steps 6–7).
+    """DAMP's aggregation of per-view class probabilities (docs/pseudo_labels.md steps 6–7).
 
     view_probs: B×V×L, each view's softmax over classes; view 0 the whole image, views 1…V−1 the
         g² grid tiles (V ≥ 2). observed: B×L in {−1, 0, +1}.
@@ -62,7 +62,7 @@ def damp_aggregate(view_probs: Tensor, observed: Tensor, eta: float) -> tuple[Te
 
 def damp_labels_from_scores(combined: Tensor, mean_combined: Tensor, threshold: float,
                             top_k: int, negative_ratio: float, negatives: int = 0) -> Tensor:
-    """DAMP's rule on aggregated scores (SPEC_VLP §1.4 steps 8–9).
+    """DAMP's rule on aggregated scores (docs/pseudo_labels.md steps 8–9).
 
     combined: ŝ B×L; mean_combined: m̃ B×L (damp_aggregate). Of the top_k classes by ŝ, those with
     ŝ ≥ threshold get +1; then the int(negative_ratio·L) classes with the lowest m̃ get `negatives`:
@@ -84,7 +84,7 @@ def damp_labels_from_scores(combined: Tensor, mean_combined: Tensor, threshold: 
 
 def damp_pseudo_labels(cosines: Tensor, observed: Tensor, settings: DampSettings,
                        negatives: int = 0) -> Tensor:
-    """DAMP pseudo-labels from raw cosines (SPEC_VLP §1.4 steps 5–9).
+    """DAMP pseudo-labels from raw cosines (docs/pseudo_labels.md steps 5–9).
 
     cosines: B×V×L (pseudo_labels.PseudoLabels.views), observed: B×L in {−1, 0, +1}.
     Returns B×L int8 in {0, +1} ({−1, 0, +1} with negatives=−1)."""
@@ -96,7 +96,7 @@ def damp_pseudo_labels(cosines: Tensor, observed: Tensor, settings: DampSettings
 
 def vlpl_pseudo_labels(cosines: Tensor, temperature: float = VLPL_TEMPERATURE,
                        threshold: float = VLPL_THRESHOLD) -> Tensor:
-    """VLPL's rule (SPEC_VLP §3.1): y′_j = 1 iff softmax(c/T)_j > threshold (strict), else 0;
+    """VLPL's rule (docs/vlp_methods.md): y′_j = 1 iff softmax(c/T)_j > threshold (strict), else 0;
     at most ⌊1/threshold⌋ positives per image. cosines: B×L (or …×L). Returns int8, same shape."""
     probs = torch.softmax(cosines.float() / temperature, dim=-1)
     return (probs > threshold).to(torch.int8)

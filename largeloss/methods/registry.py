@@ -16,7 +16,7 @@ The trainer never asks which method it runs; it calls
     method.state_dict() / method.load_state_dict()     # saved in every checkpoint
 
 A method that declares needs_pseudo_labels gets the run's pseudo_labels.PseudoLabels
-(--pseudo_labels DIR, SPEC_VLP §1) as the keyword `pseudo_labels` of its __init__.
+(--pseudo_labels DIR, docs/pseudo_labels.md) as the keyword `pseudo_labels` of its __init__.
 
 Adding a method: one subclass of `Method`, decorated with `@register`, its tests and a README row.
 `--loss` offers every registered method without `base_loss`; `--mod_scheme` offers those that
@@ -195,7 +195,7 @@ class Method:
             takes the keyword `pseudo_labels` (a pseudo_labels.PseudoLabels on its device).
         needs_flips: its loss() takes the keyword `flipped` (B bool: True where the row's training
             image was horizontally flipped this step; None when no flip was drawn, e.g. a head on
-            cached features), to match pseudo-labels to the flipped image (SPEC_VLP §1.2).
+            cached features), to match pseudo-labels to the flipped image (docs/pseudo_labels.md).
         uses_training_set_pass: its end_epoch asks for the N×L logits of the training set (the
             trainer refuses at start a run whose N×L float32 scores would not fit in memory).
     """

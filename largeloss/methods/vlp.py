@@ -1,9 +1,9 @@
-"""The vision-language pseudo-label methods and CRISP as registered method objects (SPEC_VLP).
+"""The vision-language pseudo-label methods and CRISP as registered method objects (docs/vlp_methods.md).
 
     gpr    AEVLP's GPR loss (ICCV 2025) on DAMP pseudo-labels                      needs a .pl folder
     vlpl   VLPL (CVPR 2024 workshop): EM plus CLIP pseudo-positives, flip-matched   needs a .pl folder
     crisp  CRISP-Eq7: CRISP's class priors (NeurIPS 2025), re-estimated after every epoch, with OUR
-           reading of its loss (the paper's Eq. 8 is not decoded; SPEC_VLP §4.2)
+           reading of its loss (the paper's Eq. 8 is not decoded; docs/vlp_methods.md)
 
 The maths is vlp_losses.py's. A method that needs pseudo-labels declares needs_pseudo_labels and
 receives, as the constructor keyword `pseudo_labels`, an object with
@@ -71,7 +71,7 @@ class PseudoLabelMethod(Method):
 @register
 class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
     """GPR (AEVLP, ICCV 2025): GR's loss with a pseudo-positive branch weighted within
-    [λ₂, λ₁] and EPR's regulariser, on DAMP pseudo-labels from a frozen CLIP (SPEC_VLP §2)."""
+    [λ₂, λ₁] and EPR's regulariser, on DAMP pseudo-labels from a frozen CLIP (docs/vlp_methods.md)."""
     name = "gpr"
     needs_expected_num_pos = True
     schedule_spans_the_run = True
@@ -146,7 +146,7 @@ class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
 @register
 class VisionLanguagePseudoLabels(PseudoLabelMethod):
     """VLPL (CVPR 2024 workshop): EM plus a β_pos-weighted soft positive on the classes
-    CLIP scores above a threshold, for the same flip as the training image (SPEC_VLP §3)."""
+    CLIP scores above a threshold, for the same flip as the training image (docs/vlp_methods.md)."""
     name = "vlpl"
     needs_flips = True  # its pseudo-labels are those of the flipped image when the image is
     hyper_parameters = ("em_alpha", "vlpl_beta_pos", "vlpl_rule", "vlpl_temperature",
@@ -194,7 +194,7 @@ class VisionLanguagePseudoLabels(PseudoLabelMethod):
 class ClassPriorsCRISP(Method):
     """CRISP-Eq7 (ours, after CRISP, NeurIPS 2025): AN for the warm-up epochs, then per-class
     priors π̂ re-estimated after every epoch from a pass over the training set, and our reading of
-    CRISP's loss (its Eq. 8 is not decoded, SPEC_VLP §4.2): not the paper's published loss."""
+    CRISP's loss (its Eq. 8 is not decoded, docs/vlp_methods.md): not the paper's published loss."""
     name = "crisp"
     hyper_parameters = ("crisp_delta", "crisp_tau", "crisp_warmup_epochs", "crisp_initial_prior",
                         "crisp_positive_scale")

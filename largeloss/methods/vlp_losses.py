@@ -1,19 +1,19 @@
-"""Vision-language pseudo-label methods and class priors as pure functions of tensors (SPEC_VLP).
+"""Vision-language pseudo-label methods and class priors as pure functions of tensors (docs/vlp_methods.md).
 
 GPR (the loss of AEVLP, ICCV 2025, §2), VLPL (CVPR 2024 workshop, §3) and CRISP (NeurIPS 2025, §4:
 its class-prior estimator and the clean-room loss "CRISP-Eq7", ours: the paper's Eq. 8 is not
-decoded). Written from SPEC_VLP, which was written from the authors' repositories and the CRISP
+decoded). Written from docs/vlp_methods.md, which was written from the authors' repositories and the CRISP
 paper; nothing here is copied from them. Nothing here holds state: the method objects
 (methods/vlp.py) keep the priors and read the pseudo-labels.
 
-Encodings (SPEC §1, SPEC_VLP header):
+Encodings (docs/protocol.md, docs/vlp_methods.md header):
     logits          B×L float (computed in float32, or float64 if given)
     observed        B×L in {-1, 0, +1}: observed negative, unobserved, observed positive
     pseudo_labels   B×L in {-1, 0, +1}: y′ from a frozen vision-language model (CLIP)
     final label ŷ   = y where y ≠ 0, else y′
     epoch           1-based, t = 1…T
 Losses are computed from logits (−log p = sp(−x), −log(1−p) = sp(x)), not −log(p + ε) as the
-authors' code (their ε changes the 4th decimal at most, SPEC_VLP §2.4, §3.4). Reduction
+authors' code (their ε changes the 4th decimal at most, docs/vlp_methods.md). Reduction
 R(M) = Σ M / (B·L) unless stated.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = ["gpr_pseudo_positive_weight", "gpr_per_entry", "gpr_regulariser", "gp
            "vlpl_per_entry", "vlpl_loss", "crisp_class_priors",
            "crisp_per_class", "crisp_loss"]
 
-# --- the authors' defaults (VOC's for GPR, SPEC_VLP §2.2; VLPL §3.3; CRISP §4.1) ------------------
+# --- the authors' defaults (VOC's for GPR, docs/vlp_methods.md; VLPL §3.3; CRISP §4.1) ------------------
 GPR_LAMBDA = (0.7, 0.4)   # (λ₁, λ₂): the pseudo-positive weight 1 − ṽ lies in [λ₂, λ₁]
 GPR_RHO = 0.9             # soft target of a pseudo-positive
 GPR_REG = 0.05            # weight of EPR's regulariser
@@ -52,7 +52,7 @@ def _final_labels(observed: Tensor, pseudo_labels: Tensor) -> Tensor:
     return torch.where(observed != 0, observed, pseudo_labels.to(observed.dtype))
 
 
-# --- GPR: AEVLP's loss (SPEC_VLP §2) -------------------------------------------------------------
+# --- GPR: AEVLP's loss (docs/vlp_methods.md) -------------------------------------------------------------
 
 def gpr_pseudo_positive_weight(probs_const: Tensor, schedule: peer_losses.GRSchedule,
                                lam: tuple = GPR_LAMBDA) -> Tensor:
@@ -67,7 +67,7 @@ def gpr_per_entry(logits: Tensor, observed: Tensor, pseudo_labels: Tensor,
                   schedule: peer_losses.GRSchedule, *, q2: float = peer_losses.GR_Q2,
                   q3: float = peer_losses.GR_Q3, lam: tuple = GPR_LAMBDA,
                   rho: float = GPR_RHO) -> Tensor:
-    """B×L per-entry GPR loss (SPEC_VLP §2.1, the figure's four branches), p̄ = σ(x) detached:
+    """B×L per-entry GPR loss (docs/vlp_methods.md, the figure's four branches), p̄ = σ(x) detached:
 
         L¹ y = +1:            −log p
         L² y = 0, y′ = +1:    (1 − ṽ)·[ρ·(−log p) + (1−ρ)·(−log(1−p))], 1 − ṽ ∈ [λ₂, λ₁]
@@ -103,8 +103,8 @@ def gpr_loss(logits: Tensor, observed: Tensor, pseudo_labels: Tensor, epoch: int
              alpha: tuple = peer_losses.GR_ALPHA, q2: float = peer_losses.GR_Q2,
              q3: float = peer_losses.GR_Q3, lam: tuple = GPR_LAMBDA, rho: float = GPR_RHO,
              reg: float = GPR_REG, reference_off_by_one: bool = True) -> LossOutput:
-    """GPR at 1-based `epoch`: R(per entry) + reg·gpr_regulariser (SPEC_VLP §2.1). The schedules
-    are GR's, off-by-one included (reference_off_by_one, SPEC_PEERS §4.2). modified = the
+    """GPR at 1-based `epoch`: R(per entry) + reg·gpr_regulariser (docs/vlp_methods.md). The schedules
+    are GR's, off-by-one included (reference_off_by_one, docs/methods.md). modified = the
     pseudo-positives scored (y = 0, y′ = +1)."""
     schedule = peer_losses.gr_schedule(epoch, num_epochs=num_epochs, linear_init=linear_init,
                                        beta=beta, alpha=alpha,
@@ -116,11 +116,11 @@ def gpr_loss(logits: Tensor, observed: Tensor, pseudo_labels: Tensor, epoch: int
     return peer_losses._output(loss, modified, logits)
 
 
-# --- VLPL (SPEC_VLP §3) -------------------------------------------------------------------------
+# --- VLPL (docs/vlp_methods.md) -------------------------------------------------------------------------
 
 def vlpl_per_entry(logits: Tensor, observed: Tensor, pseudo_labels: Tensor, *,
                    alpha: float = peer_losses.EM_ALPHA, beta_pos: float = VLPL_BETA_POS) -> Tensor:
-    """B×L per-entry VLPL loss (SPEC_VLP §3.2):
+    """B×L per-entry VLPL loss (docs/vlp_methods.md):
 
         y = +1:            −log p
         y = 0, y′ = +1:    β_pos·[0.9·(−log p) + 0.1·(−log(1−p))]
@@ -146,11 +146,11 @@ def vlpl_loss(logits: Tensor, observed: Tensor, pseudo_labels: Tensor, *,
     return peer_losses._output(per_entry.sum() / per_entry.numel(), modified, logits)
 
 
-# --- CRISP (SPEC_VLP §4) --------------------------------------------------------------------------
+# --- CRISP (docs/vlp_methods.md) --------------------------------------------------------------------------
 
 def crisp_class_priors(probs: Tensor, observed: Tensor, *, delta: float = CRISP_DELTA,
                        tau: float = CRISP_TAU) -> tuple[Tensor, Tensor]:
-    """CRISP's class-prior estimates (SPEC_VLP §4.1, the BBE "top bin" estimator), all classes.
+    """CRISP's class-prior estimates (docs/vlp_methods.md, the BBE "top bin" estimator), all classes.
 
     Args:
         probs: N×L σ(g(x)) of the whole training set (current model, no gradient).
@@ -191,7 +191,7 @@ def crisp_class_priors(probs: Tensor, observed: Tensor, *, delta: float = CRISP_
 
 def crisp_per_class(logits: Tensor, observed: Tensor, priors: Tensor, *,
                     positive_weights: Tensor | None = None) -> Tensor:
-    """L per-class terms of CRISP-Eq7, OUR variant of the paper's loss (SPEC_VLP §4.2; Eq. 8 is
+    """L per-class terms of CRISP-Eq7, OUR variant of the paper's loss (docs/vlp_methods.md; Eq. 8 is
     not decoded), p = σ(x), π̂ the priors (L, no gradient):
 
         2π̂_j·mean_{i in batch, y_ij = +1}(1 − p_ij) + |mean_{i in batch} p_ij − π̂_j|
@@ -213,6 +213,6 @@ def crisp_per_class(logits: Tensor, observed: Tensor, priors: Tensor, *,
 
 def crisp_loss(logits: Tensor, observed: Tensor, priors: Tensor, *,
                positive_weights: Tensor | None = None) -> LossOutput:
-    """CRISP-Eq7 (ours, SPEC_VLP §4.2): the mean over the L classes of `crisp_per_class`."""
+    """CRISP-Eq7 (ours, docs/vlp_methods.md): the mean over the L classes of `crisp_per_class`."""
     per_class = crisp_per_class(logits, observed, priors, positive_weights=positive_weights)
     return peer_losses._output(per_class.mean(), None, logits)
