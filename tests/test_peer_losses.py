@@ -268,7 +268,7 @@ def test_hill_worked_examples(example, per_entry, reduced):
 
 
 def test_hill_sum_reduction_is_the_authors():
-    close(hill_loss(*tensors(EX_A), reduction="sum").loss, 0.361700)
+    close(hill_loss(*tensors(EX_A), reduction=peer_losses.FOCAL_AUTHORS_REDUCTION).loss, 0.361700)
 
 
 @pytest.mark.parametrize("example,epoch,per_entry,reduced", [

@@ -70,7 +70,7 @@ PEER_DEFAULTS = {
     "apl_warmup_epochs": peer_losses.APL_WARMUP_EPOCHS,
     "apl_proportion": peer_losses.APL_PROPORTION, "hill_lambda": peer_losses.HILL_LAMBDA,
     "focal_margin": peer_losses.HILL_MARGIN, "focal_gamma": peer_losses.HILL_GAMMA,
-    "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
+    "splc_tau": peer_losses.SPLC_TAU, "reduction": peer_losses.FOCAL_REDUCTION, "gr_beta": peer_losses.GR_BETA,
     "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
     "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
 }
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hill and SPLC: mean = Σ/(B·L), the protocol of every method here; "
                              "sum = Σ, the authors' code (with Adam and no weight decay the two differ "
                              "only through Adam's ε; with SGD or weight decay sum scales the step by "
-                             "B·L) (default: mean)")
+                             f"B·L) (default: {peer_losses.FOCAL_REDUCTION})")
     method.add_argument("--gr_beta", type=float, nargs=4, metavar=("W0", "W_T", "B0", "B_T"),
                         help="GR: soft pseudo-label k̂ = σ(w·p + b), w and b moving linearly over "
                              "the --epochs (default: 0 2 -2 -2)")
