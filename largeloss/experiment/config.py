@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     engineering.add_argument("--logger", choices=("none", "tensorboard"), default="none",
                              help="tensorboard: train loss, lr, val mAP and modified fraction per "
                                   "epoch as TensorBoard scalars in the run folder (needs "
-                                  "pip install tensorboard) (default: none)")
+                                  "pip install -e .[tensorboard]) (default: none)")
     engineering.add_argument("--stop_after", type=int, metavar="EPOCH",
                              help="leave after this epoch (>= 1) as if interrupted (for time-limited jobs; "
                                   "continue with --resume RUN/last.pt)")
