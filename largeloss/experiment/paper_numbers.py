@@ -89,6 +89,13 @@ def paper_map(dataset: str, method: str, train_mode: str) -> float | None:
     return PAPER_MAP.get(train_mode, {}).get(dataset, {}).get(method)
 
 
+def paper_setup(dataset: str) -> dict:
+    """The backbone and input size of the papers' numbers on `dataset` (the CLI's defaults there:
+    ResNet-50 at 448 px, OpenImages ResNet-101 at 224 px): {"arch": ..., "image_size": ...}."""
+    defaults = DATASET_DEFAULTS[dataset]
+    return {"arch": defaults.arch, "image_size": defaults.image_size}
+
+
 def takes_delta_rel(method: str) -> bool:
     """Whether Δrel means something to a row: the large-loss schemes, with or without BoostLU."""
     return method.removesuffix(BOOSTLU) in LL_SCHEMES

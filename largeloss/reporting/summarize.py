@@ -9,7 +9,8 @@ their whole resolved configuration (config.json) except the seed and the keys th
 sample std (ddof=1; "—" for a single seed), the seeds, mean best-val epoch, the paper's number (SPEC
 §7: E2E for end_to_end, LI for linear_init) and ours − paper. Rows that share dataset, setting,
 method and Δrel but differ elsewhere name the differing settings in the "check" column, which also
-flags a seed that occurs twice in a group (a copied or rerun folder). Where one method has several
+flags a seed that occurs twice in a group (a copied or rerun folder) and a row set beside a paper's
+number whose backbone or image size is not the paper's (paper_numbers.paper_setup). Where one method has several
 Δrel, an extra line gives the Δrel with the best mean *val* mAP ("chosen Δrel") among rows of
 otherwise equal settings: that is the protocol's choice, never the best test mAP.
 
@@ -28,14 +29,15 @@ import sys
 from pathlib import Path
 
 from largeloss.experiment.paper_numbers import (METHODS, PAPER_DATASETS, PEER_METHODS, method_label,
-                                                paper_map, takes_delta_rel)
+                                                paper_map, paper_setup, takes_delta_rel)
 
 DATASET_ORDER = PAPER_DATASETS + ("openimages", "digits")
 GROUP_NAMES = ("G1", "G2", "G3", "G4", "G5")  # OpenImages class groups (results.json "groups")
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
 CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
               "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
-              "paper", "diff", "differing_settings", "duplicate_seeds", "unmeasured_classes",
+              "paper", "diff", "not_paper_setup", "differing_settings", "duplicate_seeds",
+              "unmeasured_classes",
               *(f"{name.lower()}_map" for name in GROUP_NAMES), "measured_map")
 # config.json keys that do not change the maths of a run (where it runs, how it is logged, what
 # produced it, analyses that leave training unchanged), and the seed: runs that differ only in
@@ -154,6 +156,15 @@ def differing_settings(settings: tuple, others: list[tuple]) -> str:
     return ", ".join(f"{key}={_plain(mine[key]) if key in mine else '(absent)'}" for key in differing)
 
 
+def not_paper_setup(dataset: str, settings: tuple) -> str:
+    """'arch=small_cnn (paper: resnet50), image_size=224 (paper: 448)': where the run's backbone or
+    input size is not the one of the paper's number beside it; '' when both match."""
+    mine = dict(settings)
+    return ", ".join(f"{key}={_plain(mine[key])} (paper: {value})"
+                     for key, value in paper_setup(dataset).items()
+                     if key in mine and json.loads(mine[key]) != value)
+
+
 def _plain(json_text: str) -> str:
     value = json.loads(json_text)
     return value if isinstance(value, str) else json_text
@@ -205,6 +216,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
             "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
             "stopped_early": sum(bool(r.get("stopped_early")) for r in results),
             "paper": paper, "diff": None if paper is None else test_mean - paper,
+            "not_paper_setup": "" if paper is None else not_paper_setup(dataset, settings),
             "settings": settings,
             "differing_settings": differing_settings(settings, siblings) if len(siblings) > 1 else "",
             "duplicate_seeds": ", ".join(f"{seed} ({seeds.count(seed)} runs)"
@@ -322,9 +334,12 @@ def unmeasured_classes(results: list[dict]) -> str:
 
 
 def check_cell(row: dict) -> str:
-    """What a reader must know before trusting the row: mixed settings, duplicate seeds, test
-    classes that cannot be measured."""
+    """What a reader must know before trusting the row: a backbone or image size other than the
+    paper's number was measured with, mixed settings, duplicate seeds, test classes that cannot be
+    measured."""
     checks = []
+    if row.get("not_paper_setup"):
+        checks.append(f"not the paper's setup: {row['not_paper_setup']}")
     if row.get("unmeasured_classes"):
         checks.append(f"test classes without a positive or a negative: "
                       f"{row['unmeasured_classes']}")
