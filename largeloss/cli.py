@@ -1,13 +1,6 @@
-"""The command-line entry (`python main.py`, `python -m largeloss`, `largeloss`). Examples:
-
-    python main.py                                    # embedded digits dataset, AN + LL-R, ~1 min on CPU
-    python main.py --dataset coco --mod_scheme LL-Ct  # a cell of the LL paper, authors' defaults
-    python main.py --dataset pascal --loss role       # a Cole et al. baseline
-    python main.py --resume runs/X/last.pt            # continue an interrupted run
-    python main.py --resume runs/X/last.pt --epochs 30   # extend a finished run to 30 epochs
-    python main.py --eval_only runs/X/best.pt         # test mAP of a saved model
-    torchrun --nproc_per_node=4 main.py --dataset coco --mod_scheme LL-Ct   # 4 GPUs, global batch 16
-"""
+"""The command-line entry: `python main.py`, `python -m largeloss` and the `largeloss` command all
+call `main(argv)` (launch examples: main.py's docstring). It parses the flags, owns the run folder,
+trains or evaluates, and maps failures to exit codes: 0, 2 for bad input, 3 for a diverged run."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +10,9 @@ import traceback
 from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
+from largeloss.engine.resume import resume_config
 from largeloss.engine.run_folder import RunFolder, read_checkpoint
-from largeloss.engine.train import evaluate_checkpoint, fit, resume_config
+from largeloss.engine.train import evaluate_checkpoint, fit
 from largeloss.experiment.config import Config, explicit_flags, parse_args
 from largeloss.utils.distributed import destroy, world_from_environment
 from largeloss.utils.errors import InputError, TrainingDiverged

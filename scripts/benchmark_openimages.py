@@ -3,6 +3,15 @@ of the V3 CSV preparation, on generated data.
 
     python scripts/benchmark_openimages.py                      # full scale, CPU: ~10 minutes
     python scripts/benchmark_openimages.py --num_images 100000 --csv_rows 200000   # a quick run
+    python scripts/benchmark_openimages.py --num_images 370000 --entries_per_image 60
+                                                   # V3's real density (~220M entries at 3.7M
+                                                   # images), a tenth of the images, extrapolated
+
+The density is a flag (--entries_per_image): the figures of docs/benchmarks.md are at 5.7 (the
+count first assumed) and 60 (the first listed V3 training images carry 116–322 human-verified rows
+each, ~80 % negatives; 60 trainable entries per image is the realistic end). When --num_images is
+below --full_scale_images the label-state memory is also extrapolated linearly to full scale (the
+CSR arrays and the image ids grow with the images at a fixed density), and the report says so.
 
 1. Labels of full scale are generated (default 3.7M images × 5000 classes, 5.7 labelled entries per
    image of which 2.7 positive: ~21M entries; class frequencies skewed as in OpenImages), saved as
@@ -15,8 +24,12 @@ of the V3 CSV preparation, on generated data.
 3. The V3 preparation (`openimages.prepare_split`) runs on generated trees in the official layout
    (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real file; 15 % of
    them of classes that are not trainable; one empty .jpg per image), each in a fresh process.
-   rows/s of the larger run and the peak RAM growth are extrapolated linearly to the 21M rows of
-   V3 train (the memory along the line through the two runs).
+   rows/s of the larger run and the peak RAM growth are extrapolated linearly to the annotation
+   rows of V3 train at this density (3.7M × --entries_per_image / 0.85; the memory along the line
+   through the two runs).
+4. `openimages.read_image_ids` on a generated images.csv of --images_csv_rows rows (V3's train
+   images.csv lists ~9M images, more than carry labels): seconds and peak RAM, extrapolated
+   linearly to 9M rows.
 """
 from __future__ import annotations
 
@@ -36,10 +49,12 @@ import numpy as np
 import torch
 
 from largeloss.data import openimages
-from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, load_sparse_labels,
-                                          save_sparse_labels)
+from largeloss.data.sparse_labels import SparseLabels, load_sparse_labels, save_sparse_labels
+from largeloss.methods.label_stores import SparseLabelStore
 
-V3_TRAIN_ROWS = 21_000_000  # annotation rows of V3 train, for the extrapolation
+V3_TRAIN_IMAGES = 3_700_000  # images of V3 train with human-verified labels
+V3_IMAGES_CSV_ROWS = 9_000_000  # rows of V3's train images.csv (every listed image)
+TRAINABLE_FRACTION = 0.85  # write_v3_tree: 15 % of the annotation rows name untrainable classes
 GIB = 1 << 30
 
 
@@ -60,12 +75,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv_rows", type=int, default=3_000_000,
                         help="annotation rows of the larger generated V3 tree (default 3M; 0 "
                              "skips the preparation benchmark)")
+    parser.add_argument("--full_scale_images", type=int, default=V3_TRAIN_IMAGES,
+                        help="images the label-state memory is extrapolated to when --num_images "
+                             "is smaller (default: 3.7M, V3 train)")
+    parser.add_argument("--images_csv_rows", type=int, default=1_000_000,
+                        help="rows of the generated images.csv whose read is timed and "
+                             "extrapolated to V3's 9M (default 1M; 0 skips it)")
     parser.add_argument("--device", default="cpu", help="where the label state lives (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--work_dir", type=Path,
                         help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", choices=("store", "csv"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("store", "csv", "images_csv"), help=argparse.SUPPRESS)
     parser.add_argument("--child_path", type=Path, help=argparse.SUPPRESS)
     return parser
 
@@ -263,6 +284,26 @@ def measure_csv(raw_dir: Path, args: argparse.Namespace) -> dict:
             "peak_gib": meter.peak_growth_gib(), "peak_rss_reset": meter.peak_was_reset}
 
 
+def measure_images_csv(path: Path, args: argparse.Namespace) -> dict:
+    """openimages.read_image_ids on a generated images.csv: seconds and peak RSS growth."""
+    meter = RssMeter()
+    start = time.perf_counter()
+    image_ids = openimages.read_image_ids(path)
+    return {"seconds": time.perf_counter() - start, "rows": len(image_ids),
+            "peak_gib": meter.peak_growth_gib(), "peak_rss_reset": meter.peak_was_reset}
+
+
+def write_images_csv(path: Path, num_rows: int, seed: int) -> None:
+    """An images.csv in V3's layout (ImageID,Subset,OriginalURL) of `num_rows` random ImageIDs."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as handle:
+        handle.write("ImageID,Subset,OriginalURL\n")
+        for start in range(0, num_rows, 100_000):
+            numbers = rng.integers(0, 1 << 62, size=min(100_000, num_rows - start))
+            handle.writelines(f"{number:016x},train,https://example.org/{number:016x}.jpg\n"
+                              for number in numbers)
+
+
 def run_child(mode: str, path: Path, args: argparse.Namespace) -> dict:
     """This script in a fresh process (clean memory figures) on `path` (the .npz for "store",
     the RAW folder for "csv"); returns its JSON result."""
@@ -287,11 +328,78 @@ def machine_line(args: argparse.Namespace) -> str:
             f"{platform.python_version()}, device {args.device}")
 
 
+def report_store(store: dict, args: argparse.Namespace, dense_gib: float) -> None:
+    """The label state's memory and batch-row timings, extrapolated to full scale when smaller."""
+    print(f"label state (RSS growth; peak reset: {store['peak_rss_reset']}): loaded and "
+          f"checked in {store['load_seconds']:.1f} s, store built in "
+          f"{store['build_seconds']:.2f} s: {store['built_gib']:.2f} GiB held (CSR + image "
+          f"ids; store tensors {store['store_tensor_bytes'] / 1e6:.0f} MB), peak "
+          f"{store['peak_built_gib']:.2f} GiB; after the relabel timings "
+          f"{store['final_gib']:.2f} GiB held, peak {store['peak_gib']:.2f} GiB; dense int8 "
+          f"would be {dense_gib:.1f} GiB")
+    print(f"rows (B={args.batch_size}, longest image {store['max_row_length']} entries): "
+          f"{store['rows_ms']:.3f} ms; apply_relabel ({args.relabels_per_batch} per batch): "
+          f"{store['apply_relabel_ms']:.3f} ms; rows after {store['relabeled_after_steps']} "
+          f"relabels: {store['rows_with_recent_relabels_ms']:.3f} ms; with "
+          f"{store['settled_relabels']} settled relabels: rows "
+          f"{store['rows_with_settled_relabels_ms']:.3f} ms, apply_relabel "
+          f"{store['apply_relabel_settled_ms']:.3f} ms (medians)")
+    scale = args.full_scale_images / store["num_images"]
+    if scale > 1:
+        print(f"extrapolated linearly to {args.full_scale_images / 1e6:.1f}M images (×{scale:.1f}, "
+              f"{store['num_labelled'] * scale / 1e6:.0f}M entries; not measured): store tensors "
+              f"{store['store_tensor_bytes'] * scale / 1e9:.2f} GB, held "
+              f"{store['built_gib'] * scale:.2f} GiB, peak {store['peak_built_gib'] * scale:.2f} "
+              f"GiB (the relabel sets do not grow with the images)")
+
+
+def report_preparation(work_dir: Path, args: argparse.Namespace) -> None:
+    """prepare_split on two generated V3 trees, extrapolated to V3 train's rows at this density."""
+    runs = []
+    for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
+        start = time.perf_counter()
+        raw_dir = work_dir / f"raw_{num_rows}"
+        write_v3_tree(raw_dir, num_rows, args)
+        generation_seconds = time.perf_counter() - start
+        runs.append(run_child("csv", raw_dir, args))
+        report = runs[-1]["report"]
+        print(f"prepare_split on a generated V3 tree ({generation_seconds:.0f} s to write): "
+              f"{report['rows_read']} rows, {report['images_listed']} images in "
+              f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
+              f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
+              f"{report['entries_kept']} entries kept; peak RSS growth "
+              f"{runs[-1]['peak_gib']:.2f} GiB")
+        shutil.rmtree(raw_dir)
+    (small, large) = runs
+    rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
+    per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
+    v3_rows = V3_TRAIN_IMAGES * args.entries_per_image / TRAINABLE_FRACTION
+    extrapolated = large["peak_gib"] + per_row * (v3_rows - rows_large)
+    print(f"extrapolated to {v3_rows / 1e6:.0f}M rows (V3 train at {args.entries_per_image:g} "
+          f"trainable entries per image; images in proportion): "
+          f"{v3_rows / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
+          f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
+          f"{per_row * GIB:.0f} bytes per row)")
+
+
+def report_images_csv(work_dir: Path, args: argparse.Namespace) -> None:
+    """read_image_ids on a generated images.csv, extrapolated to V3's ~9M rows."""
+    path = work_dir / "images.csv"
+    write_images_csv(path, args.images_csv_rows, args.seed)
+    result = run_child("images_csv", path, args)
+    scale = V3_IMAGES_CSV_ROWS / result["rows"]
+    print(f"images.csv: {result['rows']} rows read in {result['seconds']:.1f} s "
+          f"({result['rows'] / result['seconds']:,.0f} rows/s), peak RSS growth "
+          f"{result['peak_gib']:.2f} GiB; extrapolated linearly to {V3_IMAGES_CSV_ROWS / 1e6:.0f}M "
+          f"rows: {result['seconds'] * scale:.0f} s, {result['peak_gib'] * scale:.2f} GiB")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child:
-        measure = measure_store if args.child == "store" else measure_csv
+        measure = {"store": measure_store, "csv": measure_csv,
+                   "images_csv": measure_images_csv}[args.child]
         print(json.dumps(measure(args.child_path, args)))
         return 0
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="benchmark_openimages_"))
@@ -308,46 +416,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - start:.0f} s")
         dense_gib = labels.num_images * labels.num_classes / GIB
         del labels
-        store = run_child("store", work_dir / "labels.npz", args)
-        print(f"label state (RSS growth; peak reset: {store['peak_rss_reset']}): loaded and "
-              f"checked in {store['load_seconds']:.1f} s, store built in "
-              f"{store['build_seconds']:.2f} s: {store['built_gib']:.2f} GiB held (CSR + image "
-              f"ids; store tensors {store['store_tensor_bytes'] / 1e6:.0f} MB), peak "
-              f"{store['peak_built_gib']:.2f} GiB; after the relabel timings "
-              f"{store['final_gib']:.2f} GiB held, peak {store['peak_gib']:.2f} GiB; dense int8 "
-              f"would be {dense_gib:.1f} GiB")
-        print(f"rows (B={args.batch_size}, longest image {store['max_row_length']} entries): "
-              f"{store['rows_ms']:.3f} ms; apply_relabel ({args.relabels_per_batch} per batch): "
-              f"{store['apply_relabel_ms']:.3f} ms; rows after {store['relabeled_after_steps']} "
-              f"relabels: {store['rows_with_recent_relabels_ms']:.3f} ms; with "
-              f"{store['settled_relabels']} settled relabels: rows "
-              f"{store['rows_with_settled_relabels_ms']:.3f} ms, apply_relabel "
-              f"{store['apply_relabel_settled_ms']:.3f} ms (medians)")
-        if args.csv_rows == 0:
-            return 0
-        runs = []
-        for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
-            start = time.perf_counter()
-            raw_dir = work_dir / f"raw_{num_rows}"
-            write_v3_tree(raw_dir, num_rows, args)
-            generation_seconds = time.perf_counter() - start
-            runs.append(run_child("csv", raw_dir, args))
-            report = runs[-1]["report"]
-            print(f"prepare_split on a generated V3 tree ({generation_seconds:.0f} s to write): "
-                  f"{report['rows_read']} rows, {report['images_listed']} images in "
-                  f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
-                  f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
-                  f"{report['entries_kept']} entries kept; peak RSS growth "
-                  f"{runs[-1]['peak_gib']:.2f} GiB")
-            shutil.rmtree(raw_dir)
-        (small, large) = runs
-        rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
-        per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
-        extrapolated = large["peak_gib"] + per_row * (V3_TRAIN_ROWS - rows_large)
-        print(f"extrapolated to {V3_TRAIN_ROWS / 1e6:.0f}M rows (V3 train; images in proportion): "
-              f"{V3_TRAIN_ROWS / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
-              f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
-              f"{per_row * GIB:.0f} bytes per row)")
+        report_store(run_child("store", work_dir / "labels.npz", args), args, dense_gib)
+        if args.csv_rows:
+            report_preparation(work_dir, args)
+        if args.images_csv_rows:
+            report_images_csv(work_dir, args)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)

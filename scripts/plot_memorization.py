@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from largeloss.reporting.plot_curves import LOSS_GROUPS, default_label, series
+from largeloss.reporting.plot_curves import LOSS_GROUPS, default_label, labels_match, save_figure, series
 from largeloss.reporting.summarize import read_metrics
 
 GROUP_COLORS = {"loss_observed_pos": "tab:green", "loss_true_neg": "tab:blue",
@@ -104,18 +104,12 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = 
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
+    save_figure(figure, out, title)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.run_dirs):
-        print(f"plot_memorization: {len(args.labels)} labels for {len(args.run_dirs)} run folders",
-              file=sys.stderr)
+    if not labels_match("plot_memorization", args.labels, args.run_dirs):
         return 2
     runs = []
     for index, run_dir in enumerate(args.run_dirs):

@@ -1,4 +1,4 @@
-r"""Format an official dataset archive into a Cole folder (SPEC §2), or redraw its observed labels.
+r"""Format an official dataset archive into a Cole folder (docs/protocol.md), or redraw its observed labels.
 
     python scripts/prepare_data.py --dataset pascal --raw_dir RAW --out_dir data/pascal
     python scripts/prepare_data.py --dataset coco --raw_dir RAW --out_dir data/coco \
@@ -71,7 +71,7 @@ def mean_per_row(mask: np.ndarray) -> float:
 def print_summary(out_dir: Path, true_labels: dict[str, np.ndarray],
                   observed: dict[str, np.ndarray]) -> None:
     """Rows × classes and positives per image for each official phase, then the project's
-    train/val/test sizes (SPEC §2 split of the official train phase)."""
+    train/val/test sizes (docs/protocol.md: the Cole split of the official train phase)."""
     for phase, labels in true_labels.items():
         print(f"{phase}: {labels.shape[0]} rows × {labels.shape[1]} classes; per image "
               f"{mean_per_row(labels == 1):.2f} positives (clean), "

@@ -12,7 +12,7 @@ authors' Δrel sweep of the large-loss schemes.
 
 The methods after the LL paper (PEER_METHODS: LL-R/Ct/Cp+BoostLU, em, APL, hill, splc, gr) run with
 their authors' published hyper-parameters per dataset (scripts/paper_numbers.py's peer_flags, from
-peer_losses.PEER_PRESETS), end to end only, their paper's number beside each command.
+presets.PEER_PRESETS), end to end only, their paper's number beside each command.
 
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
 epochs, train_mode, seed, out_dir), with the paper's number for the cell beside it, then run one after
@@ -32,17 +32,17 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from largeloss.experiment.config import DATASET_DEFAULTS
 from largeloss.experiment.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
                                                 best_hparams, method_flags, paper_map, peer_flags, peer_note)
+from largeloss.experiment.presets import DATASET_DEFAULTS
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Build (and run) the commands for one cell of the paper's table (SPEC §7) with the "
-                    "authors' hyper-parameters (SPEC §6): per dataset optimizer and lr (pascal SGD 5e-3, "
+        description="Build (and run) the commands for one cell of the paper's table (docs/reproducing.md) with the "
+                    "authors' hyper-parameters (docs/protocol.md): per dataset optimizer and lr (pascal SGD 5e-3, "
                     "coco/nuswide Adam 1e-5, cub Adam 7.5e-5), per scheme and dataset the best Δrel, "
                     "batch size 16, 10 epochs. The baselines (bce, an, wan, an_ls, epr, "
                     "role) have no tuned lr in the LL paper: they get the dataset's optimizer and lr. "

@@ -19,7 +19,7 @@
 #
 # A shell front end of `python scripts/reproduce.py --dataset DATASET --sweep_delta_rel`, which
 # builds and runs the commands (5 Δrel × 3 schemes = 15 runs per seed; optimizer, lr, batch size and
-# epochs are the CLI's defaults for the dataset, SPEC §6). The first failed run stops the sweep with
+# epochs are the CLI's defaults for the dataset, docs/protocol.md). The first failed run stops the sweep with
 # its exit code. Then: python scripts/summarize.py RUNS_DIR picks, per scheme, the Δrel with the best
 # mean val mAP ("chosen Δrel").
 set -euo pipefail

@@ -50,7 +50,7 @@ def random_multi_hot(rng: np.random.RandomState, num_rows: int, num_classes: int
 def build_cole_folder(root: Path, dataset: str = "pascal", num_train: int = 20,
                       num_test: int = 8, num_classes: int | None = None, num_neg: int = 0,
                       seed: int = 0) -> Path:
-    """A Cole-format folder (SPEC §2) as scripts/prepare_data.py writes it, with tiny JPEGs.
+    """A Cole-format folder (docs/protocol.md) as scripts/prepare_data.py writes it, with tiny JPEGs.
 
     num_train / num_test: rows of the official train / val phases (the trainer splits the first
     80/20 into train/val and tests on the second). num_neg > 0 keeps that many observed negatives

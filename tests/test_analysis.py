@@ -1,4 +1,4 @@
-"""Tests of analysis.py (SPEC §8) and its wiring into the CLI: hand-computed loss groups, precision
+"""Tests of analysis.py (docs/analyses.md) and its wiring into the CLI: hand-computed loss groups, precision
 of modification and pointing game; no extra work when the analyses are off; a tiny end-to-end run
 with --track_train --pointing_game, its resume, and the two figure scripts."""
 from __future__ import annotations

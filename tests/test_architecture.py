@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -159,3 +162,29 @@ def test_the_architecture_page_names_every_module():
     present = {path.relative_to(REPO_ROOT).as_posix() for path in PACKAGE.rglob("*.py")
                if path.name != "__init__.py" or path.parent == PACKAGE}
     assert named == present, {"named, missing": sorted(named - present), "present, unnamed": sorted(present - named)}
+
+
+def test_generic_modules_first_on_the_path_change_nothing(tmp_path):
+    """A researcher's own `config.py` and Hugging Face's `datasets` come first on the path: the
+    package's modules are reached only as largeloss.*, so main.py and the scripts still run."""
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "__init__.py").write_text("raise ImportError('the fake datasets package was imported')\n")
+    (tmp_path / "config.py").write_text("raise ImportError('the user config.py was imported')\n")
+    (tmp_path / "train.py").write_text("raise ImportError('the user train.py was imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import config"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert "the user config.py was imported" in probe.stderr  # the fakes are first on the path
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--dataset", "digits",
+                          "--digits_train_size", "32", "--epochs", "1", "--num_workers", "0",
+                          "--device", "cpu", "--out_dir", str(tmp_path / "run")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "run" / "results.json").is_file()
+    summary = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "summarize.py"), str(tmp_path)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    assert "digits" in summary.stdout
+    module = subprocess.run([sys.executable, "-m", "largeloss", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert module.returncode == 0 and "--mod_scheme" in module.stdout, module.stderr[-2000:]

@@ -18,7 +18,7 @@ from largeloss import cli as main
 from largeloss.data import formats
 from largeloss.engine import train
 from largeloss.experiment import config
-from largeloss.methods import registry as methods
+from largeloss.methods import losses
 from largeloss.reporting import summarize
 
 RUN_KEYS = {"epoch", "train_loss", "val_map", "modified", "seconds", "images_per_s"}
@@ -90,7 +90,7 @@ def test_every_method_trains_two_epochs_and_writes_the_run_folder(tmp_path, loss
     modified = [row["modified"] for row in rows]
     if mod_scheme == "none":
         assert modified == [0, 0]
-    else:  # epoch 1 is the warm-up (SPEC §4); from epoch 2 on the scheme modifies entries
+    else:  # epoch 1 is the warm-up (docs/methods.md §LL schedule); from epoch 2 on the scheme modifies entries
         assert modified[0] == 0 and modified[1] > 0
 
 
@@ -307,14 +307,14 @@ def test_corrupt_image_is_refused_naming_the_file(tmp_path, cole_folder, capsys,
 
 @pytest.mark.filterwarnings("ignore:no observed positive")
 def test_nan_loss_stops_the_run_and_writes_error_txt(tmp_path, monkeypatch, capsys):
-    real_compute_loss = methods.compute_loss
+    real_large_loss = losses.large_loss  # the default method is AN + LL-R
 
     def nan_loss(*args, **kwargs):
-        output = real_compute_loss(*args, **kwargs)
+        output = real_large_loss(*args, **kwargs)
         return type(output)(loss=output.loss * float("nan"), modified=output.modified,
                             relabel=output.relabel)
 
-    monkeypatch.setattr(methods, "compute_loss", nan_loss)
+    monkeypatch.setattr(losses, "large_loss", nan_loss)
     out_dir = tmp_path / "run"
     assert main.main([*TINY_DIGITS, "--epochs", "2", "--out_dir", str(out_dir)]) == 3
     assert "the training loss became nan in epoch 1" in capsys.readouterr().err
@@ -371,7 +371,7 @@ def test_paper_defaults_pascal_ll_cp():
     assert resolved.expected_num_pos == 1.5
 
 
-# SPEC §6, "best hyper-parameters (authors, end-to-end)".
+# docs/protocol.md §Training protocol, the authors' best end-to-end hyper-parameters.
 PAPER_TABLE = {"pascal": ("sgd", 5e-3, (0.2, 0.2, 0.1)), "coco": ("adam", 1e-5, (0.4, 0.2, 0.2)),
                "nuswide": ("adam", 1e-5, (0.4, 0.2, 0.2)), "cub": ("adam", 7.5e-5, (0.4, 0.4, 0.2))}
 

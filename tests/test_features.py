@@ -66,7 +66,7 @@ def test_feature_cache_is_written_once_then_reused(tmp_path, extractions, capsys
 
 def test_cached_features_are_the_pooled_features_of_the_unflipped_images(tmp_path):
     config = parse_args([*TINY, "--train_mode", "linear", "--feature_cache", str(tmp_path)])
-    data = features.load_linear_data(config, torch.device("cpu"))
+    data = train.load_linear_data(config, torch.device("cpu"))
     torch.manual_seed(0)
     model = models.build_model("small_cnn", "none", 10).eval()
     images = digits.load_digits_data(64, 24).train.images.images
@@ -121,7 +121,7 @@ def test_a_cache_file_without_sidecar_is_refused_and_left_alone(tmp_path, capsys
 def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole_folder,
                                                                   extractions, capsys):
     """Sidecar-less {train,val}_features_imagenet_resnet50.npy in the data folder (where Cole et
-    al.'s code keeps them): used for resnet50 / imagenet_v1 / 448 px, rows mapped as SPEC §2."""
+    al.'s code keeps them): used for resnet50 / imagenet_v1 / 448 px, rows mapped as docs/protocol.md."""
     data_root = cole_folder("pascal", num_train=20, num_test=8)
     official = {phase: np.random.RandomState(index).rand(rows, 2048).astype(np.float32)
                 for index, (phase, rows) in enumerate((("train", 20), ("val", 8)))}
@@ -129,7 +129,7 @@ def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole
         np.save(data_root / f"{phase}_features_imagenet_resnet50.npy", array)
     config = parse_args(["--dataset", "pascal", "--data_root", str(data_root), "--train_mode",
                          "linear", "--device", "cpu", "--num_workers", "0"])
-    data = features.load_linear_data(config, torch.device("cpu"))
+    data = train.load_linear_data(config, torch.device("cpu"))
     assert extractions == []  # nothing extracted, no backbone built
     assert capsys.readouterr().out.count("taken as Cole et al.'s published features") == 2
     train_rows, val_rows = formats.train_val_split(20)
@@ -139,9 +139,11 @@ def test_cole_published_features_are_used_for_the_official_phases(tmp_path, cole
     # another arch or size is not Cole's setting, nor are other row counts
     for flags in (["--image_size", "224"], ["--arch", "resnet101"]):
         other = parse_args(["--dataset", "pascal", "--data_root", str(data_root), *flags])
-        assert features.cole_published_features(data_root / "train_features_imagenet_resnet50.npy", other,
+        assert features.cole_published_features(data_root / "train_features_imagenet_resnet50.npy",
+                                                train.feature_source(other),
                                        20) is None
-    assert features.cole_published_features(data_root / "train_features_imagenet_resnet50.npy", config,
+    assert features.cole_published_features(data_root / "train_features_imagenet_resnet50.npy",
+                                            train.feature_source(config),
                                    21) is None
 
 

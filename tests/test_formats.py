@@ -13,11 +13,11 @@ from largeloss.data.formats import (LabelledSplit, class_names_for, load_boxes, 
                                     load_custom_folder, make_observed_labels, train_val_split)
 from largeloss.utils import atomic
 
-# ---------------------------------------------------------------- make_observed_labels (SPEC §2)
+# ---------------------------------------------------------------- make_observed_labels (docs/protocol.md)
 
 def observed_step_by_step(true_labels: np.ndarray, num_pos: int, num_neg: int,
                           seed: int) -> np.ndarray:
-    """SPEC §2 spelled out with explicit rng.shuffle calls, as an independent reference."""
+    """docs/protocol.md §Observed labels spelled out with explicit rng.shuffle calls, as an independent reference."""
     rng = np.random.RandomState(seed)
     expected = np.zeros(true_labels.shape, dtype=np.float32)
     for row in range(true_labels.shape[0]):

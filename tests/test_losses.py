@@ -1,6 +1,6 @@
-"""Tests of losses.py against hand-computed values from SPEC §1, §3, §4, §5.
+"""Tests of losses.py against hand-computed values from docs/methods.md (and docs/protocol.md §Label encodings).
 
-Every expected number is written from the SPEC's formula with math.log / math.exp on scalars
+Every expected number is written from the formula of docs/methods.md with math.log / math.exp on scalars
 (see the helpers below), never by running torch's BCE on the same tensors.
 
     BCE(x, 1) = −log σ(x)     = log(1 + e^(−x))
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from largeloss.methods.losses import (LL_SCHEMES, METHODS, LabelEstimator, LossOutput,  # noqa: E402
-                                      ObservedLabelStore, compute_loss, ll_num_modified)
+from largeloss.methods.label_stores import LabelEstimator, ObservedLabelStore
+from largeloss.methods.losses import LL_SCHEMES, LOSSES, LossOutput, compute_loss, ll_num_modified
 
 EPS = 0.1  # label-smoothing ε of bce_ls / an_ls
 
@@ -89,7 +89,7 @@ def _row_sigmoid_mean(rows):
 
 
 def expected_base(method: str, k: float = 1.5) -> float:
-    """Hand-written per-entry sums of SPEC §3 for the base case."""
+    """Hand-written per-entry sums of docs/methods.md §Cole et al.'s baselines for the base case."""
     if method == "bce":      # targets TRUE
         return (bce1(0) + bce1(2) + bce0(-1) + bce1(3) + bce1(-2) + bce0(1)) / BL
     if method == "bce_ls":   # (1−ε)·BCE(x,true) + ε·BCE(x,1−true)
@@ -115,7 +115,7 @@ def expected_base(method: str, k: float = 1.5) -> float:
 
 
 def expected_role(x, obs, theta, k):
-    """SPEC §5 per entry 0.5·[pos(p)+pos(e)] + 0.5·[BCE(x,ē)+BCE(θ,p̄)], /(B·L), + regulariser."""
+    """docs/methods.md §ROLE per entry 0.5·[pos(p)+pos(e)] + 0.5·[BCE(x,ē)+BCE(θ,p̄)], /(B·L), + regulariser."""
     rows, cols = len(x), len(x[0])
     total = 0.0
     for b in range(rows):
@@ -143,8 +143,8 @@ def run_base(method, *, k=1.5, obs_dtype=torch.float32, logits=None, theta=None,
 
 # ---------------------------------------------------------------- constants and basic contract
 def test_method_tuples():
-    """METHODS and LL_SCHEMES list the SPEC's methods in the agreed order."""
-    assert tuple(METHODS) == ("bce", "bce_ls", "iun", "iu", "an", "an_ls", "wan", "epr", "role",
+    """LOSSES and LL_SCHEMES list the methods of docs/methods.md in the agreed order."""
+    assert tuple(LOSSES) == ("bce", "bce_ls", "iun", "iu", "an", "an_ls", "wan", "epr", "role",
                               "LL-R", "LL-Ct", "LL-Cp")
     assert tuple(LL_SCHEMES) == ("LL-R", "LL-Ct", "LL-Cp")
 
@@ -259,7 +259,7 @@ def test_check_values_false_skips_validation():
     compute_loss("an", tensor(X), tensor([[1, 0, 2], [0, 1, 0]]), check_values=False)
 
 
-# ---------------------------------------------------------------- large-loss schemes (SPEC §4)
+# ---------------------------------------------------------------- large-loss schemes (docs/methods.md §LL schedule)
 # B=2, L=4, B·L = 8. Observed: a positive with a huge loss (x=−6: BCE(−6,1) ≈ 6.0) and a negative with
 # a huge loss (x=8: BCE(8,0) ≈ 8.0); both exceed every candidate loss and must never be modified.
 # Candidates (obs 0) and their ranking losses BCE(x,0): x = 3 > 2 = 2 (tie) > 0.5 > −1 > −2.
@@ -493,9 +493,9 @@ def test_ll_gradients(scheme):
             assert g[b, l].item() == pytest.approx(expected, rel=1e-5, abs=1e-8), (b, l)
 
 
-# ---------------------------------------------------------------- ROLE (SPEC §5)
+# ---------------------------------------------------------------- ROLE (docs/methods.md §ROLE)
 def role_hand_gradients(x, obs, theta, k):
-    """Hand derivatives of the SPEC §5 loss.
+    """Hand derivatives of the ROLE loss (docs/methods.md §ROLE).
 
     d/dx_bl = [0.5·1(obs=+1)·(σ(x)−1) + 0.5·(σ(x) − σ(θ))]/(B·L) + (S_p − k)/(L²·B)·σ'(x)
     d/dθ_bl = [0.5·1(obs=+1)·(σ(θ)−1) + 0.5·(σ(θ) − σ(x))]/(B·L) + (S_e − k)/(L²·B)·σ'(θ)
@@ -574,7 +574,7 @@ def test_role_with_label_estimator_rows():
     assert grad[1].abs().sum() > 0 and grad[3].abs().sum() > 0
 
 
-# ---------------------------------------------------------------- LabelEstimator (SPEC §5)
+# ---------------------------------------------------------------- LabelEstimator (docs/methods.md §ROLE)
 def _estimator_observed(n=40, classes=25, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(-1, 2, (n, classes), generator=gen).to(torch.float32)
@@ -638,7 +638,7 @@ def test_label_estimator_forward_rows_with_grad():
     assert torch.equal(est.logits.grad, expected)
 
 
-# ---------------------------------------------------------------- ObservedLabelStore (SPEC §4 LL-Cp persistence)
+# ---------------------------------------------------------------- ObservedLabelStore (docs/methods.md: LL-Cp persistence)
 OBS_STORE = [[1, 0, 0, 0],
              [0, 0, 1, -1],
              [0, 1, 0, 0]]
@@ -761,7 +761,7 @@ def _call(method, **changes):
     return compute_loss(method, logits, observed, **kwargs)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", tuple(LOSSES))
 def test_valid_kwargs_do_not_raise(method):
     """The error tests' baseline arguments are valid for every method."""
     out = _call(method)

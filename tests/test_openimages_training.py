@@ -13,6 +13,7 @@ from PIL import Image
 from largeloss import cli as main
 from largeloss.data import datasets, openimages
 from largeloss.methods import registry as methods
+from largeloss.methods.label_stores import build_label_store
 from largeloss.reporting import summarize
 from largeloss.utils.errors import InputError
 
@@ -63,7 +64,7 @@ def test_the_splits_are_sparse_with_their_roles(prepared):
     image, index = data.test.images[3]
     assert image.shape == (3, 32, 32) and index == 3
     assert data.test.train_label_counts[6] == 0  # never labelled in train: G1
-    store = datasets.observed_label_store(data.train, torch.device("cpu"))
+    store = build_label_store(data.train.labels, torch.device("cpu"))
     np.testing.assert_array_equal(store.to_dense().numpy(), data.train.sparse.to_dense())
 
 
@@ -132,14 +133,14 @@ def test_what_needs_dense_labels_or_clean_labels_is_refused(prepared, tmp_path, 
 def test_sparse_store_methods_train_and_clean_label_methods_refuse(prepared):
     data = datasets.load_data("openimages", str(prepared), None, 32)
     for name in ("an", "wan", "an_ls", "epr", "iu", "LL-R", "LL-Ct", "LL-Cp"):
-        method = methods.build(name, datasets.observed_label_store(data.train, "cpu"),
+        method = methods.build(name, data.train.labels,
                                delta_rel=10.0, expected_num_pos=1.0)
         logits = torch.randn(4, 7, requires_grad=True)
         output = method.loss(logits, torch.arange(4), epoch=2)
         output.loss.backward()
         assert torch.isfinite(output.loss)
     with pytest.raises(InputError, match="needs clean training labels"):
-        methods.build("bce", datasets.observed_label_store(data.train, "cpu"))
+        methods.build("bce", data.train.labels)
 
 
 def test_a_custom_folder_of_long_csvs_trains_on_the_sparse_store(tmp_path):

@@ -1,6 +1,6 @@
-"""Tests of peer_losses.py (and BoostLU in models.py) against SPEC_PEERS.
+"""Tests of peer_losses.py (and BoostLU in models.py) against docs/methods.md.
 
-Every expected number is typed from SPEC_PEERS' worked examples (§1.5, §2.5, §3.5, §4.2, §4.5),
+Every expected number is typed from the worked examples of docs/methods.md §Worked examples,
 never produced by the code under test. The examples use
     Ex-A: X = [[2, −1, 0]], Y = [[1, 0, 0]]
     Ex-B: X = [[2, −1, 0.8], [−0.5, 1.5, −3]], Y = [[1, 0, 0], [0, 1, 0]]
@@ -14,14 +14,17 @@ import pytest
 import torch
 from torch import nn
 
-from largeloss.methods import losses, peer_losses
-from largeloss.methods.peer_losses import (PEER_DATASETS, PEER_PAPER_MAP, PEER_PRESETS, apl_num_per_pass,
-                                           apl_pass, apl_pass_after_epoch, apl_unobserved_counts, boostlu,
-                                           em_loss, em_per_entry, gr_loss, gr_per_entry, gr_schedule,
-                                           hill_loss, hill_per_entry, splc_loss, splc_per_entry)
-from largeloss.nn.models import MultiLabelNet, build_model
+from largeloss.experiment import paper_numbers
+from largeloss.experiment.paper_numbers import PEER_PAPER_MAP
+from largeloss.experiment.presets import PEER_DATASETS, PEER_PRESETS
+from largeloss.methods import losses
+from largeloss.methods.peer_losses import (apl_num_per_pass, apl_pass, apl_pass_after_epoch,
+                                           apl_unobserved_counts, em_loss, em_per_entry, gr_loss,
+                                           gr_per_entry, gr_schedule, hill_loss, hill_per_entry, splc_loss,
+                                           splc_per_entry)
+from largeloss.nn.models import MultiLabelNet, boostlu, build_model
 
-TOL = 2e-6  # the spec prints 6 decimals
+TOL = 2e-6  # docs/methods.md prints 6 decimals
 EX_A = ([[2.0, -1.0, 0.0]], [[1, 0, 0]])
 EX_B = ([[2.0, -1.0, 0.8], [-0.5, 1.5, -3.0]], [[1, 0, 0], [0, 1, 0]])
 
@@ -36,7 +39,7 @@ def close(actual, expected):
                                torch.tensor(expected, dtype=torch.float64), rtol=0, atol=TOL)
 
 
-# ---------------------------------------------------------------- BoostLU (SPEC_PEERS §1)
+# ---------------------------------------------------------------- BoostLU (docs/methods.md §BoostLU)
 
 def identity_head_model(bias, boost_alpha):
     """A MultiLabelNet whose feature map is its input and whose head is the identity plus `bias`,
@@ -48,14 +51,14 @@ def identity_head_model(bias, boost_alpha):
     return model
 
 
-# §1.5: A₁ = [[1, −2], [3, −1]], A₂ = −1 everywhere (bias included), y = [1, 0].
+# docs/methods.md §Worked examples: A₁ = [[1, −2], [3, −1]], A₂ = −1 everywhere (bias included), y = [1, 0].
 @pytest.mark.parametrize("alpha,logits,per_entry,reduced", [
     (1.0, [0.25, -1.0], [0.575939, 0.313262], 0.444601),
     (5.0, [4.25, -1.0], [0.014163, 0.313262], 0.163713),
 ])
 def test_boostlu_worked_example_through_the_model_with_the_bias_before_the_boost(
         alpha, logits, per_entry, reduced):
-    bias = [0.5, -0.25]  # the spec's maps include the bias: feed A − b, the head adds b back
+    bias = [0.5, -0.25]  # the worked example's maps include the bias: feed A − b, the head adds b back
     cams = torch.tensor([[[1.0, -2.0], [3.0, -1.0]], [[-1.0, -1.0], [-1.0, -1.0]]])
     images = (cams - torch.tensor(bias).view(2, 1, 1)).unsqueeze(0)
     model = identity_head_model(bias, alpha)
@@ -68,7 +71,7 @@ def test_boostlu_worked_example_through_the_model_with_the_bias_before_the_boost
 
 
 def test_boostlu_gradient_worked_example():
-    """§1.5: with α = 5, ∂x₁/∂A₁ = [[1.25, 0.25], [1.25, 0.25]]: α/hw where A > 0, else 1/hw."""
+    """Worked examples: with α = 5, ∂x₁/∂A₁ = [[1.25, 0.25], [1.25, 0.25]]: α/hw where A > 0, else 1/hw."""
     images = torch.tensor([[[[1.0, -2.0], [3.0, -1.0]], [[-1.0, -1.0], [-1.0, -1.0]]]],
                           requires_grad=True)
     identity_head_model([0.0, 0.0], 5.0)(images)[0, 0].backward()
@@ -117,7 +120,7 @@ def test_alpha_five_logits_are_the_mean_of_the_boosted_unboosted_cams():
 
 @pytest.mark.parametrize("scheme", ["LL-R", "LL-Ct", "LL-Cp"])
 def test_ll_with_boostlu_modifies_k_entries_and_llcp_k_is_constant(scheme):
-    """§1.2: R/Ct k = ⌈B·L·(t−1)·Δ⌉, Cp k = ⌈B·L·Δ⌉ for every t ≥ 2, on boosted logits.
+    """docs/methods.md §BoostLU, §LL schedule: R/Ct k = ⌈B·L·(t−1)·Δ⌉, Cp k = ⌈B·L·Δ⌉ for every t ≥ 2, on boosted logits.
     B = 16, L = 80 (COCO) and BoostLU's Δrel (0.5 / 0.2 / 0.1 %): B·L·Δ = 6.4 / 2.56 / 1.28."""
     generator = torch.Generator().manual_seed(0)
     logits = boostlu(torch.randn(16, 80, 3, 3, generator=generator), 5.0).mean(dim=(2, 3))
@@ -132,7 +135,7 @@ def test_ll_with_boostlu_modifies_k_entries_and_llcp_k_is_constant(scheme):
     assert counts == expected
 
 
-# ---------------------------------------------------------------- EM and APL (SPEC_PEERS §2)
+# ---------------------------------------------------------------- EM and APL (docs/methods.md §EM, §EM+APL)
 
 def test_em_worked_example_per_entry():
     logits, observed = tensors(EX_A)
@@ -157,7 +160,7 @@ def test_em_row_without_positive_per_entry():
 
 
 def test_em_gradient_worked_example():
-    """§2.5: ∂ℓ/∂x at the unobserved x = −1, α = 0.1, is α·x·p(1−p) = −0.019661."""
+    """Worked examples: ∂ℓ/∂x at the unobserved x = −1, α = 0.1, is α·x·p(1−p) = −0.019661."""
     logits = torch.tensor([[2.0, -1.0, 0.0]], requires_grad=True)
     em_per_entry(logits, tensors(EX_A)[1], alpha=0.1)[0, 1].backward()
     close(logits.grad[0], [0.0, -0.019661, 0.0])
@@ -174,7 +177,7 @@ def test_em_unobserved_term_lies_between_minus_alpha_ln2_and_zero(alpha):
 
 
 def test_em_apl_worked_example():
-    """§2.5: Ex-A with class 3 a pseudo-negative s = 0.05, α = 0.1, β = 0.9: the third entry is
+    """Worked examples: Ex-A with class 3 a pseudo-negative s = 0.05, α = 0.1, β = 0.9: the third entry is
     0.9·ln 2 since p = ½ there."""
     logits, observed = tensors(EX_A)
     mask = torch.tensor([[False, False, True]])
@@ -204,7 +207,7 @@ def test_em_apl_mask_never_overrides_observed_labels():
 @pytest.mark.parametrize("unobserved,warmup,per_pass", [(4400, 5, 792), (4400, 4, 660),
                                                          (4400, 3, 565), (10, 5, 1)])
 def test_apl_per_class_counts_floor(unobserved, warmup, per_pass):
-    """§2.5: n_j = ⌊0.9·U_j/(10 − T_w)⌋."""
+    """Worked examples: n_j = ⌊0.9·U_j/(10 − T_w)⌋."""
     counts = apl_num_per_pass(torch.tensor([unobserved]), warmup_epochs=warmup, num_epochs=10,
                               proportion=0.9)
     assert counts.tolist() == [per_pass]
@@ -218,7 +221,7 @@ def test_apl_unobserved_counts_per_class():
 @pytest.mark.parametrize("reference_last_pass,epochs", [(False, [5, 6, 7, 8, 9]),
                                                         (True, [5, 6, 7, 8, 9, 10])])
 def test_apl_passes_run_from_the_warmup_epoch(reference_last_pass, epochs):
-    """§2.2: passes after epochs T_w … T−1 (T − T_w = 5 used passes); the code adds a wasted
+    """docs/methods.md §EM+APL: passes after epochs T_w … T−1 (T − T_w = 5 used passes); the code adds a wasted
     one after epoch T."""
     runs = [epoch for epoch in range(1, 11)
             if apl_pass_after_epoch(epoch, warmup_epochs=5, num_epochs=10,
@@ -255,7 +258,7 @@ def test_apl_passes_label_about_theta_of_each_class():
     assert not (mask & (observed != 0)).any()
 
 
-# ---------------------------------------------------------------- Hill and SPLC (SPEC_PEERS §3)
+# ---------------------------------------------------------------- Hill and SPLC (docs/methods.md §Hill, §SPLC)
 
 @pytest.mark.parametrize("example,per_entry,reduced", [
     (EX_A, [[0.022658, 0.089042, 0.250000]], 0.120567),
@@ -278,7 +281,7 @@ def test_hill_sum_reduction_is_the_authors():
     (EX_B, 2, [[0.022658, 0.022658, 0.035669], [0.067573, 0.067573, 0.000109]], 0.036040),
 ])
 def test_splc_worked_examples(example, epoch, per_entry, reduced):
-    """§3.5; epoch is 1-based: the spec's e = 0 is epoch 1, e ≥ 1 is epoch ≥ 2. In Ex-B from
+    """Worked examples; epoch is 1-based: the authors' 0-based e = 0 is epoch 1, e ≥ 1 is epoch ≥ 2. In Ex-B from
     epoch 2, entry (0, 2) (σ(0.8) = 0.690 > 0.6) flips to positive, scored without margin."""
     logits, observed = tensors(example)
     per_entry_actual, flipped = splc_per_entry(logits, observed, epoch)
@@ -301,9 +304,9 @@ def test_splc_flips_nothing_in_epoch_one_and_only_unobserved_entries_later():
     assert flipped_later.equal((observed == 0) & (torch.sigmoid(logits) > 0.6))
 
 
-# ---------------------------------------------------------------- GR loss (SPEC_PEERS §4)
+# ---------------------------------------------------------------- GR loss (docs/methods.md §GR)
 
-# §4.2: the default schedule with T = 8, n = 0 (b_t = −2 throughout), the authors' off-by-one.
+# docs/methods.md §Worked examples: the default schedule with T = 8, n = 0 (b_t = −2 throughout), the authors' off-by-one.
 GR_TABLE = {1: (0.0, 0.5375, 1.8125), 2: (0.25, 0.575, 1.625), 3: (0.5, 0.6125, 1.4375),
             4: (0.75, 0.65, 1.25), 5: (1.0, 0.6875, 1.0625), 6: (1.25, 0.725, 0.875),
             7: (1.5, 0.7625, 0.6875), 8: (1.75, 0.8, 0.5)}
@@ -376,7 +379,7 @@ def test_gr_soft_label_and_weight_get_no_gradient():
 
 
 @pytest.mark.parametrize("loss_of,x,expected", [
-    (lambda x, y: hill_per_entry(x, y), 0.0, 0.1875),  # §3.1: p²(1−p)(2λ − 3p) at x = 0
+    (lambda x, y: hill_per_entry(x, y), 0.0, 0.1875),  # docs/methods.md §Hill: p²(1−p)(2λ − 3p) at x = 0
     (lambda x, y: em_per_entry(x, y, alpha=0.1), -1.0, -0.019661),
 ])
 def test_unobserved_gradients_worked_examples(loss_of, x, expected):
@@ -447,5 +450,5 @@ def test_presets_match_spec_peers(method, dataset, field, value):
 def test_paper_map(dataset, method, value):
     assert PEER_PAPER_MAP[dataset][method] == value
     assert "SPLC" not in PEER_PAPER_MAP[dataset] and "Hill" not in PEER_PAPER_MAP[dataset]
-    assert peer_losses.PEER_PAPER_STD["cub"]["EM+APL"] == 0.34
-    assert peer_losses.PEER_RERUN_MAP["BoostLU"]["pascal"]["LL-R"] == 88.27
+    assert paper_numbers.PEER_PAPER_STD["cub"]["EM+APL"] == 0.34
+    assert paper_numbers.PEER_RERUN_MAP["BoostLU"]["pascal"]["LL-R"] == 88.27

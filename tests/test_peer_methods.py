@@ -2,7 +2,7 @@
 object is its peer_losses function, APL keeps its pseudo-negatives in its own checkpointed store,
 the CLI trains every one of them, refuses what cannot run, and BoostLU's head at α = 1 is today's.
 
-The maths itself (SPEC_PEERS' worked examples) is tested in tests/test_peer_losses.py."""
+The maths itself (docs/methods.md §Worked examples) is tested in tests/test_peer_losses.py."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from largeloss import cli as main
-from largeloss.experiment import config, paper_numbers
+from largeloss.experiment import config, paper_numbers, presets
 from largeloss.methods import losses, peer_losses
 from largeloss.methods import registry as methods
 
@@ -103,8 +103,8 @@ def test_the_registry_offers_the_peer_methods():
 @pytest.mark.parametrize("llcp_relabel,expected", [("above", []), ("modified", [(0, 1)])])
 def test_llcp_relabel_rule_of_boostlus_code_relabels_the_kth_entry_too(llcp_relabel, expected):
     """Δrel 8 % of 3×4 entries: k = ⌈0.96⌉ = 1, so only the largest candidate loss, (0, 1), is
-    modified and nothing lies strictly above it: SPEC §4's LL-Cp relabels nothing, BoostLU's code
-    (loss ≥ R) relabels that entry (SPEC_PEERS §1.2)."""
+    modified and nothing lies strictly above it: the LL paper's LL-Cp relabels nothing, BoostLU's code
+    (loss ≥ R) relabels that entry (docs/methods.md §Paper or code)."""
     logits = torch.tensor([[0.0, 5.0, 4.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     method = methods.build("LL-Cp", OBSERVED[:3], delta_rel=8.0, llcp_relabel=llcp_relabel)
     output = method.loss(logits, torch.arange(3), epoch=2)
@@ -214,11 +214,11 @@ def test_boostlu_delta_rel_preset(argv, delta_rel, out_dir):
 
 @pytest.mark.parametrize("loss, preset", [("hill", "Hill"), ("splc", "SPLC")])
 def test_hill_and_splc_reduction_has_one_truth(loss, preset):
-    """Their code sums over B·L (SPEC_PEERS §3.1); the project's protocol is the mean, and the
+    """Their code sums over B·L (docs/methods.md); the project's protocol is the mean, and the
     preset table, the CLI default, the reproduce command, the method and the pure loss all take it
     from peer_losses.FOCAL_REDUCTION."""
     assert (peer_losses.FOCAL_REDUCTION, peer_losses.FOCAL_AUTHORS_REDUCTION) == ("mean", "sum")
-    assert {values["loss"]["reduction"] for values in peer_losses.PEER_PRESETS[preset].values()} == \
+    assert {values["loss"]["reduction"] for values in presets.PEER_PRESETS[preset].values()} == \
         {"mean"}
     assert config.parse_args(["--loss", loss]).reduction == "mean"
     command = paper_numbers.peer_flags("coco", loss)
@@ -271,7 +271,7 @@ def test_impossible_combinations_are_refused_with_the_reason(case, capsys):
 
 def test_configurations_saved_before_the_peer_flags_still_load():
     saved = config.parse_args([]).to_dict()
-    for name in ("boostlu_alpha", *config.PEER_DEFAULTS):
+    for name in ("boostlu_alpha", *presets.PEER_DEFAULTS):
         del saved[name]
     restored = config.config_from_dict(saved)
     assert restored.boostlu_alpha == 1.0 and restored.em_alpha == peer_losses.EM_ALPHA

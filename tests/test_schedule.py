@@ -1,4 +1,4 @@
-"""Schedule of the number of modified entries k for the large-loss schemes (SPEC §4).
+"""Schedule of the number of modified entries k for the large-loss schemes (docs/methods.md §LL schedule).
 
 `ll_num_modified(scheme, epoch, delta_rel, batch_size, num_classes)` is the *uncapped* k:
   LL-R, LL-Ct: ceil(B·L·(t−1)·Δrel/100)    (Δrel in percent per epoch, t the 1-based epoch)
@@ -25,7 +25,7 @@ def exact_ceil(numerator: Fraction) -> int:
 
 
 def exact_k(scheme: str, epoch: int, delta_rel: str, batch: int, classes: int) -> int:
-    """SPEC §4 k in exact arithmetic; delta_rel is given as a decimal string."""
+    """k of docs/methods.md §LL schedule in exact arithmetic; delta_rel is given as a decimal string."""
     if epoch == 1:
         return 0
     steps = 1 if scheme == "LL-Cp" else epoch - 1
@@ -33,7 +33,7 @@ def exact_k(scheme: str, epoch: int, delta_rel: str, batch: int, classes: int) -
 
 
 def test_ll_schemes_constant():
-    """The three large-loss schemes are exported in the SPEC's order."""
+    """The three large-loss schemes are exported in the paper's order."""
     assert tuple(LL_SCHEMES) == ("LL-R", "LL-Ct", "LL-Cp")
 
 
@@ -89,7 +89,7 @@ def test_returns_plain_int(scheme, epoch):
 
 @pytest.mark.parametrize("scheme", GROWING)
 @pytest.mark.parametrize("delta_rel, batch, classes, epoch, expected", [
-    (0.5, 8, 20, 6, 4),      # 8·20·5·0.5/100 = 4 exactly (the SPEC's example)
+    (0.5, 8, 20, 6, 4),      # 8·20·5·0.5/100 = 4 exactly (docs/methods.md's example)
     (0.1, 10, 100, 4, 3),    # (t−1)·Δrel/100·B·L evaluates to 3.0000000000000004 in floats
     (0.1, 10, 100, 10, 9),   # B·L·((t−1)·(Δrel/100)) evaluates to 9.000000000000002 in floats
     (0.1, 5, 100, 7, 3),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from largeloss.experiment import paper_numbers
+from largeloss.experiment import paper_numbers, presets
 from largeloss.reporting import plot_curves, summarize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -305,10 +305,9 @@ def test_sweep_leaves_optimizer_lr_and_epochs_to_the_cli_defaults(tmp_path, data
 
 
 def test_paper_numbers_read_the_cli_defaults():
-    """scripts/paper_numbers.py derives its hyper-parameters from config.DATASET_DEFAULTS."""
-    from largeloss.experiment import config
+    """paper_numbers.py derives its hyper-parameters from presets.DATASET_DEFAULTS."""
     for dataset, hparams in paper_numbers.BEST_HPARAMS.items():
-        entry = config.DATASET_DEFAULTS[dataset]
+        entry = presets.DATASET_DEFAULTS[dataset]
         assert (entry.optimizer, entry.lr, entry.epochs, dict(entry.delta_rel)) == (
             hparams["optimizer"], hparams["lr"], hparams["epochs"], hparams["delta_rel"]), dataset
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from largeloss.data.sparse_labels import (SparseLabels, SparseLabelStore, check_sparse_labels,
-                                          load_sparse_labels, read_class_names, read_long_csv,
-                                          save_sparse_labels)
-from largeloss.methods.losses import ObservedLabelStore
+from largeloss.data import sparse_labels
+from largeloss.data.sparse_labels import (SparseLabels, check_sparse_labels, load_sparse_labels,
+                                          read_class_names, read_long_csv, save_sparse_labels)
+from largeloss.methods.label_stores import ObservedLabelStore, SparseLabelStore
 
 # 4 images × 5 classes; image "c" has no label at all.
 OBSERVED = np.array([[1, 0, -1, 0, 0],
@@ -86,7 +86,12 @@ def broken(**changes) -> SparseLabels:
     ({"class_names": [1, 2, 3, 4, 5]}, "class_names has dtype int64, expected unicode strings"),
     ({"values": [1.0, -1, 1, 1, -1, 1, -1]}, "values has dtype float64, expected integers"),
 ])
-def test_malformed_csr_is_refused_naming_the_file(tmp_path, changes, message):
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=lambda chunk: f"chunk{chunk or ''}")
+def test_malformed_csr_is_refused_naming_the_file(tmp_path, monkeypatch, changes, message, chunk):
+    """The same error whatever the chunk size of the entry checks (CHECK_CHUNK; 1–3 put chunk
+    boundaries inside and between images)."""
+    if chunk:
+        monkeypatch.setattr(sparse_labels, "CHECK_CHUNK", chunk)
     path = tmp_path / "bad_labels.npz"
     with pytest.raises(ValueError, match=f"bad_labels.npz: {message}"):
         save_sparse_labels(path, broken(**changes))
@@ -96,6 +101,16 @@ def test_malformed_csr_is_refused_naming_the_file(tmp_path, changes, message):
                       ("indptr", "indices", "values", "image_ids", "class_names")})
     with pytest.raises(ValueError, match=f"bad_labels.npz: {message}"):
         load_sparse_labels(path)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 24])
+def test_well_formed_labels_pass_the_check_in_any_chunk_size(monkeypatch, chunk):
+    monkeypatch.setattr(sparse_labels, "CHECK_CHUNK", chunk)
+    check_sparse_labels(example(), "example")
+    rng = np.random.default_rng(chunk)
+    observed = rng.choice([-1, 0, 0, 1], size=(9, 6)) * (rng.random((9, 1)) < 0.7)  # empty rows
+    check_sparse_labels(SparseLabels.from_dense(observed, [f"{i}" for i in range(9)],
+                                                list("abcdef")), "random")
 
 
 def test_rows_may_be_empty_and_check_accepts_them():
@@ -185,8 +200,7 @@ def test_store_rows_hand_made():
     np.testing.assert_array_equal(rows.numpy(), OBSERVED[[3, 2, 0]])
     assert store.rows(torch.zeros(0, dtype=torch.long)).shape == (0, 5)
     assert store.num_unobserved == 20 - 7 and store.num_labelled == 7
-    positives, negatives = store.observed_counts()
-    assert positives.tolist() == [1, 1, 0, 1, 1] and negatives.tolist() == [1, 0, 1, 0, 1]
+    assert store.labelled_values().tolist() == example().values.tolist()
 
 
 def test_store_relabels_count_once():
@@ -211,8 +225,7 @@ def test_store_relabels_count_once():
     store.apply_relabel(torch.tensor([3]), negative)
     assert store.num_relabeled == 4 and store.num_unobserved == 20 - 7 - 3
     assert store.rows(torch.tensor([3]))[0, 4] == 1
-    positives, _ = store.observed_counts()
-    assert positives.tolist() == [1, 1, 0, 1, 1]  # the labels given, relabels not included
+    assert store.labelled_values().tolist() == example().values.tolist()  # relabels not included
 
 
 @pytest.mark.parametrize("merge_size", [1, 5, 1 << 18])

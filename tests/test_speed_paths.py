@@ -18,7 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 from largeloss.data import loading
 from largeloss.engine import train  # noqa: E402
 from largeloss.experiment.config import parse_args  # noqa: E402
-from largeloss.methods.losses import ObservedLabelStore, compute_loss  # noqa: E402
+from largeloss.methods.label_stores import ObservedLabelStore
+from largeloss.methods.losses import compute_loss
 from largeloss.nn.models import build_model  # noqa: E402
 
 BENCHMARK = REPO_ROOT / "scripts" / "benchmark.py"

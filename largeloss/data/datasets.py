@@ -7,14 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from largeloss.data import formats, openimages
 from largeloss.data.digits import load_digits_data
 from largeloss.data.formats import LabelledSplit
 from largeloss.data.loading import ImageFileDataset
-from largeloss.data.sparse_labels import (SparseLabelStore, is_long_csv, load_sparse_labels, read_class_names,
-                                          read_long_csv)
+from largeloss.data.sparse_labels import is_long_csv, load_sparse_labels, read_class_names, read_long_csv
 from largeloss.data.splits import ExperimentData, Split, evaluation_problems, known_label_counts
 from largeloss.utils.errors import InputError
 
@@ -28,7 +26,7 @@ from largeloss.utils.errors import InputError
 
 def load_cole_data(dataset: str, data_root: Path, image_dir: Path | None,
                    image_size: int) -> ExperimentData:
-    """A paper dataset in Cole format (SPEC §2): official train split 80/20 into train/val with
+    """A paper dataset in Cole format (docs/protocol.md): official train split 80/20 into train/val with
     RandomState(1200), official val = test; model selection on clean val labels."""
     if not data_root.is_dir():
         raise InputError(f"dataset folder {data_root} does not exist; prepare it with "
@@ -165,14 +163,6 @@ def openimages_image_dir(data_root: Path) -> Path:
         if recorded and Path(recorded).is_dir():
             return Path(recorded)
     return data_root / "images"
-
-
-def observed_label_store(split: Split, device: torch.device):
-    """What a method is built from: the N×L observed matrix, or for sparse labels a ready
-    SparseLabelStore on `device` (LL-Cp's relabels are kept as sparse additions)."""
-    if split.sparse is None:
-        return split.observed
-    return SparseLabelStore.from_labels(split.sparse, device)
 
 
 def check_custom_evaluation(data_root: Path, name: str, split: Split, class_names: list[str],

@@ -57,7 +57,7 @@ def load_digits_data(train_size: int, image_size: int) -> ExperimentData:
     """The embedded dataset: scikit-learn's bundled digits (no download), deterministic.
 
     Train, val and test canvases draw from disjoint pools (60/20/20 %) of the 1,797 source digits.
-    Training observed labels keep one positive per image (SPEC §2 procedure).
+    Training observed labels keep one positive per image (docs/protocol.md §Observed labels).
     """
     from sklearn.datasets import load_digits
     digits = load_digits()

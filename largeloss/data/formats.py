@@ -1,13 +1,13 @@
 """Label files the project reads and writes, and the observed-label protocol.
 
-Encodings (SPEC §1):
+Encodings (docs/protocol.md §Label encodings):
     true labels   N×L in {0, 1}
     observed      N×L in {-1, 0, +1}: +1 observed positive, -1 observed negative, 0 unobserved
 
 Three kinds of folders enter the program here, each validated once:
     Cole folder    formatted_{train,val}_{images,labels,labels_obs}.npy (+ class_names.txt,
                    formatted_{phase}_boxes.json), written by `scripts/prepare_data.py` from the
-                   official archives with the formatters of prepare.py (SPEC §2).
+                   official archives with the formatters of prepare.py (docs/protocol.md).
     custom folder  images/ + train.csv / val.csv / test.csv (+ *_clean.csv), see data/README.md.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ class LabelledSplit:
 
 def make_observed_labels(true_labels: np.ndarray, num_pos: int = 1, num_neg: int = 0,
                          seed: int = SPLIT_SEED) -> np.ndarray:
-    """Keep `num_pos` random positives and `num_neg` random negatives per row (SPEC §2).
+    """Keep `num_pos` random positives and `num_neg` random negatives per row (docs/protocol.md).
 
     Bit-identical to Cole et al.'s procedure: one fresh `RandomState(seed)` per call (= per phase);
     for each row in order the positives are shuffled, then the negatives are shuffled even when
@@ -96,7 +96,7 @@ def make_observed_labels(true_labels: np.ndarray, num_pos: int = 1, num_neg: int
 
 def train_val_split(num_rows: int, val_fraction: float = 0.2,
                     seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Split the official train rows into train and val (SPEC §2): sorted index arrays."""
+    """Split the official train rows into train and val (docs/protocol.md): sorted index arrays."""
     perm = np.random.RandomState(seed).permutation(num_rows)
     num_val = int(round(val_fraction * num_rows))
     return np.sort(perm[:num_rows - num_val]), np.sort(perm[num_rows - num_val:])
@@ -187,7 +187,7 @@ def load_true_labels(folder: Path, phase: str) -> np.ndarray:
 
 
 def load_cole_folder(folder: Path) -> dict[str, LabelledSplit]:
-    """Read and validate a Cole folder (SPEC §2).
+    """Read and validate a Cole folder (docs/protocol.md §The Cole split).
 
     Returns:
         {"train": ..., "val": ...} for the OFFICIAL phases. The trainer splits "train" with

@@ -25,7 +25,7 @@ from largeloss.utils.errors import InputError
 
 
 class ImageFileDataset(Dataset):
-    """Decodes image files to RGB, resizes to (S, S) (aspect not kept, no crop, SPEC §2), uint8."""
+    """Decodes image files to RGB, resizes to (S, S) (aspect not kept, no crop, docs/protocol.md), uint8."""
 
     def __init__(self, image_dir: Path, image_paths: list[str], image_size: int):
         self.image_dir = Path(image_dir)

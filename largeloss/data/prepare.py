@@ -1,4 +1,4 @@
-"""Formatters: the official archives of the paper datasets → Cole folders (SPEC §2).
+"""Formatters: the official archives of the paper datasets → Cole folders (docs/protocol.md).
 
 Only `scripts/prepare_data.py` uses this module; the trainer reads the folders it writes through
 formats.py.
@@ -18,7 +18,7 @@ from largeloss.data.formats import (CLASS_NAMES_FILE, NUM_CLASSES, PASCAL_CLASSE
 from largeloss.utils import atomic
 
 # ---------------------------------------------------------------------------------------------
-# Formatters: official archives → Cole arrays (SPEC §2); scripts/prepare_data.py writes them
+# Formatters: official archives → Cole arrays (docs/protocol.md); scripts/prepare_data.py writes them
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _number(text: str | None, source: str) -> int | float:
 
 def _voc_positive_names(path: Path) -> list[str]:
     """Image names flagged 1 in an ImageSets/Main/<class>_<phase>.txt file ("name flag" lines;
-    0 = difficult and -1 both count as negative, SPEC §2)."""
+    0 = difficult and -1 both count as negative, docs/protocol.md)."""
     names = []
     for line_number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
@@ -100,7 +100,7 @@ def _voc_boxes(path: Path) -> dict:
 
 
 def format_pascal(raw_dir: Path) -> FormattedDataset:
-    """PASCAL VOC 2012 from raw_dir/VOCdevkit/VOC2012 (SPEC §2).
+    """PASCAL VOC 2012 from raw_dir/VOCdevkit/VOC2012 (docs/protocol.md).
 
     Rows: images with ≥1 positive in ImageSets/Main/<class>_<phase>.txt, sorted by name;
     columns: PASCAL_CLASSES (alphabetical); paths "<name>.jpg"; boxes from Annotations/ when that
@@ -129,7 +129,7 @@ def format_pascal(raw_dir: Path) -> FormattedDataset:
 def _coco_phase(instances: dict, phase: str, class_index_of: dict[int, int],
                 source: Path) -> FormattedPhase:
     """One COCO phase: rows = images with ≥1 annotation, ordered by image id sorted as strings
-    (Cole's order, SPEC §2); boxes [x, y, w, h] → [class_index, x, y, x + w, y + h]."""
+    (Cole's order); boxes [x, y, w, h] → [class_index, x, y, x + w, y + h]."""
     sizes = {image["id"]: (image["width"], image["height"]) for image in instances["images"]}
     boxes_of: dict[int, list[list]] = {}
     for annotation in instances["annotations"]:
@@ -150,7 +150,7 @@ def _coco_phase(instances: dict, phase: str, class_index_of: dict[int, int],
 
 
 def format_coco(raw_dir: Path) -> FormattedDataset:
-    """COCO 2014 from raw_dir/annotations/instances_{train,val}2014.json (SPEC §2).
+    """COCO 2014 from raw_dir/annotations/instances_{train,val}2014.json (docs/protocol.md).
 
     Columns: the `categories` list sorted by id; paths "train2014/COCO_train2014_%012d.jpg" and
     "val2014/COCO_val2014_%012d.jpg".
@@ -172,7 +172,7 @@ def format_coco(raw_dir: Path) -> FormattedDataset:
 
 
 def format_nuswide(raw_dir: Path) -> FormattedDataset:
-    """NUS-WIDE from the authors' formatted files in raw_dir (SPEC §2: no public formatter).
+    """NUS-WIDE from the authors' formatted files in raw_dir (no public formatter exists).
 
     Reads formatted_{train,val}_{images,labels}.npy, checks them (strings, N×81 in {0, 1}, rows
     agree) and keeps every row, including the ≈22 % with no positive. Class names come from
@@ -277,7 +277,7 @@ def _cub_attribute_labels(path: Path, image_ids: list[int],
 
 
 def format_cub(raw_dir: Path) -> FormattedDataset:
-    """CUB-200-2011 attributes (SPEC §2): 312 attribute columns from the is_present column,
+    """CUB-200-2011 attributes (docs/protocol.md): 312 attribute columns from the is_present column,
     rows in images.txt order, phase from train_test_split.txt (1 → "train", 0 → "val")."""
     cub_root = find_cub_root(raw_dir)
     images = _read_id_table(cub_root / "images.txt", 2)

@@ -1,7 +1,7 @@
 """Sparse observed labels for many classes: a CSR file format, a long-CSV reader, and the
 training-set label store that holds only the labelled entries.
 
-Encoding (SPEC §1): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
+Encoding (docs/protocol.md): +1 observed positive, −1 observed negative, 0 unobserved. An entry absent
 from the CSR arrays is unobserved.
 
 One split of N images and L classes with nnz labelled entries (`SparseLabels`):
@@ -17,7 +17,10 @@ One split of N images and L classes with nnz labelled entries (`SparseLabels`):
 Files: one `.npz` per split holding these five arrays (`save_sparse_labels`, `load_sparse_labels`;
 no pickles), or a long CSV `image,class,label` beside a class list (`read_long_csv`, format in
 data/README.md). Memory is 8·(N+1) + 5·nnz bytes plus the names: OpenImages V3 train
-(3.7M images, 21M entries) takes ~135 MB where a dense N×L int8 matrix takes 18.5 GB.
+(3.7M images, 21M entries) takes ~135 MB where a dense N×L int8 matrix takes 18.5 GB; at the
+real density of its human-verified rows (~60 per image, 220M entries) ~1.1 GB. The check of a
+loaded file walks the entries in chunks (CHECK_CHUNK), so its temporaries stay within 64 MB
+rather than ~4 bytes per entry (0.9 GB at 220M entries).
 
 `SparseLabelStore` is the training-set state built from these arrays, with the interface of
 `losses.ObservedLabelStore` (rows, apply_relabel, num_relabeled, state_dict, load_state_dict).
@@ -30,13 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from largeloss.utils import atomic
 
 CSR_KEYS = ("indptr", "indices", "values", "image_ids", "class_names")
 LONG_CSV_COLUMNS = ("image", "class", "label")
+CHECK_CHUNK = 1 << 24  # entries checked at a time: ~4 bytes of temporaries each, 64 MB at most
 
 
 @dataclass(frozen=True)
@@ -124,25 +126,35 @@ def check_sparse_labels(labels: SparseLabels, source: str) -> None:
         bad = int(np.argmax((indices < 0) | (indices >= num_classes)))
         raise ValueError(f"{source}: class index {indices[bad]} (entry {bad}) outside "
                          f"[0, {num_classes})")
-    bad_values = (values != 1) & (values != -1)  # not np.isin: it sorts a copy of nnz entries
-    if bad_values.any():
-        bad = int(np.argmax(bad_values))
-        raise ValueError(f"{source}: value {values[bad]} (entry {bad}) is not +1 or -1")
-    starts_a_row = np.zeros(len(indices), dtype=bool)
-    starts_a_row[indptr[:-1][row_lengths > 0]] = True
-    unordered = ~starts_a_row[1:] & (indices[1:] <= indices[:-1])
-    if unordered.any():
-        entry = int(np.argmax(unordered)) + 1
-        image = int(np.searchsorted(indptr, entry, side="right")) - 1
-        raise ValueError(f"{source}: image {image} ({str(labels.image_ids[image])!r}) lists its "
-                         f"classes out of order or twice (class {indices[entry]} after "
-                         f"{indices[entry - 1]}); each image's classes must strictly increase")
+    for start in range(0, len(indices), CHECK_CHUNK):  # bounded temporaries (module docstring)
+        _check_entry_chunk(labels, source, start, min(start + CHECK_CHUNK, len(indices)))
     for key in ("image_ids", "class_names"):
         names = np.sort(getattr(labels, key))
         repeated = names[1:] == names[:-1]
         if repeated.any():
             raise ValueError(f"{source}: {key} holds {str(names[np.argmax(repeated)])!r} more "
                              f"than once")
+
+
+def _check_entry_chunk(labels: SparseLabels, source: str, start: int, end: int) -> None:
+    """check_sparse_labels on entries [start, end): values ±1, classes strictly increasing within
+    each image (entry `start` compared with the one before it)."""
+    indptr, indices, values = labels.indptr, labels.indices, labels.values
+    bad_values = (values[start:end] != 1) & (values[start:end] != -1)  # not np.isin: it sorts
+    if bad_values.any():
+        bad = start + int(np.argmax(bad_values))
+        raise ValueError(f"{source}: value {values[bad]} (entry {bad}) is not +1 or -1")
+    first = max(start, 1)  # entries first … end−1, each against the entry before it
+    starts_a_row = np.zeros(end - first, dtype=bool)
+    row_starts = indptr[(indptr >= first) & (indptr < end)]
+    starts_a_row[row_starts - first] = True
+    unordered = ~starts_a_row & (indices[first:end] <= indices[first - 1:end - 1])
+    if unordered.any():
+        entry = first + int(np.argmax(unordered))
+        image = int(np.searchsorted(indptr, entry, side="right")) - 1
+        raise ValueError(f"{source}: image {image} ({str(labels.image_ids[image])!r}) lists its "
+                         f"classes out of order or twice (class {indices[entry]} after "
+                         f"{indices[entry - 1]}); each image's classes must strictly increase")
 
 
 def save_sparse_labels(path: Path, labels: SparseLabels) -> None:
@@ -310,166 +322,4 @@ def read_long_csv(path: Path, class_names: list[str]) -> SparseLabels:
 
 # --- the training-set state ---------------------------------------------------------------------
 
-def _segment_positions(starts: Tensor, ends: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """B×width positions starts[b] + j (0 where j is past the segment) and which are inside it."""
-    positions = starts[:, None] + torch.arange(width, device=starts.device)
-    inside = positions < ends[:, None]
-    return positions.masked_fill(~inside, 0), inside
 
-
-def _max_keys_per_row(keys: Tensor, num_classes: int) -> int:
-    """The most entries any row has in a sorted key tensor (key = row·L + class); a host sync."""
-    if keys.numel() == 0:
-        return 0
-    return int(torch.unique_consecutive(keys // num_classes, return_counts=True)[1].max())
-
-
-class SparseLabelStore:
-    """The observed labels of the training set in CSR form, with LL-Cp's permanent relabels kept
-    as sparse additions: `losses.ObservedLabelStore`'s interface for label sets too large for an
-    N×L matrix (OpenImages V3: 3.7M × 5000 = 18.5 GB as int8; ~135 MB here).
-
-    Given labels: the CSR arrays on `device` (indptr int64, indices int32, values int8).
-    Relabels: a set of int64 keys `row·L + class`, each entry relabelled to +1. Two sorted,
-    disjoint key tensors hold it: `recent` (merged with each batch's few new keys) and `settled`
-    (absorbs `recent` once it reaches `merge_size` keys), so a step sorts at most `merge_size`
-    keys and the full set is re-sorted once per `merge_size` relabels. Memory: 8 bytes per
-    relabelled entry.
-
-    `rows` builds dense B×L rows on the device with no Python loop over rows and no host sync:
-    each image's segment is read through a B×width window (width = the longest segment, known on
-    the host), and padding positions scatter into a spare column L that is cut off.
-    """
-
-    def __init__(self, indptr, indices, values, num_classes: int,
-                 device: torch.device | str = "cpu", merge_size: int = 1 << 18):
-        """indptr N+1, indices nnz, values nnz (numpy arrays or CPU tensors, validated
-        beforehand by `check_sparse_labels`); merge_size: see the class docstring."""
-        self.device = torch.device(device)
-        self.indptr = torch.as_tensor(np.asarray(indptr, dtype=np.int64)).to(self.device)
-        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int32)).to(self.device)
-        self.values = torch.as_tensor(np.asarray(values, dtype=np.int8)).to(self.device)
-        self.num_classes = int(num_classes)
-        self.merge_size = merge_size
-        row_lengths = self.indptr[1:] - self.indptr[:-1]
-        self._max_row_length = int(row_lengths.max()) if row_lengths.numel() else 0
-        self._settled = self._recent = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._settled_width = self._recent_width = 0  # most relabels in one row, per key tensor
-        self._relabeled_negatives = 0  # relabels that overrode an observed negative
-
-    @classmethod
-    def from_labels(cls, labels: SparseLabels, device: torch.device | str = "cpu",
-                    **kwargs) -> SparseLabelStore:
-        return cls(labels.indptr, labels.indices, labels.values, labels.num_classes, device,
-                   **kwargs)
-
-    @property
-    def num_images(self) -> int:
-        return self.indptr.numel() - 1
-
-    @property
-    def num_labelled(self) -> int:
-        """Labelled entries given (nnz), relabels not included."""
-        return self.indices.numel()
-
-    @property
-    def num_relabeled(self) -> int:
-        """Entries turned into observed positives so far, each counted once (no host sync: the
-        key tensors' lengths are known on the host)."""
-        return self._settled.numel() + self._recent.numel()
-
-    @property
-    def num_unobserved(self) -> int:
-        """N·L minus the labelled entries (given ones and relabels of unobserved entries)."""
-        relabeled_unobserved = self.num_relabeled - self._relabeled_negatives
-        return self.num_images * self.num_classes - self.num_labelled - relabeled_unobserved
-
-    def observed_counts(self) -> tuple[Tensor, Tensor]:
-        """(positives, negatives) given per class: two L-vectors of int64 on the CPU, relabels
-        not included (class groups G1–G5 sort classes by positives + negatives of the train set).
-        """
-        positive = self.values == 1
-        classes = self.indices.long()
-        return (torch.bincount(classes[positive], minlength=self.num_classes).cpu(),
-                torch.bincount(classes[~positive], minlength=self.num_classes).cpu())
-
-    def rows(self, sample_ids: Tensor) -> Tensor:
-        """B×L int8 observed labels in {-1, 0, +1} of the batch, relabels applied.
-
-        sample_ids: B int64 row indices (moved to the store's device).
-        """
-        sample_ids = sample_ids.to(self.device, non_blocking=True).long()
-        num_classes = self.num_classes
-        dense = torch.zeros(len(sample_ids), num_classes + 1, dtype=torch.int8,
-                            device=self.device)  # column L collects the padding
-        if self._max_row_length:
-            positions, inside = _segment_positions(self.indptr[sample_ids],
-                                                   self.indptr[sample_ids + 1],
-                                                   self._max_row_length)
-            columns = torch.where(inside, self.indices[positions].long(), num_classes)
-            dense.scatter_(1, columns, torch.where(inside, self.values[positions], 0))
-        first_keys = sample_ids * num_classes
-        for keys, width in ((self._settled, self._settled_width),
-                            (self._recent, self._recent_width)):
-            if width:
-                positions, inside = _segment_positions(
-                    torch.searchsorted(keys, first_keys),
-                    torch.searchsorted(keys, first_keys + num_classes), width)
-                columns = torch.where(inside, keys[positions] - first_keys[:, None], num_classes)
-                dense.scatter_(1, columns, 1)
-        return dense[:, :num_classes].contiguous()
-
-    def apply_relabel(self, sample_ids: Tensor, relabel: Tensor) -> None:
-        """Turn the True entries of `relabel` (B×L bool) into observed positives, permanently.
-
-        An entry that is already positive (given or relabelled), or appears twice because a
-        sample is twice in the batch, counts once. One host sync (the number of new relabels).
-        """
-        sample_ids = sample_ids.to(self.device, non_blocking=True).long()
-        current = self.rows(sample_ids)
-        batch_rows, classes = (relabel.to(self.device) & (current != 1)).nonzero(as_tuple=True)
-        if batch_rows.numel() == 0:
-            return
-        keys, inverse = torch.unique(sample_ids[batch_rows] * self.num_classes + classes,
-                                     return_inverse=True)
-        was_negative = torch.zeros(keys.shape, dtype=torch.bool, device=self.device)
-        was_negative.scatter_(0, inverse, current[batch_rows, classes] == -1)
-        self._relabeled_negatives += int(was_negative.sum())
-        # `keys` are disjoint from both tensors: their entries were not +1 in `current`
-        self._recent = torch.sort(torch.cat([self._recent, keys])).values
-        if self._recent.numel() >= self.merge_size:
-            self._settled = torch.sort(torch.cat([self._settled, self._recent])).values
-            self._recent = self._recent[:0]
-            self._settled_width = _max_keys_per_row(self._settled, self.num_classes)
-        self._recent_width = _max_keys_per_row(self._recent, self.num_classes)
-
-    def to_dense(self) -> Tensor:
-        """N×L int8 of the current labels. N·L bytes: for small sets and tests only."""
-        return self.rows(torch.arange(self.num_images, device=self.device))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Plain CPU tensors (torch.load(weights_only=True) reads them): the relabel keys, sorted,
-        and what identifies the given labels (shape, nnz), which the data files hold."""
-        return {"relabeled": torch.sort(torch.cat([self._settled, self._recent])).values.cpu(),
-                "relabeled_negatives": torch.tensor(self._relabeled_negatives),
-                "shape": torch.tensor([self.num_images, self.num_classes]),
-                "num_labelled": torch.tensor(self.num_labelled)}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore the relabels of `state_dict()`; refuses one made for other labels."""
-        shape = tuple(state["shape"].tolist())
-        if shape != (self.num_images, self.num_classes):
-            raise ValueError(f"the checkpoint's labels are {shape[0]}×{shape[1]}, this store's "
-                             f"{self.num_images}×{self.num_classes}")
-        if int(state["num_labelled"]) != self.num_labelled:
-            raise ValueError(f"the checkpoint was made with {int(state['num_labelled'])} labelled "
-                             f"entries, this store has {self.num_labelled}")
-        keys = state["relabeled"].to(device=self.device, dtype=torch.int64)
-        if keys.numel() and (bool((keys[1:] <= keys[:-1]).any()) or int(keys[0]) < 0
-                             or int(keys[-1]) >= self.num_images * self.num_classes):
-            raise ValueError("the checkpoint's relabel keys are not sorted, unique keys "
-                             "row·L + class within the labels' shape")
-        self._settled, self._recent = keys, keys[:0]
-        self._settled_width = _max_keys_per_row(keys, self.num_classes)
-        self._recent_width = 0
-        self._relabeled_negatives = int(state["relabeled_negatives"])

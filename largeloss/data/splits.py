@@ -36,6 +36,11 @@ class Split:
     def __len__(self) -> int:
         return self.sparse.num_images if self.observed is None else len(self.observed)
 
+    @property
+    def labels(self) -> np.ndarray | SparseLabels:
+        """The observed labels as held: the N×L matrix, or the CSR form when `sparse`."""
+        return self.sparse if self.observed is None else self.observed
+
     def eval_targets(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(targets N×L in {0,1}, known-mask N×L bool or None) for the metric (dense splits)."""
         if self.true_labels is not None:

@@ -1,4 +1,4 @@
-"""The papers' analyses (SPEC §8), computed from tensors the trainer already has.
+"""The papers' analyses (docs/analyses.md), computed from tensors the trainer already has.
 
     training_set_metrics   memorisation loss groups (LL Fig. 1) and label recovery (Cole Table 3)
     highest_loss_epochs    the epoch at which each loss group peaked (LL "highest loss phase")

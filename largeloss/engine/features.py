@@ -1,5 +1,5 @@
 """Features: extracting, caching and loading the pooled backbone features that a linear head
-trains on (Cole et al.'s LinearInit and linear mode, SPEC §6), and the batches of them that the
+trains on (Cole et al.'s LinearInit and linear mode, docs/linear.md), and the batches of them that the
 training loop (train.py) iterates like a loader of images.
 
     python main.py --dataset coco --train_mode linear_init   # phase 1: the head on cached features
@@ -58,13 +58,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from largeloss.data import datasets, formats, loading
+from largeloss.data import formats, loading
 from largeloss.data.loading import DevicePreprocess, ImageFileDataset, TensorImageDataset
 from largeloss.data.splits import ExperimentData, Split
-from largeloss.experiment.config import PAPER_DATASETS, Config
+from largeloss.experiment.presets import PAPER_DATASETS
 from largeloss.nn.models import SMALL_CNNS, MultiLabelNet, build_image_model, is_local_path, predict
 from largeloss.utils import atomic
 from largeloss.utils.distributed import SINGLE_PROCESS, EvalBatches, TrainBatches, World
@@ -124,7 +124,7 @@ class CacheUnit:
 
 
 def cache_units(dataset: str, data: ExperimentData) -> list[CacheUnit]:
-    if dataset in PAPER_DATASETS:  # SPEC §2: official train = train + val, official val = test
+    if dataset in PAPER_DATASETS:  # docs/protocol.md: official train = train + val, official val = test
         num_official_train = len(data.train) + len(data.val)
         train_rows, val_rows = formats.train_val_split(num_official_train)
         if len(train_rows) != len(data.train):
@@ -135,42 +135,56 @@ def cache_units(dataset: str, data: ExperimentData) -> list[CacheUnit]:
     return [CacheUnit(name, ((name, np.arange(len(getattr(data, name)))),)) for name in SPLITS]
 
 
-def feature_cache_dir(config: Config) -> Path:
-    if config.feature_cache:
-        return Path(config.feature_cache)
-    root = Path(config.data_root)
-    if config.dataset == "digits":  # generated in memory: no data folder to write into
+@dataclass(frozen=True)
+class FeatureSource:
+    """What a run's features are made from: its images (dataset, data_root) and the backbone that
+    pools them (arch, weights, image_size; seed, for a random init). Two runs with equal sources
+    share cached features; feature_cache: the cache folder (None: feature_cache_dir's default)."""
+    dataset: str
+    data_root: str
+    arch: str
+    weights: str
+    image_size: int
+    seed: int
+    feature_cache: str | None = None
+
+
+def feature_cache_dir(source: FeatureSource) -> Path:
+    if source.feature_cache:
+        return Path(source.feature_cache)
+    root = Path(source.data_root)
+    if source.dataset == "digits":  # generated in memory: no data folder to write into
         return root.with_name(root.name + "_cache")
     return root / "features"
 
 
-def random_init(config: Config) -> bool:
+def random_init(arch: str, weights: str) -> bool:
     """The backbone starts from a seeded random init (small_cnn ignores --weights)."""
-    return config.arch in SMALL_CNNS or config.weights == "none"
+    return arch in SMALL_CNNS or weights == "none"
 
 
-def weights_identity(config: Config) -> dict:
-    if random_init(config):
-        return {"name": "random_init", "seed": config.seed}
-    if is_local_path(config.weights):
-        path = Path(config.weights).resolve()
+def weights_identity(source: FeatureSource) -> dict:
+    if random_init(source.arch, source.weights):
+        return {"name": "random_init", "seed": source.seed}
+    if is_local_path(source.weights):
+        path = Path(source.weights).resolve()
         if not path.is_file():
-            raise InputError(f"--weights {config.weights}: no such file")
+            raise InputError(f"--weights {source.weights}: no such file")
         stat = path.stat()
         return {"file": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return {"name": config.weights}
+    return {"name": source.weights}
 
 
-def cache_file_name(config: Config, phase: str) -> str:
+def cache_file_name(source: FeatureSource, phase: str) -> str:
     """`{phase}_features_{weights}_{arch}[_{size}px].npy`; Cole's name for imagenet_v1 at 448 px."""
-    if random_init(config):
+    if random_init(source.arch, source.weights):
         weights = "random"
-    elif is_local_path(config.weights):
-        weights = "file-" + Path(config.weights).stem
+    elif is_local_path(source.weights):
+        weights = "file-" + Path(source.weights).stem
     else:
-        weights = {"imagenet_v1": "imagenet"}.get(config.weights, config.weights)
-    size = "" if config.image_size == PAPER_IMAGE_SIZE else f"_{config.image_size}px"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{phase}_features_{weights}_{config.arch}{size}") + ".npy"
+        weights = {"imagenet_v1": "imagenet"}.get(source.weights, source.weights)
+    size = "" if source.image_size == PAPER_IMAGE_SIZE else f"_{source.image_size}px"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{phase}_features_{weights}_{source.arch}{size}") + ".npy"
 
 
 def images_digest(unit: CacheUnit, data: ExperimentData) -> str:
@@ -193,12 +207,12 @@ def images_digest(unit: CacheUnit, data: ExperimentData) -> str:
     return digest.hexdigest()
 
 
-def cache_identity(config: Config, unit: CacheUnit, data: ExperimentData) -> dict:
+def cache_identity(source: FeatureSource, unit: CacheUnit, data: ExperimentData) -> dict:
     """What a cached file must have been made from to be used by this run."""
-    return {"dataset": config.dataset,
-            "data_root": None if config.dataset == "digits" else str(Path(config.data_root).resolve()),
-            "arch": config.arch, "weights": weights_identity(config),
-            "image_size": config.image_size, "split": unit.name, "rows": unit.num_rows,
+    return {"dataset": source.dataset,
+            "data_root": None if source.dataset == "digits" else str(Path(source.data_root).resolve()),
+            "arch": source.arch, "weights": weights_identity(source),
+            "image_size": source.image_size, "split": unit.name, "rows": unit.num_rows,
             "images_sha256": images_digest(unit, data)}
 
 
@@ -228,10 +242,10 @@ def stale_fields(recorded: dict, identity: dict) -> list[str]:
             for key, value in identity.items() if recorded.get(key) != value]
 
 
-def cole_published_features(path: Path, config: Config, num_rows: int) -> np.ndarray | None:
+def cole_published_features(path: Path, source: FeatureSource, num_rows: int) -> np.ndarray | None:
     """A sidecar-less file taken as Cole et al.'s published features, or None when it cannot be."""
-    cole_setting = (config.dataset in PAPER_DATASETS and config.arch == "resnet50"
-                    and config.weights == "imagenet_v1" and config.image_size == PAPER_IMAGE_SIZE)
+    cole_setting = (source.dataset in PAPER_DATASETS and source.arch == "resnet50"
+                    and source.weights == "imagenet_v1" and source.image_size == PAPER_IMAGE_SIZE)
     try:
         shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
     except (OSError, ValueError) as error:
@@ -246,12 +260,12 @@ def cole_published_features(path: Path, config: Config, num_rows: int) -> np.nda
     return read_feature_file(path, num_rows, COLE_FEATURE_DIM)
 
 
-def load_or_extract(unit: CacheUnit, data: ExperimentData, config: Config, device: torch.device,
-                    get_extractor: Extractor) -> np.ndarray:
-    """The unit's features from the cache when it was made for this run, else extracted and cached."""
-    identity = cache_identity(config, unit, data)
-    name = cache_file_name(config, unit.name)
-    path = feature_cache_dir(config) / name
+def load_or_extract(unit: CacheUnit, data: ExperimentData, source: FeatureSource,
+                    extract: Callable[[CacheUnit], np.ndarray]) -> np.ndarray:
+    """The unit's features from the cache when it was made for this run, else extract(unit), cached."""
+    identity = cache_identity(source, unit, data)
+    name = cache_file_name(source, unit.name)
+    path = feature_cache_dir(source) / name
     if path.is_file() and sidecar_of(path).is_file():
         recorded = json.loads(sidecar_of(path).read_text())
         stale = stale_fields(recorded, identity)
@@ -260,18 +274,17 @@ def load_or_extract(unit: CacheUnit, data: ExperimentData, config: Config, devic
         print(f"feature cache {path} is stale, rebuilding: it was made for "
               f"{'; '.join(stale)}", flush=True)
     else:
-        for candidate in dict.fromkeys((path, Path(config.data_root) / name)):
+        for candidate in dict.fromkeys((path, Path(source.data_root) / name)):
             if candidate.is_file() and not sidecar_of(candidate).is_file():
-                array = cole_published_features(candidate, config, unit.num_rows)
+                array = cole_published_features(candidate, source, unit.num_rows)
                 if array is not None:
                     return array
                 if candidate == path:
                     raise InputError(f"{path} has no sidecar {sidecar_of(path).name}, so its origin "
                                      f"is unknown; it is never overwritten: move it away or pass "
                                      f"another --feature_cache")
-    model, preprocess = get_extractor()
     start = time.perf_counter()
-    array = extract_unit(unit, data, model, preprocess, device, config)
+    array = extract(unit)
     write_cache(path, array, {**identity, "dim": array.shape[1], "dtype": "float32",
                               "seconds": round(time.perf_counter() - start, 1),
                               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
@@ -287,14 +300,15 @@ def write_cache(path: Path, array: np.ndarray, record: dict) -> None:
 
 
 def extract_unit(unit: CacheUnit, data: ExperimentData, model: MultiLabelNet,
-                 preprocess: DevicePreprocess, device: torch.device, config: Config) -> np.ndarray:
+                 preprocess: DevicePreprocess, device: torch.device, batch_size: int,
+                 num_workers: int, arch: str) -> np.ndarray:
+    """The unit's N×D float32 features, its splits' rows in file order (arch: for the message)."""
     array = None
     for split_name, rows in unit.parts:
         images = getattr(data, split_name).images
-        print(f"extracting {config.arch} features of the {split_name} split ({len(images)} images)",
+        print(f"extracting {arch} features of the {split_name} split ({len(images)} images)",
               flush=True)
-        features = extract_features(model, images, preprocess, device, config.batch_size * 2,
-                                    config.num_workers)
+        features = extract_features(model, images, preprocess, device, batch_size, num_workers)
         if array is None:
             array = np.empty((unit.num_rows, features.shape[1]), dtype=np.float32)
         array[rows] = features
@@ -308,31 +322,36 @@ def extract_features(model: MultiLabelNet, images: Dataset, preprocess: DevicePr
     return predict(model.pooled_features, loader, preprocess, device, "off")
 
 
-def cached_feature_data(config: Config, data: ExperimentData, device: torch.device,
-                        get_extractor: Extractor) -> ExperimentData:
+def cached_feature_data(source: FeatureSource, data: ExperimentData, device: torch.device,
+                        get_extractor: Extractor, batch_size: int, num_workers: int) -> ExperimentData:
     """`data` with features in place of images, from the cache or extracted by get_extractor()'s
-    model (called only when something has to be extracted).
+    model (called only when something has to be extracted; batch_size, num_workers: its loader).
 
     The global CPU RNG is left as found (an extraction's DataLoader draws a seed from it), so a
     run does not depend on whether its features were cached.
     """
+    def extract(unit: CacheUnit) -> np.ndarray:
+        model, preprocess = get_extractor()
+        return extract_unit(unit, data, model, preprocess, device, batch_size, num_workers, source.arch)
+
     features = {}
     with torch.random.fork_rng(devices=[]):
-        for unit in cache_units(config.dataset, data):
-            array = load_or_extract(unit, data, config, device, get_extractor)
+        for unit in cache_units(source.dataset, data):
+            array = load_or_extract(unit, data, source, extract)
             for split_name, rows in unit.parts:
                 features[split_name] = torch.from_numpy(np.ascontiguousarray(array[rows])).to(device)
     return with_features(data, features)
 
 
-def backbone_extractor(config: Config, num_classes: int, device: torch.device) -> Extractor:
+def backbone_extractor(source: FeatureSource, num_classes: int, device: torch.device,
+                       channels_last: bool) -> Extractor:
     """Builds the run's model on first call, as train.start_run does (same seed, same weights)."""
     @functools.cache
     def build() -> tuple[MultiLabelNet, DevicePreprocess]:
-        torch.manual_seed(config.seed)
-        model = build_image_model(config.arch, config.weights, num_classes, device,
-                                  config.channels_last, config.image_size)
-        return model, DevicePreprocess(model.mean, model.std, device, config.channels_last)
+        torch.manual_seed(source.seed)
+        model = build_image_model(source.arch, source.weights, num_classes, device,
+                                  channels_last, source.image_size)
+        return model, DevicePreprocess(model.mean, model.std, device, channels_last)
     return build
 
 
@@ -519,24 +538,3 @@ class PassThrough:
 
 
 no_preprocess = PassThrough()
-
-
-def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
-    """nn.Linear(D, L) with PyTorch's default init drawn from `seed`, the global RNG untouched:
-    linear mode and LinearInit's phase 1 start from the same head."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Linear(num_features, num_classes)
-
-
-def load_linear_data(config: Config, device: torch.device) -> ExperimentData:
-    """What a linear run trains on: the .npz of --dataset features, else cached features of
-    --dataset's images (extracting what is missing or stale)."""
-    if config.dataset == "features":
-        data = load_features_npz(Path(config.data_root))
-        return with_features(data, {name: features_of(getattr(data, name)).to(device)
-                                    for name in SPLITS})
-    data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
-                              config.image_size, config.digits_train_size)
-    return cached_feature_data(config, data, device,
-                               backbone_extractor(config, data.num_classes, device))

@@ -30,6 +30,7 @@ import sklearn
 import torch
 import torchvision
 
+from largeloss.engine.resume import RESUME_KEYS
 from largeloss.utils import atomic
 from largeloss.utils.errors import InputError
 
@@ -168,8 +169,7 @@ def pid_alive(pid) -> bool:
 # Keys each reader needs: eval_only and the best model need the weights; resume the whole state.
 CHECKPOINT_KEYS = {"--eval_only": ("config", "epoch", "model"),
                    "best checkpoint": ("config", "epoch", "model", "method"),
-                   "--resume": ("config", "epoch", "model", "optimizer", "scaler", "method",
-                                "best_val_map", "best_epoch", "history", "rng")}
+                   "--resume": RESUME_KEYS}
 
 
 def read_checkpoint(path: str | Path, purpose: str, device: torch.device | str = "cpu") -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,23 +40,24 @@ from tqdm import tqdm
 from largeloss.data import datasets, loading, splits
 from largeloss.data.loading import DevicePreprocess
 from largeloss.data.splits import ExperimentData, Split
-from largeloss.engine import analysis, features
-from largeloss.engine.metrics import (average_precisions, class_groups, format_masked_map, grouped_map,
-                                      masked_map_summary, ranked_average_precisions,
-                                      sparse_masked_average_precisions)
+from largeloss.engine import analysis, features, metrics
+from largeloss.engine.metrics import format_masked_map, split_metrics
+from largeloss.engine.resume import SavedTraining
 from largeloss.engine.run_folder import RunFolder, checkpoint_num_classes, read_checkpoint
 from largeloss.experiment.config import Config, config_from_dict
 from largeloss.methods import registry as methods
 from largeloss.methods.registry import Method
-from largeloss.nn.models import autocast, build_image_model, predict
+from largeloss.nn.models import autocast, build_image_model, new_linear_head, predict
 from largeloss.utils.distributed import (SINGLE_PROCESS, World, barrier, gather_global_batch,
                                          init_process_group, local_slice, world_from_environment)
 from largeloss.utils.errors import InputError, TrainingDiverged
 
-MAP_CONVENTION = "map_all_classes"  # what `map` means on sparse labels (sparse_evaluation)
-NUM_CLASS_GROUPS = 5  # G1–G5 of the OpenImages table
 DISTRIBUTED_TIMEOUT_S = 600  # a collective waiting longer means a lost process: fail, not hang
 LOGIT_LIMIT = 1e6  # |logit| above this: the run diverged (module docstring)
+# The end-of-epoch pass over the training set holds N×L float32 scores up to three times at once
+# (on the device, their host copy, the method's probabilities): one copy may take this fraction of
+# the machine's RAM (OpenImages V3: 3.7M × 5,000 × 4 bytes = 74 GB is refused at start).
+TRAINING_SET_PASS_RAM_FRACTION = 0.25
 
 # --- building blocks ----------------------------------------------------------------------------
 
@@ -257,44 +259,13 @@ def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, devic
              amp: str, world: World = SINGLE_PROCESS) -> dict:
     """mAP (0–100) and per-class AP of `split`; the same function for val and test, images or
     features. With clean labels the vectorised AP (equal to scikit-learn's) is used; sparse labels
-    go to `sparse_evaluation`."""
+    go to `metrics.sparse_evaluation`."""
     scores = predict(model, loader, preprocess, device, amp, world)
     if not np.isfinite(scores).all():
         raise TrainingDiverged(f"the model's evaluation scores are not finite "
                                f"({int((~np.isfinite(scores)).sum())} of {scores.size}): the "
                                f"weights diverged; lower --lr or try --amp off")
-    if split.sparse is not None:
-        return sparse_evaluation(scores, split)
-    targets, known = split.eval_targets()
-    aps = (ranked_average_precisions(scores, targets) if known is None
-           else average_precisions(scores, targets, known))
-    return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores,
-            "coverage": masked_map_summary(aps, measurable_classes(targets, known))}
-
-
-def measurable_classes(targets: np.ndarray, known: np.ndarray | None) -> np.ndarray:
-    """L bool: classes with a positive and a negative among the known entries (AP means
-    something only for them: without a positive the papers count AP 0, without a negative AP 1)."""
-    known = np.ones(targets.shape, dtype=bool) if known is None else known
-    positive = targets == 1
-    return (positive & known).any(axis=0) & (~positive & known).any(axis=0)
-
-
-def sparse_evaluation(scores, split: Split) -> dict:
-    """mAP of a split with real partial labels (OpenImages): each class's AP over its labelled
-    entries only. scores: N×L float32 (OpenImages test: 125k × 5000 × 4 bytes = 2.5 GB on the
-    host, acceptable). `map` (model selection, printed) is MAP_CONVENTION: unmeasurable classes
-    (no labelled positive or no labelled negative) count as AP 0 in the mean over all classes, as
-    IMCL and the LL paper's table; `masked` holds both conventions overall and for G1–G5 (classes
-    sorted by labelled training entries, ascending, five groups)."""
-    labels = split.sparse
-    aps, measurable = sparse_masked_average_precisions(np.asarray(scores), labels.indptr,
-                                                       labels.indices, labels.values)
-    groups = class_groups(split.train_label_counts, min(NUM_CLASS_GROUPS, len(aps)))
-    summary = grouped_map(aps, measurable, groups)
-    masked = {**summary.pop("overall"), "map_convention": MAP_CONVENTION, "groups": summary}
-    return {"map": masked[MAP_CONVENTION], "ap": (100.0 * aps).tolist(), "scores": scores,
-            "masked": masked}
+    return split_metrics(scores, split)
 
 
 # --- epochs, checkpoints, the best model ------------------------------------------------------
@@ -353,16 +324,16 @@ def record_epoch(run: Run, phase: Phase, state: TrainState, row: dict) -> None:
 
 
 def training_state(run: Run, phase: Phase, state: TrainState) -> dict:
-    """Everything that outlives a batch, for last.pt."""
-    return {"model": phase.model.state_dict(), "optimizer": phase.optimizer.state_dict(),
-            "scaler": phase.scaler.state_dict(), "method": run.method.state_dict(),
-            "epoch": state.epoch, "best_val_map": state.best_val_map,
-            "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
-            "history": state.history,
-            "tracker": None if phase.tracker is None else phase.tracker.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),  # the same on every process
-                    "cuda": ([torch.cuda.get_rng_state(run.device)] if run.device.type == "cuda"
-                             else [])}}
+    """Everything that outlives a batch, for last.pt (resume.SavedTraining's layout)."""
+    return SavedTraining(
+        model=phase.model.state_dict(), optimizer=phase.optimizer.state_dict(),
+        scaler=phase.scaler.state_dict(), method=run.method.state_dict(), epoch=state.epoch,
+        best_val_map=state.best_val_map, best_epoch=state.best_epoch,
+        stopped_early=state.stopped_early, history=state.history,
+        tracker=None if phase.tracker is None else phase.tracker.state_dict(),
+        rng={"torch": torch.get_rng_state(),  # the same on every process
+             "cuda": [torch.cuda.get_rng_state(run.device)] if run.device.type == "cuda" else []},
+    ).to_dict()
 
 
 def restore_training_state(run: Run, phase: Phase, state: TrainState, saved: dict) -> None:
@@ -379,7 +350,7 @@ def restore_training_state(run: Run, phase: Phase, state: TrainState, saved: dic
               f"epochs it trains on, early stopping still measured from its best val mAP "
               f"{state.best_val_map:.2f}", flush=True)
         state.stopped_early = False
-    if phase.tracker is not None and saved.get("tracker") is not None:
+    if phase.tracker is not None and saved["tracker"] is not None:
         phase.tracker.load_state_dict(saved["tracker"])
     torch.set_rng_state(saved["rng"]["torch"])
     if saved["rng"]["cuda"] and run.device.type == "cuda":
@@ -417,9 +388,29 @@ def training_set_logits(run: Run, phase: Phase) -> Tensor:
     return torch.from_numpy(logits).to(run.device)
 
 
+def training_set_pass_bound_bytes() -> int:
+    """The most bytes one N×L float32 copy of the training-set scores may take: a fraction
+    (TRAINING_SET_PASS_RAM_FRACTION) of this machine's physical RAM."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(TRAINING_SET_PASS_RAM_FRACTION * physical)
+
+
+def check_training_set_pass_fits(num_images: int, num_classes: int, bound_bytes: int) -> None:
+    """Refuse (InputError) a run whose end-of-epoch pass (the method's end_epoch, --track_train)
+    would hold N×L float32 scores larger than `bound_bytes`, before any training."""
+    needed = num_images * num_classes * 4
+    if needed > bound_bytes:
+        raise InputError(
+            f"the end-of-epoch pass over the training set (the method's end_epoch or "
+            f"--track_train) holds N×L float32 scores: {num_images} × {num_classes} × 4 bytes = "
+            f"{needed:,} bytes (about three copies at once), over the bound of "
+            f"{bound_bytes:,} bytes ({TRAINING_SET_PASS_RAM_FRACTION:g} of this machine's "
+            f"RAM); use a method without that pass, or fewer images or classes")
+
+
 def track_training_set(run: Run, tracker: analysis.TrainingTracker, epoch: int,
                        logits: Tensor) -> dict:
-    """--track_train (SPEC §8): loss groups and clean mAP from the eval pass over the training set
+    """--track_train (docs/analyses.md): loss groups and clean mAP from the eval pass over the training set
     (`logits`, N×L, training_set_logits), this epoch's precision of modification, and
     corrections.json."""
     train = run.data.train
@@ -448,7 +439,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
         config = dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
     torch.manual_seed(config.seed)
     if config.train_mode == "linear":
-        model = features.new_linear_head(features.features_of(data.train).shape[1],
+        model = new_linear_head(features.features_of(data.train).shape[1],
                                          data.num_classes, config.seed).to(device)
         preprocess = features.no_preprocess
         loaders = features.feature_loaders(data, config.linear_batch_size, config.seed, world)
@@ -460,7 +451,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
-    method = methods.build(config.method, datasets.observed_label_store(data.train, device),
+    method = methods.build(config.method, data.train.labels,
                            data.train.true_labels, device=device,
                            hyper=config.method_hyper_parameters())
     return Run(config, device, data, model, preprocess, loaders, method,
@@ -470,8 +461,28 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
 def load_run_data(config: Config, device: torch.device) -> ExperimentData:
     """Images, or (--train_mode linear) features from the cache, extracted when missing."""
     if config.train_mode == "linear":
-        return features.load_linear_data(config, device)
+        return load_linear_data(config, device)
     return load_image_data(config)
+
+
+def feature_source(config: Config) -> features.FeatureSource:
+    return features.FeatureSource(config.dataset, config.data_root, config.arch, config.weights,
+                                  config.image_size, config.seed, config.feature_cache)
+
+
+def load_linear_data(config: Config, device: torch.device) -> ExperimentData:
+    """What a linear run trains on: the .npz of --dataset features, else cached features of
+    --dataset's images (extracting what is missing or stale)."""
+    if config.dataset == "features":
+        data = features.load_features_npz(Path(config.data_root))
+        return features.with_features(data, {name: features.features_of(getattr(data, name)).to(device)
+                                             for name in features.SPLITS})
+    data = datasets.load_data(config.dataset, config.data_root, config.image_dir,
+                              config.image_size, config.digits_train_size)
+    source = feature_source(config)
+    return features.cached_feature_data(
+        source, data, device, features.backbone_extractor(source, data.num_classes, device, config.channels_last),
+        config.batch_size * 2, config.num_workers)
 
 
 def main_process_first(world: World, load: Callable):
@@ -509,7 +520,7 @@ def image_loaders(data: ExperimentData, config: Config, device: torch.device,
 
 
 def train_eval_loader(data: ExperimentData, config: Config, device: torch.device, world: World):
-    """The training set in order, evaluated without flip (SPEC §8)."""
+    """The training set in order, evaluated without flip (docs/analyses.md)."""
     return loading.make_loader(data.train.images, config.batch_size * 2, False,
                                 config.num_workers, config.seed, device.type == "cuda", world)
 
@@ -583,6 +594,9 @@ def fit(config: Config, data: ExperimentData | None = None, saved: dict | None =
         check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
     splits.warn_classes_without_positives(run.data)
     analysis.check_analysis_inputs(run.data, config.track_train, config.pointing_game)
+    if run.method.uses_training_set_pass or config.track_train:
+        check_training_set_pass_fits(len(run.data.train), run.data.num_classes,
+                                     training_set_pass_bound_bytes())
     write_run_header(run)
     if logger_class is not None and run.world.is_main:
         run.logger = logger_class(log_dir=str(run.folder.path))
@@ -660,9 +674,9 @@ def linear_init_phase(run: Run, state: TrainState) -> None:
     phase 2 trains end-to-end from there with its LL epoch count restarting at 1."""
     config, head = run.config, run.model.head
     data = main_process_first(run.world, lambda: features.cached_feature_data(
-        config, run.data, run.device, lambda: (run.model, run.preprocess)))
-    head.load_state_dict(features.new_linear_head(head.in_features, head.out_features,
-                                                  config.seed).state_dict())
+        feature_source(config), run.data, run.device, lambda: (run.model, run.preprocess),
+        config.batch_size * 2, config.num_workers))
+    head.load_state_dict(new_linear_head(head.in_features, head.out_features, config.seed).state_dict())
     phase = linear_phase(run, head, data, "linear_best.pt")
     train_phase(run, phase, state)
     best = load_best(run, phase)
@@ -727,7 +741,7 @@ def masked_results(test: dict) -> dict:
     test split, printed as one line; {} for other splits."""
     if "masked" not in test:
         return {}
-    print(f"test {format_masked_map(test['masked'])}; test_map is {MAP_CONVENTION}", flush=True)
+    print(f"test {format_masked_map(test['masked'])}; test_map is {metrics.MAP_CONVENTION}", flush=True)
     return test["masked"]
 
 
@@ -759,35 +773,3 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     run.folder.write_npy(f"{name}.npy", result["scores"].astype(np.float32))
     run.folder.write_json(f"{name}.json", results)
     return results
-
-
-# Flags a --resume takes when given: --epochs (extends the run), the engineering flags that change
-# no maths, and where the data is (the same data moved: checked against the checkpoint). The saved
-# --stop_after is never kept (the resumed run would stop again at once).
-RESUME_FLAGS = frozenset({"epochs", "device", "num_workers", "log_every", "stop_after", "amp",
-                          "channels_last", "compile", "logger", "data_root", "image_dir",
-                          "feature_cache", "cache_images"})
-
-
-def resume_config(checkpoint_path: str, override: Config, given: set[str] = frozenset(),
-                  checkpoint: dict | None = None) -> Config:
-    """The saved configuration of a run, with this invocation's engineering flags, and --epochs
-    and the data paths where given; any other given flag that differs from the saved one is an
-    InputError listing them (never silently dropped). checkpoint: already read, else read here."""
-    if checkpoint is None:
-        checkpoint = read_checkpoint(checkpoint_path, "--resume")
-    saved = checkpoint["config"]
-    folder = Path(checkpoint_path).parent
-    differing = [f"--{flag} {getattr(override, flag)} (saved: {saved.get(flag)})"
-                 for flag in sorted(given - RESUME_FLAGS - {"resume", "config"})
-                 if flag != "out_dir" and getattr(override, flag, None) != saved.get(flag)]
-    if "out_dir" in given and Path(override.out_dir).resolve() != folder.resolve():
-        differing.append(f"--out_dir {override.out_dir} (the run's folder: {folder})")
-    if differing:
-        raise InputError(f"--resume {checkpoint_path} continues the saved configuration; these "
-                         f"flags differ from it: {', '.join(differing)} (only --epochs, the data "
-                         f"paths and the engineering flags may change; start a new run instead)")
-    return dataclasses.replace(
-        config_from_dict(saved), resume=checkpoint_path, out_dir=str(folder),
-        stop_after=override.stop_after,
-        **{flag: getattr(override, flag) for flag in RESUME_FLAGS if flag in given})

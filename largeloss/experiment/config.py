@@ -1,7 +1,7 @@
 """Command-line flags, paper defaults per dataset, and the resolved, frozen run configuration.
 
 Precedence: explicit flag > `--config FILE` (JSON or YAML, e.g. a run's config.json) > the
-dataset's paper default (SPEC §6) > built-in.
+dataset's paper default (docs/protocol.md §Training protocol) > built-in.
 """
 from __future__ import annotations
 
@@ -13,77 +13,12 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from largeloss.methods import peer_losses
+from largeloss.experiment.presets import (BOOSTLU_DELTA_REL, DATASET_DEFAULTS, DEFAULT_SCHEME, EM_DEFAULTS,
+                                          LINEAR_DEFAULT, LINEAR_DEFAULTS, PAPER_DATASETS, PEER_DEFAULTS)
 from largeloss.methods import registry as methods
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features", "openimages")
-PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
 TRAIN_MODES = ("end_to_end", "linear_init", "linear")
-
-
-@dataclass(frozen=True)
-class DatasetDefaults:
-    """The authors' best end-to-end hyper-parameters (SPEC §6) or ours for the other datasets."""
-    optimizer: str
-    lr: float
-    delta_rel: dict[str, float]      # best Δrel (percent per epoch) per LL scheme
-    expected_num_pos: float | None   # None: mean of the clean training label sums
-    arch: str = "resnet50"
-    image_size: int = 448
-    epochs: int = 10
-    batch_size: int = 16
-    early_stop_drop: float = 3.0     # the authors' early stop: val mAP this far below the best
-
-
-DATASET_DEFAULTS = {
-    "pascal": DatasetDefaults("sgd", 5e-3, {"LL-R": 0.2, "LL-Ct": 0.2, "LL-Cp": 0.1}, 1.5),
-    "coco": DatasetDefaults("adam", 1e-5, {"LL-R": 0.4, "LL-Ct": 0.2, "LL-Cp": 0.2}, 2.9),
-    "nuswide": DatasetDefaults("adam", 1e-5, {"LL-R": 0.4, "LL-Ct": 0.2, "LL-Cp": 0.2}, 1.9),
-    "cub": DatasetDefaults("adam", 7.5e-5, {"LL-R": 0.4, "LL-Ct": 0.4, "LL-Cp": 0.2}, 31.4),
-    "custom": DatasetDefaults("adam", 1e-5, {"LL-R": 0.2, "LL-Ct": 0.2, "LL-Cp": 0.2}, None),
-    "features": DatasetDefaults("adam", 1e-4, {"LL-R": 0.2, "LL-Ct": 0.2, "LL-Cp": 0.2}, None,
-                                arch="linear", image_size=0),
-    # OpenImages V3 (real partial labels, 5,000 classes): ResNet-101 at 224 px as the LL paper
-    # (and IMCL, whose numbers its table reuses); the rest is ours, the paper being silent: Adam at
-    # COCO's lr, batch 64, 5 epochs (3.7M images each), and Δrel far below COCO's since only
-    # ~0.05 % of the entries are observed positives (README "OpenImages V3").
-    "openimages": DatasetDefaults("adam", 1e-5, {"LL-R": 0.01, "LL-Ct": 0.01, "LL-Cp": 0.005},
-                                  None, arch="resnet101", image_size=224, epochs=5,
-                                  batch_size=64),
-    # Ours, for the generated CPU demo: about 15 % of its entries are false negatives (COCO: 2.4 %),
-    # hence the larger Δrel. See README "Results on the embedded dataset".
-    "digits": DatasetDefaults("adam", 1e-3, {"LL-R": 1.0, "LL-Ct": 0.5, "LL-Cp": 1.0}, None,
-                              arch="small_cnn", image_size=48, epochs=20, batch_size=16,
-                              early_stop_drop=0.0),  # its 250-image val set is too noisy for it
-}
-
-# The scheme a loss gets when --mod_scheme is not given: the LL paper's AN runs LL-R.
-DEFAULT_SCHEME = {"an": "LL-R"}
-
-# The flags of the methods after the LL paper (SPEC_PEERS) and their defaults, the authors' (and
-# LL-Cp's relabel rule, whose BoostLU variant came with them): the keys are the hyper-parameter
-# names the method classes declare; a flag is refused for a method that does not declare it.
-# EM's α and APL's β, T_w are per dataset in the EM code (EM_DEFAULTS); other datasets get pascal's,
-# peer_losses' defaults.
-PEER_DEFAULTS = {
-    "em_alpha": peer_losses.EM_ALPHA, "apl_beta": peer_losses.APL_BETA,
-    "apl_warmup_epochs": peer_losses.APL_WARMUP_EPOCHS,
-    "apl_proportion": peer_losses.APL_PROPORTION, "hill_lambda": peer_losses.HILL_LAMBDA,
-    "focal_margin": peer_losses.HILL_MARGIN, "focal_gamma": peer_losses.HILL_GAMMA,
-    "splc_tau": peer_losses.SPLC_TAU, "reduction": peer_losses.FOCAL_REDUCTION, "gr_beta": peer_losses.GR_BETA,
-    "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
-    "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
-}
-EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset["loss"]["beta"],
-                         "apl_warmup_epochs": preset["apl"]["warmup_epochs"]}
-               for dataset, preset in peer_losses.PEER_PRESETS["EM+APL"].items()}
-# BoostLU's Δrel per scheme (the same for every dataset), used instead of the LL paper's where
-# DATASET_DEFAULTS holds the LL paper's (PAPER_DATASETS); digits and custom keep ours.
-BOOSTLU_DELTA_REL = peer_losses.BOOSTLU_DELTA_REL
-
-# Cole et al.'s LinearInit phase-1 settings per loss (SPEC §6); other losses use an_ls's.
-LINEAR_DEFAULTS = {"role": (1e-3, 16)}
-LINEAR_DEFAULT = (1e-4, 8)
 
 
 @dataclass(frozen=True)
@@ -231,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "on pascal/coco/nuswide/cub)")
     method.add_argument("--llcp_relabel", choices=("above", "modified"),
                         help="LL-Cp: which modified entries become positives for good: those strictly "
-                             "above the k-th largest loss (SPEC §4; with k = 1 none) or every modified "
+                             "above the k-th largest loss (the LL paper; with k = 1 none) or every modified "
                              "one, as BoostLU's code (default: above)")
     method.add_argument("--boostlu_alpha", type=float, default=1.0, metavar="ALPHA",
                         help="BoostLU (Kim et al., CVPR 2023): the head is applied at every position "
@@ -270,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hill and SPLC: mean = Σ/(B·L), the protocol of every method here; "
                              "sum = Σ, the authors' code (with Adam and no weight decay the two differ "
                              "only through Adam's ε; with SGD or weight decay sum scales the step by "
-                             f"B·L) (default: {peer_losses.FOCAL_REDUCTION})")
+                             f"B·L) (default: {PEER_DEFAULTS['reduction']})")
     method.add_argument("--gr_beta", type=float, nargs=4, metavar=("W0", "W_T", "B0", "B_T"),
                         help="GR: soft pseudo-label k̂ = σ(w·p + b), w and b moving linearly over "
                              "the --epochs (default: 0 2 -2 -2)")

@@ -1,6 +1,7 @@
-"""The paper's numbers (SPEC §7), and the authors' best hyper-parameters (SPEC §6) read from the
-CLI's own table (config.DATASET_DEFAULTS) and the method registry (methods.py); the same for the
-methods after the LL paper (SPEC_PEERS), read from peer_losses.PEER_PRESETS and PEER_PAPER_MAP.
+"""The papers' published numbers, one home for every figure the tool sets beside a run: the LL
+paper's table (docs/reproducing.md), OpenImages, and the later methods' (README) published and re-run
+numbers; and the authors' best hyper-parameters, read from the CLI's own tables (presets.py) and
+the method registry.
 
 Imported by scripts/reproduce.py, scripts/summarize.py, scripts/plot_curves.py and the tests, so
 that every place reads the same table.
@@ -14,8 +15,7 @@ that every place reads the same table.
 """
 from __future__ import annotations
 
-from largeloss.experiment.config import DATASET_DEFAULTS, PAPER_DATASETS
-from largeloss.methods import peer_losses
+from largeloss.experiment.presets import DATASET_DEFAULTS, PAPER_DATASETS, PEER_DATASETS, PEER_PRESETS
 from largeloss.methods import registry as methods
 
 # The large-loss schemes: the registered schemes that take Δrel.
@@ -23,7 +23,7 @@ LL_SCHEMES = tuple(name for name in methods.schemes()
                    if "delta_rel" in methods.method_class(name).hyper_parameters)
 SETTINGS = ("end_to_end", "linear_init")  # train_mode values the paper reports (E2E, LI)
 
-# SPEC §7: test mAP (0-100), ResNet-50, 448 px. PAPER_MAP[train_mode][dataset][method].
+# docs/reproducing.md: test mAP (0-100), ResNet-50, 448 px. PAPER_MAP[train_mode][dataset][method].
 _COLUMNS = ("pascal", "coco", "nuswide", "cub")
 _E2E = {  # method: VOC, COCO, NUS, CUB
     "bce": (90.2, 78.0, 54.5, 32.9),
@@ -47,7 +47,7 @@ _LI = {
     "LL-Ct": (89.3, 71.6, 49.6, 21.8),
     "LL-Cp": (88.3, 71.0, 49.4, 21.4),
 }
-METHODS = tuple(_E2E)  # the rows of SPEC §7, in the paper's order (registered method names)
+METHODS = tuple(_E2E)  # the rows of the LL paper's table, in its order (registered method names)
 assert all(method in methods.METHODS for method in METHODS)
 PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
     setting: {dataset: {method: row[col] for method, row in table.items()}
@@ -55,10 +55,10 @@ PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
     for setting, table in (("end_to_end", _E2E), ("linear_init", _LI))
 }
 
-# OpenImages V3 (ResNet-101, 224 px, real partial labels), all groups; SPEC §7, not reproduced here.
+# OpenImages V3 (ResNet-101, 224 px, real partial labels), all groups; docs/openimages.md, not reproduced here.
 OPENIMAGES_MAP = {"an": 82.0, "LL-R": 82.5, "LL-Ct": 82.6, "LL-Cp": 82.5}
 
-# SPEC §6: the authors' best end-to-end hyper-parameters, from the CLI's own table (config.py), so
+# docs/protocol.md: the authors' best end-to-end hyper-parameters, from the CLI's own table (config.py), so
 # the scripts and the CLI cannot drift apart. `delta_rel` is in percent per epoch. The baselines have
 # no tuned value in the LL paper: they use the dataset's optimizer and lr. digits is the project's
 # CPU demo, not in the paper.
@@ -84,7 +84,7 @@ def paper_map(dataset: str, method: str, train_mode: str) -> float | None:
     if dataset == "openimages":  # its own table: end-to-end, ResNet-101, 224 px, all classes
         return OPENIMAGES_MAP.get(method) if train_mode == "end_to_end" else None
     if method in PEER_METHODS:  # their papers report end-to-end numbers only
-        return (peer_losses.PEER_PAPER_MAP.get(dataset, {}).get(PEER_NAMES[method])
+        return (PEER_PAPER_MAP.get(dataset, {}).get(PEER_NAMES[method])
                 if train_mode == "end_to_end" else None)
     return PAPER_MAP.get(train_mode, {}).get(dataset, {}).get(method)
 
@@ -109,7 +109,7 @@ def method_label(config: dict) -> str | None:
 
 
 def best_hparams(dataset: str, method: str) -> dict:
-    """optimizer, lr, epochs and (LL schemes only) delta_rel for a dataset and method (SPEC §6);
+    """optimizer, lr, epochs and (LL schemes only) delta_rel for a dataset and method (docs/protocol.md);
     the batch size is DATASET_DEFAULTS[dataset].batch_size."""
     if dataset not in BEST_HPARAMS:
         raise ValueError(f"no hyper-parameters for dataset {dataset!r}; known: {', '.join(BEST_HPARAMS)}")
@@ -121,14 +121,14 @@ def best_hparams(dataset: str, method: str) -> dict:
     return hparams
 
 
-# --- the methods after the LL paper (SPEC_PEERS) ---------------------------------------------------
+# --- the methods after the LL paper (docs/methods.md) ----------------------------------------------
 #
 # Their rows: the registered methods, and the large-loss schemes with BoostLU's head. PEER_NAMES
 # gives each row's name in peer_losses' tables. Presets (peer_flags): the authors' published values
-# per dataset (peer_losses.PEER_PRESETS) on the SPEC §2 protocol (Cole split, clean-val selection).
-# What the engine does not do is left out, and said in the README: EM's early stop at the first epoch
+# per dataset (PEER_PRESETS) on the protocol of docs/protocol.md (Cole split, clean-val selection).
+# What the engine does not do is left out, and said in docs/methods.md: EM's early stop at the first epoch
 # without val improvement (our runs keep the dataset's early stop) and GR's frozen-backbone epochs
-# (n = 0 in its defaults). Hill and SPLC trained on another protocol (SPEC_PEERS §3.3): their
+# (n = 0 in its defaults). Hill and SPLC trained on another protocol (docs/methods.md §Presets): their
 # preset is ours, the dataset's LL-paper recipe with their loss values and the mean reduction.
 # digits (not in any paper): every method at the digits recipe with pascal's values, and BoostLU at
 # digits' Δrel (so that the head is the only change from the LL rows).
@@ -137,7 +137,7 @@ PEER_NAMES = {**{f"{scheme}{BOOSTLU}": f"{scheme}{BOOSTLU}" for scheme in LL_SCH
               "em": "EM", "APL": "EM+APL", "hill": "Hill", "splc": "SPLC", "gr": "GR"}
 PEER_METHODS = tuple(PEER_NAMES)
 assert all(name.removesuffix(BOOSTLU) in methods.METHODS for name in PEER_METHODS)
-assert set(PEER_NAMES.values()) == set(peer_losses.PEER_PRESETS)
+assert set(PEER_NAMES.values()) == set(PEER_PRESETS)
 
 # peer_losses' keyword names → the CLI's flags, per row (keys left out: fixed here, see above).
 _BOOSTLU_FLAGS = {"boost_alpha": "--boostlu_alpha", "delta_rel": "--delta_rel"}
@@ -152,7 +152,7 @@ _PEER_FLAGS = {
     "GR": {"beta": "--gr_beta", "alpha": "--gr_alpha", "q2": "--gr_q2", "q3": "--gr_q3"},
 }
 # The authors' code behaviour that differs from this project's default and shaped their numbers
-# (on their datasets): BoostLU's LL-Cp relabels every modified entry (SPEC_PEERS §1.2).
+# (on their datasets): BoostLU's LL-Cp relabels every modified entry (docs/methods.md §Paper or code).
 _CODE_VARIANTS = {f"LL-Cp{BOOSTLU}": ["--llcp_relabel", "modified"]}
 _TRAIN_FLAGS = {"optimizer": "--optimizer", "lr": "--lr", "head_lr_mult": "--head_lr_mult",
                 "weight_decay": "--weight_decay", "batch_size": "--batch_size",
@@ -170,7 +170,7 @@ def _flag_values(flags: dict, values: dict) -> list[str]:
 def peer_recipe(dataset: str, method: str) -> dict:
     """The training recipe of a peer row: optimizer, lr, head_lr_mult, weight_decay, batch_size,
     num_epochs, and early_stop ("patience0", points, or absent)."""
-    preset = peer_losses.PEER_PRESETS[PEER_NAMES[method]].get(dataset)
+    preset = PEER_PRESETS[PEER_NAMES[method]].get(dataset)
     if preset is not None and preset["train"]:
         return dict(preset["train"])
     defaults = DATASET_DEFAULTS[dataset]  # digits, and Hill / SPLC: the dataset's LL recipe
@@ -181,15 +181,15 @@ def peer_recipe(dataset: str, method: str) -> dict:
 def peer_flags(dataset: str, method: str) -> list[str]:
     """Every hyper-parameter flag of a peer row on a dataset (after --loss / --mod_scheme)."""
     name = PEER_NAMES[method]
-    preset = peer_losses.PEER_PRESETS[name].get(dataset) or peer_losses.PEER_PRESETS[name]["pascal"]
+    preset = PEER_PRESETS[name].get(dataset) or PEER_PRESETS[name]["pascal"]
     values = {**preset["model"], **preset["loss"], **preset.get("apl", {})}
-    if dataset not in peer_losses.PEER_PRESETS[name] and takes_delta_rel(method):
+    if dataset not in PEER_PRESETS[name] and takes_delta_rel(method):
         values["delta_rel"] = DATASET_DEFAULTS[dataset].delta_rel[method.removesuffix(BOOSTLU)]
     recipe = peer_recipe(dataset, method)
     words = _flag_values(_TRAIN_FLAGS, recipe)
     if isinstance(recipe.get("early_stop"), float):
         words += ["--early_stop_drop", str(recipe["early_stop"])]
-    if dataset in peer_losses.PEER_PRESETS[name]:
+    if dataset in PEER_PRESETS[name]:
         words += _CODE_VARIANTS.get(method, [])
     return words + _flag_values(_PEER_FLAGS[name], values)
 
@@ -202,5 +202,45 @@ def peer_note(dataset: str, method: str) -> str:
         reason = (f"{dataset} is not in the paper" if dataset not in PAPER_DATASETS
                   else f"{name}'s paper has no number on the Cole protocol")
         return f"# paper: none ({reason})"
-    std = peer_losses.PEER_PAPER_STD.get(dataset, {}).get(name)
+    std = PEER_PAPER_STD.get(dataset, {}).get(name)
     return f"# paper E2E {dataset} {name}: {value:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+# Published test mAP (0-100), ResNet-50, end to end. PEER_PAPER_MAP[dataset][method].
+# BoostLU: README image quantitative1.png; EM: the ECCV poster, mean over an
+# unstated number of seeds, std in PEER_PAPER_STD (its NUS is the official image set, not
+# Cole's re-crawl); GR: AEVLP's README image citing GR. Hill/SPLC: the paper's tables were
+# not readable and the aggregator's values have no clear protocol, so none are listed.
+_PEER_COLUMNS = {  # method: pascal, coco, nuswide, cub
+    "LL-R+BoostLU": (89.29, 72.89, 49.59, 19.80),
+    "LL-Ct+BoostLU": (88.61, 71.78, 48.37, 19.25),
+    "LL-Cp+BoostLU": (87.81, 71.41, 48.61, 19.34),
+    "EM": (89.09, 70.70, 47.15, 20.85),
+    "EM+APL": (89.19, 70.87, 47.59, 21.84),
+    "GR": (89.83, 73.17, 49.08, 21.64),
+}
+
+
+PEER_PAPER_MAP = {dataset: {method: row[column] for method, row in _PEER_COLUMNS.items()}
+                  for column, dataset in enumerate(PEER_DATASETS)}
+
+
+_PEER_STD_COLUMNS = {"EM": (0.17, 0.31, 0.11, 0.42), "EM+APL": (0.31, 0.23, 0.22, 0.34)}
+
+
+PEER_PAPER_STD = {dataset: {method: row[column] for method, row in _PEER_STD_COLUMNS.items()}
+                  for column, dataset in enumerate(PEER_DATASETS)}
+
+
+# The baselines these papers re-ran themselves (same sources): BoostLU's LL re-runs (Adam 1e-5 for
+# every dataset, below the LL paper's own numbers) and the EM poster's full-label BCE and AN.
+_RERUN_COLUMNS = {
+    "BoostLU": {"LL-R": (88.27, 70.70, 48.76, 19.56), "LL-Ct": (87.79, 70.29, 48.08, 19.06),
+                "LL-Cp": (87.44, 70.27, 47.92, 19.21)},
+    "EM": {"bce": (89.42, 76.78, 52.08, 30.90), "an": (85.89, 64.92, 42.27, 18.31)},
+}
+
+
+PEER_RERUN_MAP = {paper: {dataset: {method: row[column] for method, row in rows.items()}
+                          for column, dataset in enumerate(PEER_DATASETS)}
+                  for paper, rows in _RERUN_COLUMNS.items()}

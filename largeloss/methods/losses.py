@@ -1,6 +1,6 @@
-"""Every loss of the project, computed from logits (SPEC §3–§5).
+"""Every loss of the project, computed from logits (docs/methods.md).
 
-Label encodings (SPEC §1):
+Label encodings (docs/protocol.md §Label encodings):
     observed      B×L in {-1, 0, +1}: observed negative, unobserved, observed positive
     true_labels   B×L in {0, 1}: clean labels (only the full-label baselines and IUN may use them)
 
@@ -8,27 +8,27 @@ Every per-entry matrix is reduced as `sum / (B·L)` (zeros included), then the m
 added undivided. Large-loss schemes (Kim et al., CVPR 2022, Eq. 4–6) sit on top of `an`.
 
 Public contract:
-    compute_loss(method, logits, observed, ...) -> LossOutput
+    an_loss(logits, observed), large_loss(logits, observed, scheme, epoch, delta_rel), ... -> LossOutput
+        one pure function per loss; the method objects (registry.py) call them
+    compute_loss(method, logits, observed, ...) -> LossOutput   any of them by name (LOSSES)
+    to_observed(labels, unknown)   NaN or ignore-index labels → {-1, 0, +1}
     ll_num_modified(scheme, epoch, delta_rel, batch_size, num_classes) -> int
-    LabelEstimator      ROLE's N×L estimator θ (SPEC §5)
-    ObservedLabelStore  the observed labels of the training set, with LL-Cp's permanent relabels
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 LL_SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
-BASELINES = ("bce", "bce_ls", "iun", "iu", "an", "an_ls", "wan", "epr", "role")
-METHODS = BASELINES + LL_SCHEMES
-NEEDS_TRUE_LABELS = ("bce", "bce_ls", "iun")
-NEEDS_EXPECTED_NUM_POS = ("epr", "role")
 # Which of LL-Cp's modified entries become positives for good: those strictly above the threshold
-# R (SPEC §4, the LL authors' code), or every modified one, loss ≥ R (BoostLU's code, SPEC_PEERS §1.2).
+# R (the LL paper, docs/methods.md §LL-R, LL-Ct, LL-Cp), or every modified one, loss ≥ R (BoostLU's code).
 LLCP_RELABEL = ("above", "modified")
 LABEL_SMOOTHING = 0.1  # ε of bce_ls and an_ls
 
@@ -59,7 +59,7 @@ def expected_positive_regulariser(probs: Tensor, expected_num_pos: float) -> Ten
     return ((probs.sum(dim=1).mean() - expected_num_pos) / num_classes) ** 2
 
 
-# --- the large-loss schedule (SPEC §4) ---------------------------------------------------------
+# --- the large-loss schedule (docs/methods.md §LL schedule) --------------------------------------
 
 def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
                     num_classes: int) -> int:
@@ -84,7 +84,7 @@ def ll_num_modified(scheme: str, epoch: int, delta_rel: float, batch_size: int,
 
 
 def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Which candidates have a large loss (SPEC §4).
+    """Which candidates have a large loss (docs/methods.md §LL schedule).
 
     Args:
         negative_losses: B×L, BCE(x, 0), used for ranking only.
@@ -105,44 +105,81 @@ def large_loss_masks(negative_losses: Tensor, candidates: Tensor, k: int) -> tup
     return candidates & (negative_losses >= threshold), candidates & (negative_losses > threshold)
 
 
-# --- per-method losses: each returns (per-entry B×L, regulariser scalar or None) ----------------
+# --- one function per loss: logits B×L (any float dtype; computed in float32) → LossOutput --------
 
-def _full_label_loss(logits, true_labels, smoothing):
-    return (smoothed_bce(logits, true_labels) if smoothing else bce(logits, true_labels)), None
+def _output(per_entry: Tensor, regulariser: Tensor | None = None, modified: Tensor | None = None,
+            relabel: Tensor | None = None) -> LossOutput:
+    """sum / (B·L) of the per-entry losses, plus the regulariser undivided (docs/methods.md)."""
+    loss = per_entry.sum() / per_entry.numel()
+    if regulariser is not None:
+        loss = loss + regulariser
+    nothing = torch.zeros(per_entry.shape, dtype=torch.bool, device=per_entry.device)
+    return LossOutput(loss=loss, modified=nothing if modified is None else modified,
+                      relabel=nothing if relabel is None else relabel)
 
 
-def _iun_loss(logits, observed, true_labels):
-    """Observed positives as positives, true negatives as negatives, unobserved positives ignored."""
+def bce_loss(logits: Tensor, true_labels: Tensor) -> LossOutput:
+    """Full-label BCE on the clean labels (true_labels B×L in {0, 1}): the upper bound."""
+    return _output(bce(logits.float(), true_labels.float()))
+
+
+def bce_ls_loss(logits: Tensor, true_labels: Tensor) -> LossOutput:
+    """Full-label BCE with label smoothing ε = LABEL_SMOOTHING."""
+    return _output(smoothed_bce(logits.float(), true_labels.float()))
+
+
+def iun_loss(logits: Tensor, observed: Tensor, true_labels: Tensor) -> LossOutput:
+    """IUN: observed positives as positives, true negatives as negatives, unobserved positives ignored."""
+    logits = logits.float()
     per_entry = torch.where(observed == 1, bce(logits, 1.0), bce(logits, 0.0))
     ignored = (observed != 1) & (true_labels == 1)
-    return per_entry.masked_fill(ignored, 0.0), None
+    return _output(per_entry.masked_fill(ignored, 0.0))
 
 
-def _iu_loss(logits, observed):
+def iu_loss(logits: Tensor, observed: Tensor) -> LossOutput:
+    """IU: observed positives and observed negatives; unobserved entries contribute 0."""
+    logits = logits.float()
     per_entry = torch.where(observed == 1, bce(logits, 1.0), bce(logits, 0.0))
-    return per_entry.masked_fill(observed == 0, 0.0), None
+    return _output(per_entry.masked_fill(observed == 0, 0.0))
 
 
 def _an_target(observed: Tensor) -> Tensor:
     return observed.clamp(min=0).to(torch.float32)
 
 
-def _wan_loss(logits, observed):
+def an_loss(logits: Tensor, observed: Tensor) -> LossOutput:
+    """AN: every unobserved label is a negative."""
+    return _output(bce(logits.float(), _an_target(observed)))
+
+
+def an_ls_loss(logits: Tensor, observed: Tensor) -> LossOutput:
+    """AN-LS: AN with label smoothing ε = LABEL_SMOOTHING."""
+    return _output(smoothed_bce(logits.float(), _an_target(observed)))
+
+
+def wan_loss(logits: Tensor, observed: Tensor) -> LossOutput:
+    """WAN: AN with the negatives weighted 1/(L−1)."""
+    logits = logits.float()
     weak_negative_weight = 1.0 / (logits.shape[1] - 1)
-    return torch.where(observed == 1, bce(logits, 1.0), weak_negative_weight * bce(logits, 0.0)), None
+    return _output(torch.where(observed == 1, bce(logits, 1.0), weak_negative_weight * bce(logits, 0.0)))
 
 
-def _epr_loss(logits, observed, expected_num_pos):
+def epr_loss(logits: Tensor, observed: Tensor, expected_num_pos: float) -> LossOutput:
+    """EPR: −log p on observed positives plus the expected-positive regulariser (Cole et al. Eq. 8)."""
+    logits = logits.float()
     per_entry = bce(logits, 1.0).masked_fill(observed != 1, 0.0)
-    return per_entry, expected_positive_regulariser(torch.sigmoid(logits), expected_num_pos)
+    return _output(per_entry, expected_positive_regulariser(torch.sigmoid(logits), expected_num_pos))
 
 
-def _role_loss(logits, observed, estimator_logits, expected_num_pos):
-    """ROLE (Cole et al. Eq. 10), SPEC §5: classifier and estimator teach each other.
+def role_loss(logits: Tensor, observed: Tensor, estimator_logits: Tensor,
+              expected_num_pos: float) -> LossOutput:
+    """ROLE (Cole et al. Eq. 10), docs/methods.md §ROLE: classifier and estimator teach each other.
 
     0.5·[pos(p) + pos(e)] + 0.5·[BCE(x, ē) + BCE(θ, p̄)], pos = −log on observed positives, with
     ē, p̄ detached so the classifier never gets gradient through the estimator and vice versa.
+    estimator_logits: B×L rows of the label estimator θ for this batch.
     """
+    logits, estimator_logits = logits.float(), estimator_logits.float()
     probs = torch.sigmoid(logits)
     estimates = torch.sigmoid(estimator_logits)
     positive = observed == 1
@@ -151,11 +188,18 @@ def _role_loss(logits, observed, estimator_logits, expected_num_pos):
     per_entry = 0.5 * observed_positive_terms + 0.5 * cross_terms
     regulariser = 0.5 * (expected_positive_regulariser(probs, expected_num_pos)
                          + expected_positive_regulariser(estimates, expected_num_pos))
-    return per_entry, regulariser
+    return _output(per_entry, regulariser)
 
 
-def _large_loss(logits, observed, scheme, epoch, delta_rel, llcp_relabel="above"):
-    """AN with the large unobserved losses rejected (LL-R) or their targets flipped (LL-Ct, LL-Cp)."""
+def large_loss(logits: Tensor, observed: Tensor, scheme: str, epoch: int, delta_rel: float,
+               llcp_relabel: str = "above") -> LossOutput:
+    """AN with the large unobserved losses rejected (LL-R) or their targets flipped (LL-Ct, LL-Cp),
+    Kim et al. Eq. 4–6. k from ll_num_modified(scheme, epoch, Δrel, B, L); `modified` marks the
+    modified entries; `relabel` LL-Cp's permanent relabels: those "above" R (the LL paper) or every
+    "modified" one (BoostLU's code; with k = 1 the former relabels nothing, the latter one entry)."""
+    if llcp_relabel not in LLCP_RELABEL:
+        raise ValueError(f"llcp_relabel must be one of {LLCP_RELABEL}, got {llcp_relabel!r}")
+    logits = logits.float()
     negative_losses = bce(logits, 0.0)
     per_entry = torch.where(observed == 1, bce(logits, 1.0), negative_losses)
     batch_size, num_classes = logits.shape
@@ -166,22 +210,49 @@ def _large_loss(logits, observed, scheme, epoch, delta_rel, llcp_relabel="above"
     else:
         per_entry = torch.where(modified, bce(logits, 1.0), per_entry)
     if scheme != "LL-Cp":
-        return per_entry, modified, torch.zeros_like(modified)
-    return per_entry, modified, above if llcp_relabel == "above" else modified
+        return _output(per_entry, modified=modified)
+    return _output(per_entry, modified=modified, relabel=above if llcp_relabel == "above" else modified)
 
 
-# --- the entry point ----------------------------------------------------------------------------
+# --- the public entry: one batch, a method by name --------------------------------------------------
+
+LOSSES: dict[str, Callable[..., LossOutput]] = {
+    "bce": bce_loss, "bce_ls": bce_ls_loss, "iun": iun_loss, "iu": iu_loss, "an": an_loss,
+    "an_ls": an_ls_loss, "wan": wan_loss, "epr": epr_loss, "role": role_loss,
+    **{scheme: functools.partial(large_loss, scheme=scheme) for scheme in LL_SCHEMES},
+}
+
+
+def to_observed(labels, unknown: float = 0) -> Tensor:
+    """Labels as the project encodes them: {-1, 0, +1} (negative, unknown, positive), int8.
+
+    unknown: the value that marks an unknown label in `labels`.
+        0 (default): `labels` are already in {-1, 0, +1} and are returned as a tensor, unchanged.
+        NaN: `labels` in {0, 1, NaN}, NaN unknown (the partial-label toolkit mlcpl's convention).
+        any other number, e.g. -100: an ignore index; `labels` in {0, 1, unknown} (torchmetrics').
+    Raises ValueError for values outside the chosen convention.
+    """
+    labels = torch.as_tensor(labels)
+    if unknown == 0:
+        return labels  # as given: the callers check or cast the values
+    is_unknown = labels.isnan() if math.isnan(unknown) else labels == unknown
+    known = labels[~is_unknown]
+    if not bool(((known == 0) | (known == 1)).all()):
+        raise ValueError(f"labels with unknown={unknown} must be 0, 1 or {unknown}")
+    signed = torch.where(labels == 1, 1, -1).to(torch.int8)
+    return signed.masked_fill(is_unknown, 0)
+
 
 def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: Tensor | None = None,
                  epoch: int = 1, delta_rel: float = 0.0, expected_num_pos: float | None = None,
                  estimator_logits: Tensor | None = None, check_values: bool = True,
-                 llcp_relabel: str = "above") -> LossOutput:
-    """The loss of `method` on one batch.
+                 llcp_relabel: str = "above", unknown: float = 0) -> LossOutput:
+    """The loss of `method` on one batch: LOSSES[method] given the arguments it takes.
 
     Args:
-        method: one of METHODS.
+        method: a key of LOSSES (the two papers' losses and schemes).
         logits: B×L classifier logits (any float dtype; computed in float32).
-        observed: B×L in {-1, 0, +1}.
+        observed: B×L in {-1, 0, +1}; or in another convention named by `unknown` (to_observed).
         true_labels: B×L in {0, 1}; needed by bce, bce_ls, iun.
         epoch: 1-based epoch (LL schedule).
         delta_rel: Δrel in percent per epoch (LL schemes).
@@ -189,142 +260,39 @@ def compute_loss(method: str, logits: Tensor, observed: Tensor, *, true_labels: 
         estimator_logits: B×L rows of ROLE's θ for this batch (role).
         check_values: verify the encodings (one host sync); the trainer validates once at load
             time and passes False.
-        llcp_relabel: LL-Cp's permanent relabels, "above" R (SPEC §4) or every "modified" entry
-            (BoostLU's code; with k = 1 the former relabels nothing, the latter one entry).
+        llcp_relabel: LL-Cp's permanent relabels, "above" R (the LL paper) or every "modified" entry.
+        unknown: the value marking unknown labels in `observed` (0, NaN, or an ignore index).
     """
-    if llcp_relabel not in LLCP_RELABEL:
-        raise ValueError(f"llcp_relabel must be one of {LLCP_RELABEL}, got {llcp_relabel!r}")
-    _check_arguments(method, logits, observed, true_labels, epoch, delta_rel, expected_num_pos,
-                     estimator_logits, check_values)
-    logits = logits.float()
-    no_modification = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-    modified = relabel = no_modification
-    regulariser = None
-    if method in LL_SCHEMES:
-        per_entry, modified, relabel = _large_loss(logits, observed, method, epoch, delta_rel,
-                                                   llcp_relabel)
-    elif method in ("bce", "bce_ls"):
-        per_entry, regulariser = _full_label_loss(logits, true_labels.float(),
-                                                  smoothing=method == "bce_ls")
-    elif method == "iun":
-        per_entry, regulariser = _iun_loss(logits, observed, true_labels)
-    elif method == "iu":
-        per_entry, regulariser = _iu_loss(logits, observed)
-    elif method == "an":
-        per_entry = bce(logits, _an_target(observed))
-    elif method == "an_ls":
-        per_entry = smoothed_bce(logits, _an_target(observed))
-    elif method == "wan":
-        per_entry, regulariser = _wan_loss(logits, observed)
-    elif method == "epr":
-        per_entry, regulariser = _epr_loss(logits, observed, expected_num_pos)
-    else:  # role
-        per_entry, regulariser = _role_loss(logits, observed, estimator_logits.float(), expected_num_pos)
-    loss = per_entry.sum() / per_entry.numel()
-    if regulariser is not None:
-        loss = loss + regulariser
-    return LossOutput(loss=loss, modified=modified, relabel=relabel)
+    if method not in LOSSES:
+        raise ValueError(f"method must be one of {tuple(LOSSES)}, got {method!r}")
+    observed = to_observed(observed, unknown)
+    offered = {"observed": observed, "true_labels": true_labels, "epoch": epoch, "delta_rel": delta_rel,
+               "expected_num_pos": expected_num_pos, "estimator_logits": estimator_logits,
+               "llcp_relabel": llcp_relabel}
+    function = LOSSES[method]
+    taken = [name for name in inspect.signature(function).parameters if name in offered]
+    _check_arguments(method, logits, {"observed": observed, "epoch": epoch, "delta_rel": delta_rel,
+                                      **{name: offered[name] for name in taken}}, check_values)
+    return function(logits, **{name: offered[name] for name in taken})
 
 
-def _check_arguments(method, logits, observed, true_labels, epoch, delta_rel, expected_num_pos,
-                     estimator_logits, check_values):
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def _check_arguments(method: str, logits: Tensor, arguments: dict, check_values: bool) -> None:
     if logits.ndim != 2:
         raise ValueError(f"logits must be B×L, got shape {tuple(logits.shape)}")
-    if observed.shape != logits.shape:
-        raise ValueError(f"observed has shape {tuple(observed.shape)}, logits {tuple(logits.shape)}")
-    if epoch < 1:
-        raise ValueError(f"epoch is 1-based, got {epoch}")
-    if delta_rel < 0:
-        raise ValueError(f"delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
-    if method in NEEDS_TRUE_LABELS:
-        if true_labels is None:
-            raise ValueError(f"method {method!r} needs true_labels (clean labels)")
-        if true_labels.shape != logits.shape:
-            raise ValueError(f"true_labels has shape {tuple(true_labels.shape)}, "
-                             f"logits {tuple(logits.shape)}")
-    if method in NEEDS_EXPECTED_NUM_POS and expected_num_pos is None:
-        raise ValueError(f"method {method!r} needs expected_num_pos (expected positives per image)")
-    if method == "role":
-        if estimator_logits is None:
-            raise ValueError("method 'role' needs estimator_logits (the label estimator's rows)")
-        if estimator_logits.shape != logits.shape:
-            raise ValueError(f"estimator_logits has shape {tuple(estimator_logits.shape)}, "
-                             f"logits {tuple(logits.shape)}")
+    for name, value in arguments.items():
+        if value is None:
+            raise ValueError(f"method {method!r} needs {name}")
+        if isinstance(value, Tensor) and value.shape != logits.shape:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}, logits {tuple(logits.shape)}")
+    if arguments.get("epoch", 1) < 1:
+        raise ValueError(f"epoch is 1-based, got {arguments['epoch']}")
+    if arguments.get("delta_rel", 0) < 0:
+        raise ValueError(f"delta_rel must be >= 0 (percent per epoch), got {arguments['delta_rel']}")
     if check_values:
+        observed = arguments["observed"]
         if not torch.isin(observed, torch.tensor([-1, 0, 1], device=observed.device)).all():
             raise ValueError("observed must contain only -1, 0, +1")
-        if method in NEEDS_TRUE_LABELS and not torch.isin(
+        true_labels = arguments.get("true_labels")
+        if true_labels is not None and not torch.isin(
                 true_labels, torch.tensor([0, 1], device=true_labels.device)).all():
             raise ValueError("true_labels must contain only 0 and 1")
-
-
-# --- state that outlives a batch ----------------------------------------------------------------
-
-def logit(probability: float) -> float:
-    return math.log(probability / (1 - probability))
-
-
-class LabelEstimator(nn.Module):
-    """ROLE's label estimator θ ∈ R^(N×L) over the whole training set (SPEC §5).
-
-    Memory: N·L float32 values, plus two Adam moments of the same size, so 12·N·L bytes on the
-    training device (COCO: 65,665 × 80 → 63 MB; OpenImages-size 1.7M × 5000 → 102 GB: too much).
-    Init: observed +1 → logit(0.995), −1 → logit(0.005), unobserved → U(−logit(0.6), logit(0.6)).
-    """
-
-    def __init__(self, observed: Tensor, seed: int):
-        super().__init__()
-        observed = torch.as_tensor(observed)
-        generator = torch.Generator().manual_seed(seed)
-        bound = logit(0.6)
-        init = (torch.rand(observed.shape, generator=generator) * 2 - 1) * bound
-        init[observed == 1] = logit(0.995)
-        init[observed == -1] = logit(0.005)
-        self.logits = nn.Parameter(init)
-
-    def forward(self, sample_ids: Tensor) -> Tensor:
-        """θ rows of the batch: B×L logits."""
-        return self.logits[sample_ids]
-
-
-class ObservedLabelStore:
-    """The observed labels of the training set, indexed by sample id, with LL-Cp's relabels.
-
-    Owned by the main process (data-loader workers never see it), so corrections survive
-    persistent workers; saved in checkpoints through `state_dict()`.
-    """
-
-    def __init__(self, observed, device: torch.device | str = "cpu"):
-        self.observed = torch.as_tensor(observed).to(device=device, dtype=torch.int8)
-        self._initial_positives = (self.observed == 1).sum()
-        self.num_unobserved = int((self.observed == 0).sum())  # before any relabel
-
-    @property
-    def num_classes(self) -> int:
-        return self.observed.shape[1]
-
-    def rows(self, sample_ids: Tensor) -> Tensor:
-        """B×L int8 observed labels of the batch."""
-        return self.observed[sample_ids]
-
-    def apply_relabel(self, sample_ids: Tensor, relabel: Tensor) -> None:
-        """Turn the True entries of `relabel` (B×L bool) into observed positives, permanently."""
-        rows = self.observed[sample_ids]
-        self.observed[sample_ids] = rows.masked_fill(relabel.to(rows.device), 1)
-
-    @property
-    def num_relabeled(self) -> int:
-        """Entries turned into observed positives so far (a host sync: call once per epoch)."""
-        return int((self.observed == 1).sum() - self._initial_positives)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"observed": self.observed.cpu(), "initial_positives": self._initial_positives.cpu()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state["observed"].shape != self.observed.shape:
-            raise ValueError(f"observed labels in the checkpoint have shape "
-                             f"{tuple(state['observed'].shape)}, expected {tuple(self.observed.shape)}")
-        self.observed = state["observed"].to(device=self.observed.device, dtype=torch.int8)
-        self._initial_positives = state["initial_positives"].to(self.observed.device)

@@ -1,23 +1,23 @@
-"""The methods after the LL paper as pure functions of tensors (SPEC_PEERS §1–§4).
+"""The methods after the LL paper as pure functions of tensors (docs/methods.md).
 
 BoostLU (Kim et al., CVPR 2023), EM and EM+APL (Zhou et al., ECCV 2022), Hill and SPLC (Zhang et al.,
 arXiv 2112.07368), GR loss (Chen et al., IJCAI 2024). Later wrapped as registered method objects;
 nothing here holds state: the stores that outlive a batch (APL's soft targets) are passed in.
 
-Encodings (SPEC §1):
+Encodings (docs/protocol.md §Label encodings):
     logits    B×L, any float dtype (computed in float32, or float64 if given)
     observed  B×L in {-1, 0, +1}: observed negative, unobserved, observed positive
     epoch     1-based, t = 1…T (SPLC's 0-based e_c = 1 is start_epoch = 2 here)
 
 Every loss is computed from logits (sp(z) = log(1+e^z), −log p = sp(−x), −log(1−p) = sp(x)), not
-from −log(p + ε) on probabilities as the reference code does (SPEC_PEERS §0). Each loss function
+from −log(p + ε) on probabilities as the reference code does (docs/methods.md). Each loss function
 returns losses.LossOutput(loss, modified, relabel), reduced as R(M) = Σ M / (B·L) unless stated:
     modified  B×L bool: entries scored under a label other than the observed one in this batch
               (SPLC's temporary flips, EM+APL's pseudo-negatives); all False otherwise
     relabel   B×L bool, always all False: none of these methods writes a label permanently from
               the loss (APL's pseudo-labels come from `apl_pass`, once per epoch)
 
-Paper or reference code. The four papers' full texts were not readable (SPEC_PEERS §6): where the
+Paper or reference code. The four papers' full texts were not readable (docs/methods.md): where the
 two are known to differ, or the code has a defect, the default is the paper / the defect-free form
 and the authors' behaviour is behind a keyword argument, commented "paper" / "authors' code".
 Observed negatives (−1) are in none of the reference codes; each function says what it does with
@@ -25,7 +25,6 @@ them.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -34,14 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from largeloss.methods.losses import LossOutput, bce
-from largeloss.nn.models import boostlu  # the head activation lives with the model (model → method layering)
 
-__all__ = ["boostlu", "binary_entropy", "em_per_entry", "em_loss", "apl_unobserved_counts",
+__all__ = ["binary_entropy", "em_per_entry", "em_loss", "apl_unobserved_counts",
            "apl_num_per_pass", "apl_pass_after_epoch", "apl_pass", "hill_per_entry", "hill_loss",
-           "splc_per_entry", "splc_loss", "GRSchedule", "gr_schedule", "gr_per_entry", "gr_loss",
-           "PEER_PRESETS", "PEER_PAPER_MAP", "PEER_PAPER_STD", "PEER_RERUN_MAP"]
+           "splc_per_entry", "splc_loss", "GRSchedule", "gr_schedule", "gr_per_entry", "gr_loss"]
 
-# --- the authors' defaults (SPEC_PEERS §1.3, §2.3, §3.1–3.2, §4.2) ------------------------------
+# --- the authors' defaults (docs/methods.md §Flags of the later methods) --------------------------
 BOOSTLU_ALPHA = 5.0
 BOOSTLU_DELTA_REL = {"LL-R": 0.5, "LL-Ct": 0.2, "LL-Cp": 0.1}  # percent per epoch, every dataset
 # EM / APL: the reference sets them per dataset; these are pascal's, its CLI's default dataset.
@@ -57,7 +54,7 @@ SPLC_TAU = 0.6
 SPLC_MARGIN = 1.0
 SPLC_GAMMA = 2.0
 SPLC_START_EPOCH = 2  # 1-based; the code's 0-based e ≥ e_c = 1
-# Hill and SPLC's reduction. Their code sums over the B·L entries (SPEC_PEERS §3.1, §3.2); this
+# Hill and SPLC's reduction. Their code sums over the B·L entries (docs/methods.md); this
 # project runs R, the mean of every other method, as the default, the CLI's and the preset's
 # (`--reduction sum` is theirs). The one place both are written.
 FOCAL_REDUCTION = "mean"
@@ -93,7 +90,7 @@ def _output(loss: Tensor, modified: Tensor | None, like: Tensor) -> LossOutput:
     return LossOutput(loss=loss, modified=nothing if modified is None else modified, relabel=nothing)
 
 
-# --- EM and APL (SPEC_PEERS §2) -------------------------------------------------------------------
+# --- EM and APL (docs/methods.md §EM, §EM+APL) ----------------------------------------------------
 
 def binary_entropy(logits: Tensor) -> Tensor:
     """H(p) = −p·log p − (1−p)·log(1−p), p = σ(x), per entry, from logits: p·sp(−x) + (1−p)·sp(x)."""
@@ -104,14 +101,14 @@ def binary_entropy(logits: Tensor) -> Tensor:
 def em_per_entry(logits: Tensor, observed: Tensor, *, alpha: float = EM_ALPHA,
                  pseudo_targets: Tensor | None = None, pseudo_mask: Tensor | None = None,
                  beta: float = APL_BETA) -> Tensor:
-    """B×L per-entry EM loss (SPEC_PEERS §2.1), with APL's soft pseudo-negatives (§2.2).
+    """B×L per-entry EM loss (docs/methods.md §EM), with APL's soft pseudo-negatives (§EM+APL).
 
         y = +1:                      −log p
         y = 0, not pseudo-labelled:  −α·H(p), in [−α·ln 2, 0]: drives the logit towards 0
         y = 0, pseudo-negative s:    β·[s·(−log p) + (1−s)·(−log(1−p))], β·BCE with soft target s
         y = −1:                      −log(1−p). An extension: the reference asserts y ≥ 0.
     pseudo_targets (B×L float, s = p at labelling time) and pseudo_mask (B×L bool) are APL's store,
-    kept apart from `observed` (SPEC_PEERS §2.2 "Hazard"); the mask acts on unobserved entries only,
+    kept apart from `observed` (docs/methods.md); the mask acts on unobserved entries only,
     and pseudo_targets is read only under the mask. The loss can be negative: never clamp it.
     """
     _check_shapes(logits, observed)
@@ -145,7 +142,7 @@ def apl_unobserved_counts(observed: Tensor) -> Tensor:
 
 def apl_num_per_pass(unobserved_counts: Tensor, *, warmup_epochs: int = APL_WARMUP_EPOCHS,
                      num_epochs: int = APL_NUM_EPOCHS, proportion: float = APL_PROPORTION) -> Tensor:
-    """n_j = ⌊θ·U_j / (T − T_w)⌋ pseudo-negatives per class and pass (SPEC_PEERS §2.2; poster θ′).
+    """n_j = ⌊θ·U_j / (T − T_w)⌋ pseudo-negatives per class and pass (docs/methods.md; poster θ′).
 
     The quotient is rounded to 9 decimals before the floor, so an exact quotient floors to itself
     even when float arithmetic lands just below it (where the reference's int() gives one less).
@@ -173,7 +170,7 @@ def apl_pass_after_epoch(epoch: int, *, warmup_epochs: int = APL_WARMUP_EPOCHS,
 
 def apl_pass(probs: Tensor, observed: Tensor, pseudo_targets: Tensor, pseudo_mask: Tensor,
              num_per_pass: Tensor) -> tuple[Tensor, Tensor]:
-    """One APL pass over the training set (SPEC_PEERS §2.2): new (pseudo_targets, pseudo_mask).
+    """One APL pass over the training set (docs/methods.md §EM+APL): new (pseudo_targets, pseudo_mask).
 
     Args:
         probs: N×L σ(x) of the whole training set (eval mode, no gradient), indexed by dataset index.
@@ -191,7 +188,7 @@ def apl_pass(probs: Tensor, observed: Tensor, pseudo_targets: Tensor, pseudo_mas
     return new_targets, pseudo_mask | selected
 
 
-# --- Hill and SPLC (SPEC_PEERS §3) ----------------------------------------------------------------
+# --- Hill and SPLC (docs/methods.md §Hill, §SPLC) -------------------------------------------------
 
 def _focal_positive(logits: Tensor, gamma: float) -> Tensor:
     """−(1 − r)^γ·log r, r = σ(z); the focal weight is not detached."""
@@ -205,7 +202,7 @@ def _focal_negative(logits: Tensor, gamma: float) -> Tensor:
 
 def hill_per_entry(logits: Tensor, observed: Tensor, *, lam: float = HILL_LAMBDA,
                    margin: float = HILL_MARGIN, gamma: float = HILL_GAMMA) -> Tensor:
-    """B×L per-entry Hill loss (SPEC_PEERS §3.1).
+    """B×L per-entry Hill loss (docs/methods.md §Hill).
 
         y = +1:         focal margin, −(1 − p_m)^γ·log p_m with p_m = σ(x − m)
         otherwise:      (λ − p)·p², no margin, no focal factor; ∂/∂x = p²(1−p)(2λ − 3p)
@@ -222,7 +219,7 @@ def hill_loss(logits: Tensor, observed: Tensor, *, lam: float = HILL_LAMBDA,
               margin: float = HILL_MARGIN, gamma: float = HILL_GAMMA,
               reduction: str = FOCAL_REDUCTION) -> LossOutput:
     """Hill. reduction "mean" is R, the project's protocol; "sum" is the authors' code (Σ over B·L).
-    With Adam and no weight decay the two differ only through Adam's ε (SPEC_PEERS §3.3)."""
+    With Adam and no weight decay the two differ only through Adam's ε (docs/methods.md §SPLC)."""
     per_entry = hill_per_entry(logits, observed, lam=lam, margin=margin, gamma=gamma)
     return _output(_reduce(per_entry, reduction), None, logits)
 
@@ -230,7 +227,7 @@ def hill_loss(logits: Tensor, observed: Tensor, *, lam: float = HILL_LAMBDA,
 def splc_per_entry(logits: Tensor, observed: Tensor, epoch: int, *, tau: float = SPLC_TAU,
                    margin: float = SPLC_MARGIN, gamma: float = SPLC_GAMMA,
                    start_epoch: int = SPLC_START_EPOCH) -> tuple[Tensor, Tensor]:
-    """B×L per-entry SPLC loss and the B×L bool of entries flipped to positive (SPEC_PEERS §3.2).
+    """B×L per-entry SPLC loss and the B×L bool of entries flipped to positive (docs/methods.md §SPLC).
 
     z = x − m on observed positives, z = x elsewhere; r = σ(z). From 1-based epoch `start_epoch`
     on, unobserved entries with σ(x) > τ (strict) count as positives in this batch only, scored
@@ -262,7 +259,7 @@ def splc_loss(logits: Tensor, observed: Tensor, epoch: int, *, tau: float = SPLC
     return _output(_reduce(per_entry, reduction), flipped, logits)
 
 
-# --- GR loss (SPEC_PEERS §4) ----------------------------------------------------------------------
+# --- GR loss (docs/methods.md §GR) ----------------------------------------------------------------
 
 @dataclass(frozen=True)
 class GRSchedule:
@@ -276,14 +273,14 @@ class GRSchedule:
 def gr_schedule(epoch: int, *, num_epochs: int = GR_NUM_EPOCHS, linear_init: int = GR_LINEAR_INIT,
                 beta: tuple = GR_BETA, alpha: tuple = GR_ALPHA,
                 reference_off_by_one: bool = True) -> GRSchedule:
-    """(w_t, b_t, μ_t, σ_t) at 1-based `epoch` (SPEC_PEERS §4.2); beta = (w₀, w_T, b₀, b_T),
+    """(w_t, b_t, μ_t, σ_t) at 1-based `epoch` (docs/methods.md §GR); beta = (w₀, w_T, b₀, b_T),
     alpha = (μ₀, σ₀, μ_T, σ_T), n = linear_init, T = num_epochs.
 
     reference_off_by_one=True (default; authors' code, which produced the published numbers):
         w, b move by max(t − n − 1, 0)/(T − n): they reach only (T−n−1)/(T−n) of the way at t = T;
         μ, σ move by max(t − n, 0)/(T − n): they already move at t = n+1 and arrive at t = T.
     False: w and b follow μ and σ's progress, so all four arrive at t = T. This is the project's
-    reading of "w_T", not a form taken from the paper (unread, SPEC_PEERS §6).
+    reading of "w_T", not a form taken from the paper (unread).
     """
     if not 1 <= epoch <= num_epochs or not 0 <= linear_init < num_epochs:
         raise ValueError(f"need 1 <= epoch <= num_epochs and 0 <= linear_init < num_epochs, got "
@@ -304,10 +301,10 @@ def _generalised_ce(log_prob: Tensor, q: float) -> Tensor:
 
 def gr_per_entry(logits: Tensor, observed: Tensor, schedule: GRSchedule, *, q2: float = GR_Q2,
                  q3: float = GR_Q3, observed_negatives: str = "bce") -> Tensor:
-    """B×L per-entry GR loss (SPEC_PEERS §4.1), with p̄ = σ(x) detached:
+    """B×L per-entry GR loss (docs/methods.md §GR), with p̄ = σ(x) detached:
 
         y = +1:  −log p, plain CE as in the code (whether the paper's positives use L1 with some q₁
-                 is unknown, SPEC_PEERS §6)
+                 is unknown: the paper was not readable)
         y = 0:   v(p̄)·[k̂(p̄)·L1(p; q₂) + (1 − k̂(p̄))·L2(p; q₃)], k̂ and v constants (no gradient)
                  L1(p; q) = (1 − p^q)/q, L2(p; q) = (1 − (1−p)^q)/q
         y = −1:  observed_negatives="bce": −log(1 − p), an extension (default);
@@ -339,103 +336,13 @@ def gr_loss(logits: Tensor, observed: Tensor, epoch: int, *, num_epochs: int = G
     return _output(_reduce(per_entry), None, logits)
 
 
-# --- the authors' published hyper-parameters and numbers, as plain data ---------------------------
-#
-# PEER_PRESETS[method][dataset] = {"model": kwargs of models.MultiLabelNet, "loss": kwargs of the
-# method's loss function here (losses.compute_loss for the LL schemes), "apl": kwargs of the apl_*
-# functions, "train": the recipe}. Sources: SPEC_PEERS §1.3 (BoostLU: README command and config.py,
-# the same for every dataset), §2.3 (EM/APL: main.py, per dataset), §3.1–3.3 (Hill/SPLC: losses.py
-# defaults), §4.2–4.3 (GR: config.py defaults; GR publishes no per-dataset values).
-# lr is the backbone's; head_lr_mult multiplies it for the head. early_stop: "patience0" stops at
-# the first epoch whose val mAP does not improve; a number stops when val mAP falls more than that
-# many points below the best.
 
-PEER_DATASETS = ("pascal", "coco", "nuswide", "cub")
-
-
-def _boostlu_preset(scheme: str) -> dict:
-    return {"model": {"boost_alpha": BOOSTLU_ALPHA},
-            "loss": {"delta_rel": BOOSTLU_DELTA_REL[scheme]},
-            "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
-                      "batch_size": 16, "num_epochs": 10}}
-
-
-# EM / EM+APL per dataset (SPEC_PEERS §2.3): batch, lr, α, T_w, β. θ = 0.9 and T = 10 for all.
-_EM_TABLE = {"pascal": (8, 1e-5, 0.2, 5, 0.02), "coco": (16, 1e-5, 0.1, 5, 0.9),
-             "nuswide": (16, 1e-5, 0.1, 4, 0.2), "cub": (8, 1e-4, 0.01, 3, 0.4)}
-
-
-def _em_preset(dataset: str, with_apl: bool) -> dict:
-    batch_size, lr, alpha, warmup_epochs, beta = _EM_TABLE[dataset]
-    train = {"optimizer": "adam", "lr": lr, "head_lr_mult": 1, "weight_decay": 0.0,
-             "batch_size": batch_size, "num_epochs": APL_NUM_EPOCHS, "early_stop": "patience0"}
-    if not with_apl:
-        return {"model": {}, "loss": {"alpha": alpha}, "train": train}
-    return {"model": {}, "loss": {"alpha": alpha, "beta": beta}, "train": train,
-            "apl": {"warmup_epochs": warmup_epochs, "num_epochs": APL_NUM_EPOCHS,
-                    "proportion": APL_PROPORTION}}
-
-
-# Hill / SPLC: the loss hyper-parameters only, the same for every dataset. Their recipe (batch 128,
-# Adam 1e-4, OneCycle, weight decay, EMA, RandAugment, selection on the test set) is not the Cole
-# protocol (SPEC_PEERS §3.3), so no training values are carried, and the reduction is the
-# protocol's mean, not their sum (FOCAL_REDUCTION). SPLC's τ = 0.65 is for COCO with 75 % of the
-# labels kept, not the single-positive setting.
-_HILL = {"model": {}, "loss": {"lam": HILL_LAMBDA, "margin": HILL_MARGIN, "gamma": HILL_GAMMA,
-                               "reduction": FOCAL_REDUCTION}, "train": {}}
-_SPLC = {"model": {}, "loss": {"tau": SPLC_TAU, "margin": SPLC_MARGIN, "gamma": SPLC_GAMMA,
-                               "start_epoch": SPLC_START_EPOCH, "reduction": FOCAL_REDUCTION},
-         "train": {}}
-# GR: the repository's defaults for every dataset (its only runnable values, SPEC_PEERS §4.3).
-_GR = {"model": {}, "loss": {"num_epochs": GR_NUM_EPOCHS, "linear_init": GR_LINEAR_INIT,
-                             "beta": GR_BETA, "alpha": GR_ALPHA, "q2": GR_Q2, "q3": GR_Q3},
-       "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
-                 "batch_size": 8, "num_epochs": GR_NUM_EPOCHS, "early_stop": 2.0}}
-
-PEER_PRESETS: dict[str, dict[str, dict]] = {
-    **{f"{scheme}+BoostLU": {dataset: _boostlu_preset(scheme) for dataset in PEER_DATASETS}
-       for scheme in BOOSTLU_DELTA_REL},
-    "EM": {dataset: _em_preset(dataset, with_apl=False) for dataset in PEER_DATASETS},
-    "EM+APL": {dataset: _em_preset(dataset, with_apl=True) for dataset in PEER_DATASETS},
-    "Hill": {dataset: copy.deepcopy(_HILL) for dataset in PEER_DATASETS},
-    "SPLC": {dataset: copy.deepcopy(_SPLC) for dataset in PEER_DATASETS},
-    "GR": {dataset: copy.deepcopy(_GR) for dataset in PEER_DATASETS},
-}
 
 # GR's follow-up AEVLP (GPR loss, same code lineage) per dataset: a hint, not GR's own values
-# (SPEC_PEERS §4.3). α = (0.5, 2, 0.8, 0.5), q₂ = 0.01 and lr 1e-5 for all.
+# (GR publishes none). α = (0.5, 2, 0.8, 0.5), q₂ = 0.01 and lr 1e-5 for all.
 GR_AEVLP_HINTS = {
     "pascal": {"beta": (0.0, 2.0, -2.0, -2.0), "q3": 1.0, "num_epochs": 8, "batch_size": 8},
     "coco": {"beta": (0.0, 10.0, -2.0, -8.0), "q3": 1.0, "num_epochs": 8, "batch_size": 16},
     "nuswide": {"beta": (0.0, 10.0, -2.0, -8.0), "q3": 1.0, "num_epochs": 10, "batch_size": 16},
     "cub": {"beta": (0.0, 10.0, -2.0, -8.0), "q3": 1.5, "num_epochs": 10, "batch_size": 8},
 }
-
-# Published test mAP (0-100), ResNet-50, end to end. PEER_PAPER_MAP[dataset][method].
-# BoostLU: README image quantitative1.png (SPEC_PEERS §1.4); EM: the ECCV poster, mean over an
-# unstated number of seeds, std in PEER_PAPER_STD (§2.4; its NUS is the official image set, not
-# Cole's re-crawl); GR: AEVLP's README image citing GR (§4.4). Hill/SPLC: the paper's tables were
-# not readable and the aggregator's values have no clear protocol (§3.4), so none are listed.
-_PEER_COLUMNS = {  # method: pascal, coco, nuswide, cub
-    "LL-R+BoostLU": (89.29, 72.89, 49.59, 19.80),
-    "LL-Ct+BoostLU": (88.61, 71.78, 48.37, 19.25),
-    "LL-Cp+BoostLU": (87.81, 71.41, 48.61, 19.34),
-    "EM": (89.09, 70.70, 47.15, 20.85),
-    "EM+APL": (89.19, 70.87, 47.59, 21.84),
-    "GR": (89.83, 73.17, 49.08, 21.64),
-}
-PEER_PAPER_MAP = {dataset: {method: row[column] for method, row in _PEER_COLUMNS.items()}
-                  for column, dataset in enumerate(PEER_DATASETS)}
-_PEER_STD_COLUMNS = {"EM": (0.17, 0.31, 0.11, 0.42), "EM+APL": (0.31, 0.23, 0.22, 0.34)}
-PEER_PAPER_STD = {dataset: {method: row[column] for method, row in _PEER_STD_COLUMNS.items()}
-                  for column, dataset in enumerate(PEER_DATASETS)}
-# The baselines these papers re-ran themselves (same sources): BoostLU's LL re-runs (Adam 1e-5 for
-# every dataset, below the LL paper's own numbers) and the EM poster's full-label BCE and AN.
-_RERUN_COLUMNS = {
-    "BoostLU": {"LL-R": (88.27, 70.70, 48.76, 19.56), "LL-Ct": (87.79, 70.29, 48.08, 19.06),
-                "LL-Cp": (87.44, 70.27, 47.92, 19.21)},
-    "EM": {"bce": (89.42, 76.78, 52.08, 30.90), "an": (85.89, 64.92, 42.27, 18.31)},
-}
-PEER_RERUN_MAP = {paper: {dataset: {method: row[column] for method, row in rows.items()}
-                          for column, dataset in enumerate(PEER_DATASETS)}
-                  for paper, rows in _RERUN_COLUMNS.items()}

@@ -1,7 +1,8 @@
 """Training methods as objects: each owns the state it keeps across batches, the trainer calls it.
 
 A method is built from the training split's labels and its hyper-parameters, computes the batch
-loss from logits and sample ids (through the pure, tested `losses.compute_loss`), and keeps what
+loss from logits and sample ids (through its own pure, tested function in losses.py or
+peer_losses.py), and keeps what
 outlives a batch: the observed labels with LL-Cp's permanent relabels, ROLE's label estimator.
 The trainer never asks which method it runs; it calls
 
@@ -17,7 +18,7 @@ Adding a method: one subclass of `Method`, decorated with `@register`, its tests
 modify a base loss (the large-loss schemes modify `an`, APL modifies `em`).
 
 The methods after the LL paper (BoostLU's head is a model option, --boostlu_alpha; EM, EM+APL, Hill,
-SPLC, GR) wrap the pure maths of peer_losses.py (SPEC_PEERS).
+SPLC, GR) wrap the pure maths of peer_losses.py (docs/methods.md).
 
     import torch, methods
     observed = torch.tensor([[1, 0, 0], [0, 1, 0]])              # N×L in {-1, 0, +1}
@@ -35,10 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from largeloss.data.sparse_labels import SparseLabelStore
-from largeloss.methods import peer_losses
-from largeloss.methods.losses import (LLCP_RELABEL, LabelEstimator, LossOutput, ObservedLabelStore,
-                                      compute_loss, ll_num_modified)
+from largeloss.methods import losses, peer_losses
+from largeloss.methods.label_stores import LabelEstimator, LabelStore, build_label_store
+from largeloss.methods.losses import LLCP_RELABEL, LossOutput, ll_num_modified, to_observed
 from largeloss.utils.errors import InputError
 
 METHODS: dict[str, type[Method]] = {}
@@ -94,21 +94,27 @@ def chosen_hyper_parameters(name: str, hyper: dict | None = None, **named) -> di
 
 
 def build(name: str, observed, true_labels=None, *, device: torch.device | str = "cpu",
-          hyper: dict | None = None, **named) -> Method:
+          hyper: dict | None = None, unknown: float = 0, **named) -> Method:
     """The method `name` for a training split.
 
     Args:
-        observed: N×L in {-1, 0, +1}, the training split's observed labels, or a ready
-            sparse_labels.SparseLabelStore (label sets too large for an N×L matrix), used as is.
+        observed: the training split's observed labels: N×L in {-1, 0, +1} (numpy or tensor), a
+            SparseLabels (label sets too large for an N×L matrix), or a ready label store
+            (label_stores.build_label_store decides).
         true_labels: N×L in {0, 1} or None; given only to methods that declare needs_true_labels.
         hyper: every hyper-parameter the caller holds (e.g. Config.method_hyper_parameters():
             delta_rel, expected_num_pos, seed, estimator_lr_mult, num_epochs, em_alpha, ...).
+        unknown: the value marking unknown entries of a dense `observed`: 0 (labels in
+            {-1, 0, +1}), NaN (labels in {0, 1, NaN}, as mlcpl) or an ignore index such as -100
+            (labels in {0, 1, -100}, as torchmetrics); converted here by losses.to_observed.
         named: hyper-parameters by keyword (delta_rel=20.0), over `hyper`.
     Each method takes the ones it declares in `hyper_parameters`; those not offered take the
     method's defaults (the authors'). A value the method cannot run with is a ValueError.
     """
     cls = method_class(name)
     chosen = chosen_hyper_parameters(name, hyper, **named)
+    if unknown != 0:
+        observed = to_observed(observed, unknown)
     return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
 
 
@@ -117,18 +123,16 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def label_store(observed, device, name: str, dense_bytes_per_entry: int):
-    """A SparseLabelStore as is (refused for a method keeping `dense_bytes_per_entry` > 0 bytes
-    of N×L state: InputError with the memory it would need), else an ObservedLabelStore."""
-    if not isinstance(observed, SparseLabelStore):
-        return ObservedLabelStore(observed, device)
-    if dense_bytes_per_entry:
-        num_images, num_classes = observed.num_images, observed.num_classes
+def refuse_dense_state(labels: LabelStore, name: str, dense_bytes_per_entry: int) -> None:
+    """A method keeping `dense_bytes_per_entry` > 0 bytes of N×L state cannot run on a store that
+    holds only the labelled entries (whose point is that N×L does not fit): InputError with the
+    memory it would need."""
+    if dense_bytes_per_entry and not labels.holds_every_entry:
+        num_images, num_classes = labels.num_images, labels.num_classes
         needed = num_images * num_classes * dense_bytes_per_entry
         raise InputError(f"--loss {name} keeps an N×L estimator: {_count(num_images)} × "
                          f"{_count(num_classes)} × {dense_bytes_per_entry} bytes = "
                          f"{_size(needed)}; not with sparse labels (--dataset openimages)")
-    return observed
 
 
 def _count(number: int) -> str:
@@ -153,10 +157,12 @@ class Method:
         modifies_entries: reports LL modifications (--track_train's corrections.json).
         hyper_parameters: the keyword arguments of __init__ that `build` passes.
         dense_bytes_per_entry: bytes of N×L state the method keeps besides the labels (refused
-            on a SparseLabelStore, whose point is that N×L does not fit).
+            on a store holding only the labelled entries, whose point is that N×L does not fit).
         composes_with_boostlu: the BoostLU paper trains it with its head (--boostlu_alpha).
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
             num_epochs), so it cannot follow LinearInit, whose two phases each restart the count.
+        uses_training_set_pass: its end_epoch asks for the N×L logits of the training set (the
+            trainer refuses at start a run whose N×L float32 scores would not fit in memory).
     """
     name: ClassVar[str]
     base_loss: ClassVar[str | None] = None
@@ -168,16 +174,17 @@ class Method:
     dense_bytes_per_entry: ClassVar[int] = 0
     composes_with_boostlu: ClassVar[bool] = False
     schedule_spans_the_run: ClassVar[bool] = False
+    uses_training_set_pass: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
-        self.labels = label_store(observed, device, self.name, self.dense_bytes_per_entry)
+        self.labels = build_label_store(observed, device)
+        refuse_dense_state(self.labels, self.name, self.dense_bytes_per_entry)
         self.true_labels = (None if true_labels is None
                             else torch.as_tensor(np.asarray(true_labels), device=device))
         if self.needs_true_labels and true_labels is None:
             raise InputError(f"--loss {self.name} needs clean training labels (custom data: "
                              f"train_clean.csv; OpenImages has none)")
-        self.check_labels(self.labels.values if isinstance(self.labels, SparseLabelStore)
-                          else self.labels.observed)  # the labelled entries, or all of them
+        self.check_labels(self.labels.labelled_values())
 
     @classmethod
     def check_labels(cls, observed: Tensor) -> None:
@@ -193,17 +200,12 @@ class Method:
 
     def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
         """The loss on a batch. logits: B×L; sample_ids: B training-set rows on the logits'
-        device; epoch: 1-based, counted within the training phase. No host sync."""
-        return compute_loss(self.name, logits, self.labels.rows(sample_ids),
-                            true_labels=self._true_rows(sample_ids), epoch=epoch,
-                            check_values=False, **self._loss_arguments(sample_ids))
+        device; epoch: 1-based, counted within the training phase. No host sync. Each method
+        calls its own pure loss function (losses.py, peer_losses.py)."""
+        raise NotImplementedError
 
     def _true_rows(self, sample_ids: Tensor) -> Tensor | None:
         return None if self.true_labels is None else self.true_labels[sample_ids]
-
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        """Extra keyword arguments of compute_loss for this method."""
-        return {}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         """Called after each optimiser step with the step's output."""
@@ -240,12 +242,18 @@ class BCE(Method):
     name = "bce"
     needs_true_labels = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.bce_loss(logits, self._true_rows(sample_ids))
+
 
 @register
 class BCELabelSmoothing(Method):
     """Full-label BCE with label smoothing ε = 0.1."""
     name = "bce_ls"
     needs_true_labels = True
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.bce_ls_loss(logits, self._true_rows(sample_ids))
 
 
 @register
@@ -254,12 +262,18 @@ class IgnoreUnobservedPositives(Method):
     name = "iun"
     needs_true_labels = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.iun_loss(logits, self.labels.rows(sample_ids), self._true_rows(sample_ids))
+
 
 @register
 class IgnoreUnobserved(Method):
     """IU: observed positives and observed negatives only."""
     name = "iu"
     needs_observed_negatives = True
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.iu_loss(logits, self.labels.rows(sample_ids))
 
 
 @register
@@ -268,17 +282,26 @@ class AssumeNegative(Method):
     name = "an"
     composes_with_boostlu = True
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.an_loss(logits, self.labels.rows(sample_ids))
+
 
 @register
 class AssumeNegativeLabelSmoothing(Method):
     """AN-LS: AN with label smoothing ε = 0.1."""
     name = "an_ls"
 
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.an_ls_loss(logits, self.labels.rows(sample_ids))
+
 
 @register
 class WeakAssumeNegative(Method):
     """WAN: AN with negatives down-weighted by 1/(L−1)."""
     name = "wan"
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.wan_loss(logits, self.labels.rows(sample_ids))
 
 
 @register
@@ -292,13 +315,13 @@ class ExpectedPositiveRegularisation(Method):
         super().__init__(observed, true_labels, device=device)
         self.expected_num_pos = expected_num_pos
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"expected_num_pos": self.expected_num_pos}
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.epr_loss(logits, self.labels.rows(sample_ids), self.expected_num_pos)
 
 
 @register
 class OnlineLabelEstimation(Method):
-    """ROLE: the classifier and an N×L label estimator θ teach each other (SPEC §5). θ trains at
+    """ROLE: the classifier and an N×L label estimator θ teach each other (docs/methods.md). θ trains at
     estimator_lr_mult × the phase's learning rate, without weight decay."""
     name = "role"
     needs_expected_num_pos = True
@@ -312,9 +335,9 @@ class OnlineLabelEstimation(Method):
         self.estimator_lr_mult = estimator_lr_mult
         self.estimator: nn.Module = LabelEstimator(observed, seed).to(device)
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"expected_num_pos": self.expected_num_pos,
-                "estimator_logits": self.estimator(sample_ids)}
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.role_loss(logits, self.labels.rows(sample_ids), self.estimator(sample_ids),
+                                self.expected_num_pos)
 
     def parameter_groups(self, base_lr: float) -> list[dict]:
         return [{"params": list(self.estimator.parameters()),
@@ -332,7 +355,7 @@ class OnlineLabelEstimation(Method):
 
 class LargeLoss(Method):
     """AN whose largest unobserved losses are modified, k per batch growing with the epoch
-    (SPEC §4); Δrel in percent per epoch."""
+    (docs/methods.md §LL schedule); Δrel in percent per epoch."""
     base_loss = "an"
     modifies_entries = True
     hyper_parameters = ("delta_rel",)
@@ -344,8 +367,11 @@ class LargeLoss(Method):
             raise ValueError(f"delta_rel must be >= 0 (percent per epoch), got {delta_rel}")
         self.delta_rel = delta_rel
 
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"delta_rel": self.delta_rel}
+    llcp_relabel = "above"  # LL-R / LL-Ct relabel nothing; LL-Cp takes it as a hyper-parameter
+
+    def loss(self, logits: Tensor, sample_ids: Tensor, epoch: int) -> LossOutput:
+        return losses.large_loss(logits, self.labels.rows(sample_ids), self.name, epoch,
+                                 self.delta_rel, self.llcp_relabel)
 
 
 @register
@@ -364,8 +390,8 @@ class LargeLossCorrectionTemporary(LargeLoss):
 class LargeLossCorrectionPermanent(LargeLoss):
     """LL-Cp: the entries above the threshold become observed positives for good.
 
-    llcp_relabel "above" (SPEC §4): the candidates strictly above the k-th largest loss; "modified":
-    every modified candidate, loss ≥ it (BoostLU's code, SPEC_PEERS §1.2)."""
+    llcp_relabel "above" (the LL paper): the candidates strictly above the k-th largest loss; "modified":
+    every modified candidate, loss ≥ it (BoostLU's code; docs/methods.md §LL-R, LL-Ct, LL-Cp)."""
     name = "LL-Cp"
     hyper_parameters = ("delta_rel", "llcp_relabel")
 
@@ -379,9 +405,6 @@ class LargeLossCorrectionPermanent(LargeLoss):
         super().check_hyper_parameters(hyper)
         _require(hyper.get("llcp_relabel", "above") in LLCP_RELABEL,
                  f"--llcp_relabel must be one of {LLCP_RELABEL}, got {hyper.get('llcp_relabel')!r}")
-
-    def _loss_arguments(self, sample_ids: Tensor) -> dict:
-        return {"delta_rel": self.delta_rel, "llcp_relabel": self.llcp_relabel}
 
     def after_step(self, sample_ids: Tensor, output: LossOutput) -> None:
         self.labels.apply_relabel(sample_ids, output.relabel)
@@ -400,12 +423,12 @@ class LargeLossCorrectionPermanent(LargeLoss):
 
 
 
-# --- after the LL paper (SPEC_PEERS): the maths is peer_losses.py's ---------------------------------
+# --- after the LL paper (docs/methods.md): the maths is peer_losses.py's ----------------------------
 
 @register
 class EntropyMaximisation(Method):
-    """EM (Zhou et al., ECCV 2022): −log p on positives, −α·H(p) on unobserved entries (SPEC_PEERS
-    §2.1); observed negatives get BCE (an extension). The loss can be negative."""
+    """EM (Zhou et al., ECCV 2022): −log p on positives, −α·H(p) on unobserved entries (docs/methods.md
+    §EM); observed negatives get BCE (an extension). The loss can be negative."""
     name = "em"
     hyper_parameters = ("em_alpha",)
 
@@ -426,7 +449,7 @@ class EntropyMaximisation(Method):
 @register
 class AsymmetricPseudoLabelling(EntropyMaximisation):
     """EM+APL (Zhou et al., ECCV 2022): EM, plus soft pseudo-negatives from a pass over the training
-    set after epochs T_w … T−1, scored β·BCE(x, s) with s = p at labelling (SPEC_PEERS §2.2).
+    set after epochs T_w … T−1, scored β·BCE(x, s) with s = p at labelling (docs/methods.md §EM+APL).
 
     The pseudo-negatives live in their own N×L store (soft targets float32 + mask bool, 5 bytes per
     entry: COCO 26 MB), never in the ±1 observed labels, and go into every checkpoint. `modified`
@@ -436,6 +459,7 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
     hyper_parameters = ("em_alpha", "apl_beta", "apl_warmup_epochs", "apl_proportion", "num_epochs")
     schedule_spans_the_run = True
     dense_bytes_per_entry = 5  # the N×L soft pseudo-negatives (float32) and their mask
+    uses_training_set_pass = True  # the pseudo-labelling pass (end_epoch)
 
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  em_alpha: float = peer_losses.EM_ALPHA, apl_beta: float = peer_losses.APL_BETA,
@@ -479,10 +503,6 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
         self.pseudo_targets, self.pseudo_mask = peer_losses.apl_pass(
             probs, self.labels.observed, self.pseudo_targets, self.pseudo_mask, self.num_per_pass)
 
-    @property
-    def num_pseudo_negatives(self) -> int:
-        return int(self.pseudo_mask.sum())
-
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pseudo_targets": self.pseudo_targets.cpu(),
                 "pseudo_mask": self.pseudo_mask.cpu()}
@@ -506,7 +526,7 @@ def _check_reduction(hyper: dict) -> None:
 @register
 class Hill(Method):
     """Hill (Zhang et al., 2021): focal-margin positives, (λ − p)·p² on every other entry
-    (SPEC_PEERS §3.1)."""
+    (docs/methods.md §Hill)."""
     name = "hill"
     hyper_parameters = ("hill_lambda", "focal_margin", "focal_gamma", "reduction")
 
@@ -530,7 +550,7 @@ class Hill(Method):
 @register
 class SelfPacedLossCorrection(Method):
     """SPLC (Zhang et al., 2021): focal margin loss; from epoch 2 on, unobserved entries with
-    σ(x) > τ count as positives in their batch, never stored (SPEC_PEERS §3.2)."""
+    σ(x) > τ count as positives in their batch, never stored (docs/methods.md §SPLC)."""
     name = "splc"
     modifies_entries = True
     hyper_parameters = ("splc_tau", "focal_margin", "focal_gamma", "reduction")
@@ -558,7 +578,7 @@ class SelfPacedLossCorrection(Method):
 class GeneralizedRobustLoss(Method):
     """GR loss (Chen et al., IJCAI 2024): −log p on positives; unobserved entries weighted
     v(p̄)·[k̂(p̄)·L1 + (1 − k̂(p̄))·L2], soft label k̂ and weight v on epoch schedules over the run's
-    --epochs T (SPEC_PEERS §4)."""
+    --epochs T (docs/methods.md §GR)."""
     name = "gr"
     hyper_parameters = ("num_epochs", "gr_beta", "gr_alpha", "gr_q2", "gr_q3", "gr_schedule",
                         "gr_observed_negatives")

@@ -40,9 +40,9 @@ CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.fc.", "head.")
 
 
 def boostlu(activations: Tensor, alpha: float) -> Tensor:
-    """BoostLU (Kim et al., CVPR 2023; SPEC_PEERS §1.1): α·max(a, 0) + min(a, 0), elementwise.
+    """BoostLU (Kim et al., CVPR 2023; docs/methods.md §BoostLU): α·max(a, 0) + min(a, 0), elementwise.
 
-    The test is strict (a > 0), so a = 0 takes the identity branch, gradient 1 (SPEC_PEERS §1.1).
+    The test is strict (a > 0), so a = 0 takes the identity branch, gradient 1.
     """
     return torch.where(activations > 0, alpha * activations, activations)
 
@@ -50,7 +50,7 @@ def boostlu(activations: Tensor, alpha: float) -> Tensor:
 class MultiLabelNet(nn.Module):
     """backbone (B×3×S×S → B×C×h×w) → global average pool → Linear(C, L).
 
-    boost_alpha ≠ 1 (BoostLU, SPEC_PEERS §1.1): the head is applied at every location (the CAM,
+    boost_alpha ≠ 1 (BoostLU, docs/methods.md §BoostLU): the head is applied at every location (the CAM,
     bias included), BoostLU boosts the positive activations by α, and the boosted maps are
     averaged: x = mean_u BoostLU(W·F(u) + b). It is part of the model, so it acts in training,
     validation and test alike. α = 1 is the plain linear head (pooling and a 1×1 head commute).
@@ -374,3 +374,11 @@ def predict(model: Callable[[Tensor], Tensor], loader, preprocess: Callable, dev
     result = np.empty_like(outputs)
     result[torch.cat(order).cpu().numpy()] = outputs
     return result
+
+
+def new_linear_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
+    """nn.Linear(D, L) with PyTorch's default init drawn from `seed`, the global RNG untouched:
+    linear mode and LinearInit's phase 1 start from the same head."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(num_features, num_classes)

@@ -5,7 +5,7 @@
 
 Panels, from each run's metrics.jsonl: clean val mAP, train loss, and the fraction of unobserved
 training entries an LL scheme modified (0 for the other methods); when the metrics hold the
-memorisation analysis (SPEC §8: loss_observed_pos, loss_true_neg, loss_false_neg) a fourth panel shows
+memorisation analysis (docs/analyses.md: loss_observed_pos, loss_true_neg, loss_false_neg) a fourth panel shows
 the three loss groups. The x axis is the epoch index in the order logged, so a linear_init run shows
 its linear phase, then its end-to-end phase (a dotted line marks the change). Legend: --labels, or
 method, Δrel and seed from config.json.
@@ -102,6 +102,10 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = 
     if with_groups:
         axes[3].legend(handles=[Line2D([], [], color="black", linestyle=style, label=text)
                                 for _, text, style in LOSS_GROUPS], fontsize="small")
+    save_figure(figure, out, title)
+
+
+def save_figure(figure, out: str, title: str | None) -> None:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -109,11 +113,17 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out: str, title: str | None = 
     plt.close(figure)
 
 
+def labels_match(program: str, labels: list[str] | None, run_dirs: list[str]) -> bool:
+    """--labels, when given, names every run folder; else a one-line error on stderr."""
+    if labels is not None and len(labels) != len(run_dirs):
+        print(f"{program}: {len(labels)} labels for {len(run_dirs)} run folders", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.run_dirs):
-        print(f"plot_curves: {len(args.labels)} labels for {len(args.run_dirs)} run folders",
-              file=sys.stderr)
+    if not labels_match("plot_curves", args.labels, args.run_dirs):
         return 2
     runs = []
     for index, run_dir in enumerate(args.run_dirs):

@@ -6,8 +6,8 @@
 A run folder is any folder holding config.json. Finished runs (results.json present) are grouped by
 their whole resolved configuration (config.json) except the seed and the keys that change no maths
 (NOT_MATHS_KEYS: folders, device, workers, logging, git SHA, ...); each group reports test mAP mean ±
-sample std (ddof=1; "—" for a single seed), the seeds, mean best-val epoch, the paper's number (SPEC
-§7: E2E for end_to_end, LI for linear_init) and ours − paper. Rows that share dataset, setting,
+sample std (ddof=1; "—" for a single seed), the seeds, mean best-val epoch, the paper's number
+(docs/reproducing.md: E2E for end_to_end, LI for linear_init) and ours − paper. Rows that share dataset, setting,
 method and Δrel but differ elsewhere name the differing settings in the "check" column, which also
 flags a seed that occurs twice in a group (a copied or rerun folder) and a row set beside a paper's
 number whose backbone or image size is not the paper's (paper_numbers.paper_setup). Where one method has several
@@ -299,8 +299,9 @@ def _cell(text) -> str:
 
 def format_markdown(runs_dir: str, rows: list[dict], incomplete: list[dict]) -> str:
     lines = [f"# Test mAP: {runs_dir}", "",
-             "mean ± sample std (ddof=1) over seeds, 0-100; paper: SPEC §7 (E2E for end_to_end, LI for "
-             "linear_init), SPEC_PEERS for the later methods; chosen Δrel: best mean val mAP.", "",
+             "mean ± sample std (ddof=1) over seeds, 0-100; paper: docs/reproducing.md (E2E for "
+             "end_to_end, LI for linear_init), README's methods table for the later methods; chosen "
+             "Δrel: best mean val mAP.", "",
              "| dataset | setting | method | Δrel | n | seeds | test mAP | val mAP | best epoch "
              "| early stops | paper | ours − paper | check |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
