@@ -191,20 +191,22 @@ class DevicePreprocess:
     checkpoints): `random_draws(m)` for a whole global batch, of which each process passes its
     shard as `draws`, so the flips do not depend on the number of processes."""
 
+    FLIP_BELOW = 0.5  # an image is flipped when its draw is below this
+
     def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def random_draws(self, num_images: int) -> Tensor:
-        """m uniform draws, one per image of a global batch (flip when < 0.5)."""
+        """m uniform draws, one per image of a global batch (flip when < FLIP_BELOW)."""
         return torch.rand(num_images, device=self.mean.device)
 
     def __call__(self, images: Tensor, train: bool, draws: Tensor | None = None) -> Tensor:
         images = images.float()
         if train:
             draws = self.random_draws(images.shape[0]) if draws is None else draws
-            flip = (draws < 0.5).view(-1, 1, 1, 1)
+            flip = (draws < self.FLIP_BELOW).view(-1, 1, 1, 1)
             images = torch.where(flip, images.flip(3), images)
         images = (images - self.mean) / self.std
         return images.contiguous(memory_format=self.memory_format)

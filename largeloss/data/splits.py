@@ -25,6 +25,9 @@ class Split:
         N×L matrix (OpenImages V3); evaluated over each class's labelled entries only.
     train_label_counts: with `sparse`, the L labelled training entries per class (positives +
         negatives), by which the sparse evaluation groups the classes into G1–G5.
+    image_ids: N ids naming the images (relative paths as in the dataset's image list; digits:
+        generated names), kept when the images are cached in memory; pseudo-label folders are
+        matched to the split by them. None where the split has none (features).
     """
     images: Dataset
     observed: np.ndarray | None
@@ -32,6 +35,7 @@ class Split:
     boxes: list | None = None
     sparse: SparseLabels | None = None
     train_label_counts: np.ndarray | None = None
+    image_ids: list[str] | None = None
 
     def __len__(self) -> int:
         return self.sparse.num_images if self.observed is None else len(self.observed)

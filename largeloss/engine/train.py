@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from largeloss.data import datasets, loading, splits
 from largeloss.data.loading import DevicePreprocess
+from largeloss.data.pseudo_labels import PseudoLabels, load_pseudo_labels
 from largeloss.data.splits import ExperimentData, Split
 from largeloss.engine import analysis, features, metrics
 from largeloss.engine.metrics import format_masked_map, split_metrics
@@ -188,9 +189,9 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
     for step, (inputs, sample_ids) in enumerate(progress, start=1):
         global_size = loader.batch_sampler.global_batch_size(step - 1)
-        logits, sample_ids = forward_global_batch(phase, inputs, sample_ids, global_size, device,
-                                                  world)
-        output = method.loss(logits, sample_ids, epoch)
+        logits, sample_ids, flipped = forward_global_batch(phase, inputs, sample_ids, global_size,
+                                                           device, world)
+        output = method.loss_of_batch(logits, sample_ids, epoch, flipped)
         phase.optimizer.zero_grad(set_to_none=True)
         phase.scaler.scale(output.loss).backward()
         phase.scaler.step(phase.optimizer)
@@ -228,16 +229,21 @@ def report_progress(progress: tqdm, world: World, epoch: int, step: int, steps: 
 
 
 def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, global_size: int,
-                         device: torch.device, world: World) -> tuple[Tensor, Tensor]:
-    """This process's shard through the model; the global batch's (m×L logits, m sample ids).
+                         device: torch.device,
+                         world: World) -> tuple[Tensor, Tensor, Tensor | None]:
+    """This process's shard through the model; the global batch's (m×L logits, m sample ids,
+    m bool flips: True where the image was flipped, None on features, which are never flipped).
     The random flips are drawn for the whole global batch, as one process draws them."""
     draws = phase.preprocess.random_draws(global_size)
+    flipped = None if draws is None else draws < DevicePreprocess.FLIP_BELOW
     if draws is not None:
         draws = local_slice(draws, global_size, world)
     inputs = phase.preprocess(inputs.to(device, non_blocking=True), train=True, draws=draws)
     with autocast(device, phase.amp):
         logits = phase.forward(inputs)
-    return gather_global_batch(logits, sample_ids.to(device, non_blocking=True), global_size, world)
+    logits, sample_ids = gather_global_batch(logits, sample_ids.to(device, non_blocking=True),
+                                             global_size, world)
+    return logits, sample_ids, flipped
 
 
 def check_diverged(loss_sum: Tensor, logit_max: Tensor, epoch: int, step: int) -> float:
@@ -453,9 +459,24 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
         loaders = image_loaders(data, config, device, world)
     method = methods.build(config.method, data.train.labels,
                            data.train.true_labels, device=device,
-                           hyper=config.method_hyper_parameters())
+                           hyper=config.method_hyper_parameters(),
+                           pseudo_labels=run_pseudo_labels(config, data, device))
     return Run(config, device, data, model, preprocess, loaders, method,
                RunFolder(config.out_dir, writes=world.is_main), world)
+
+
+def run_pseudo_labels(config: Config, data: ExperimentData,
+                      device: torch.device) -> PseudoLabels | None:
+    """--pseudo_labels DIR read, checked against the training split's ids and class names, on
+    `device`; None without the flag."""
+    if config.pseudo_labels is None:
+        return None
+    if data.train.image_ids is None:
+        raise InputError(f"--pseudo_labels {config.pseudo_labels}: the training split of "
+                         f"--dataset {config.dataset} has no image ids to match its rows to "
+                         f"(cached feature vectors); train on the images instead")
+    return load_pseudo_labels(config.pseudo_labels, data.train.image_ids,
+                              data.class_names).to(device)
 
 
 def load_run_data(config: Config, device: torch.device) -> ExperimentData:

@@ -91,6 +91,7 @@ class Config:
     gr_schedule: str = PEER_DEFAULTS["gr_schedule"]
     gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
     llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
+    pseudo_labels: str | None = None  # a <name>.pl folder (SPEC_VLP §1.1) for the methods needing one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
                              "authors' best per dataset and scheme; BoostLU's with --boostlu_alpha "
                              "on pascal/coco/nuswide/cub)")
+    method.add_argument("--pseudo_labels", metavar="DIR",
+                        help="a pseudo-label folder <name>.pl (docs/pseudo_labels.md), made once "
+                             "per dataset by scripts/make_pseudo_labels.py (CLIP, or the digits "
+                             "simulation) and shared by every seed and method; for the methods "
+                             "that train on pseudo-labels, refused for the others. Its rows are "
+                             "matched to the training images by id (default: none)")
     method.add_argument("--llcp_relabel", choices=("above", "modified"),
                         help="LL-Cp: which modified entries become positives for good: those strictly "
                              "above the k-th largest loss (the LL paper; with k = 1 none) or every modified "
@@ -518,7 +525,7 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         stop_after=args.stop_after, log_every=args.log_every, overwrite=args.overwrite,
         split=args.split, logger=args.logger,
         track_train=args.track_train, pointing_game=args.pointing_game,
-        track_images=args.track_images, **peer_values,
+        track_images=args.track_images, pseudo_labels=args.pseudo_labels, **peer_values,
     ))
 
 
@@ -561,6 +568,10 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
                          "features has no class activation maps to boost")
         if args.boostlu_alpha <= 0:
             parser.error(f"--boostlu_alpha must be > 0, got {args.boostlu_alpha}")
+    try:
+        methods.check_pseudo_labels_given(method, args.pseudo_labels is not None)
+    except ValueError as error:
+        parser.error(str(error))
     if cls.schedule_spans_the_run and args.train_mode == "linear_init":
         parser.error(f"{method}'s schedule spans the run's epochs; --train_mode linear_init has two "
                      f"phases, each restarting the epoch count (use end_to_end or linear)")
