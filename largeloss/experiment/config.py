@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hill and SPLC: mean = Σ/(B·L), the protocol of every method here; "
                              "sum = Σ, the authors' code (with Adam and no weight decay the two differ "
                              "only through Adam's ε; with SGD or weight decay sum scales the step by "
-                             "B·L) (default: mean)")
+                             f"B·L) (default: {PEER_DEFAULTS['reduction']})")
     method.add_argument("--gr_beta", type=float, nargs=4, metavar=("W0", "W_T", "B0", "B_T"),
                         help="GR: soft pseudo-label k̂ = σ(w·p + b), w and b moving linearly over "
                              "the --epochs (default: 0 2 -2 -2)")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     engineering.add_argument("--logger", choices=("none", "tensorboard"), default="none",
                              help="tensorboard: train loss, lr, val mAP and modified fraction per "
                                   "epoch as TensorBoard scalars in the run folder (needs "
-                                  "pip install tensorboard) (default: none)")
+                                  "pip install -e .[tensorboard]) (default: none)")
     engineering.add_argument("--stop_after", type=int, metavar="EPOCH",
                              help="leave after this epoch (>= 1) as if interrupted (for time-limited jobs; "
                                   "continue with --resume RUN/last.pt)")

@@ -161,7 +161,7 @@ _ROW_PRESETS = {**PEER_PRESETS, **VLP_PRESETS}
 
 # peer_losses' keyword names → the CLI's flags, per row (keys left out: fixed here, see above).
 _BOOSTLU_FLAGS = {"boost_alpha": "--boostlu_alpha", "delta_rel": "--delta_rel"}
-_FOCAL_FLAGS = {"margin": "--focal_margin", "gamma": "--focal_gamma"}
+_FOCAL_FLAGS = {"margin": "--focal_margin", "gamma": "--focal_gamma", "reduction": "--reduction"}
 _PEER_FLAGS = {
     **{f"{scheme}{BOOSTLU}": _BOOSTLU_FLAGS for scheme in LL_SCHEMES},
     "EM": {"alpha": "--em_alpha"},

@@ -69,7 +69,7 @@ PEER_DEFAULTS = {
     "apl_warmup_epochs": peer_losses.APL_WARMUP_EPOCHS,
     "apl_proportion": peer_losses.APL_PROPORTION, "hill_lambda": peer_losses.HILL_LAMBDA,
     "focal_margin": peer_losses.HILL_MARGIN, "focal_gamma": peer_losses.HILL_GAMMA,
-    "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
+    "splc_tau": peer_losses.SPLC_TAU, "reduction": peer_losses.FOCAL_REDUCTION, "gr_beta": peer_losses.GR_BETA,
     "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
     "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
     # docs/vlp_methods.md: GPR (AEVLP), VLPL, CRISP-Eq7
@@ -137,14 +137,16 @@ def _em_preset(dataset: str, with_apl: bool) -> dict:
 
 # Hill / SPLC: the loss hyper-parameters only, the same for every dataset. Their recipe (batch 128,
 # Adam 1e-4, OneCycle, weight decay, EMA, RandAugment, selection on the test set) is not the Cole
-# protocol (docs/methods.md), so no training values are carried. SPLC's τ = 0.65 is for COCO with
+# protocol (docs/methods.md), so no training values are carried, and the reduction is the
+# protocol's mean, not their sum (peer_losses.FOCAL_REDUCTION). SPLC's τ = 0.65 is for COCO with
 # 75 % of the labels kept, not the single-positive setting.
 _HILL = {"model": {}, "loss": {"lam": HILL_LAMBDA, "margin": HILL_MARGIN, "gamma": HILL_GAMMA,
-                               "reduction": "sum"}, "train": {}}
+                               "reduction": peer_losses.FOCAL_REDUCTION}, "train": {}}
 
 
 _SPLC = {"model": {}, "loss": {"tau": SPLC_TAU, "margin": SPLC_MARGIN, "gamma": SPLC_GAMMA,
-                               "start_epoch": SPLC_START_EPOCH, "reduction": "sum"}, "train": {}}
+                               "start_epoch": SPLC_START_EPOCH,
+                               "reduction": peer_losses.FOCAL_REDUCTION}, "train": {}}
 
 
 # GR: the repository's defaults for every dataset (its only runnable values, docs/methods.md).

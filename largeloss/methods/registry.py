@@ -564,7 +564,7 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
 
 
 def _check_reduction(hyper: dict) -> None:
-    _require(hyper.get("reduction", "mean") in ("mean", "sum"),
+    _require(hyper.get("reduction", peer_losses.FOCAL_REDUCTION) in ("mean", "sum"),
              f"--reduction must be mean or sum, got {hyper.get('reduction')!r}")
 
 
@@ -578,7 +578,8 @@ class Hill(Method):
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  hill_lambda: float = peer_losses.HILL_LAMBDA,
                  focal_margin: float = peer_losses.HILL_MARGIN,
-                 focal_gamma: float = peer_losses.HILL_GAMMA, reduction: str = "mean"):
+                 focal_gamma: float = peer_losses.HILL_GAMMA,
+                 reduction: str = peer_losses.FOCAL_REDUCTION):
         super().__init__(observed, true_labels, device=device)
         self.arguments = {"lam": hill_lambda, "margin": focal_margin, "gamma": focal_gamma,
                           "reduction": reduction}
@@ -602,7 +603,8 @@ class SelfPacedLossCorrection(Method):
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  splc_tau: float = peer_losses.SPLC_TAU,
                  focal_margin: float = peer_losses.SPLC_MARGIN,
-                 focal_gamma: float = peer_losses.SPLC_GAMMA, reduction: str = "mean"):
+                 focal_gamma: float = peer_losses.SPLC_GAMMA,
+                 reduction: str = peer_losses.FOCAL_REDUCTION):
         super().__init__(observed, true_labels, device=device)
         self.arguments = {"tau": splc_tau, "margin": focal_margin, "gamma": focal_gamma,
                           "reduction": reduction}

@@ -40,7 +40,8 @@ GROUP_NAMES = ("G1", "G2", "G3", "G4", "G5")  # OpenImages class groups (results
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
 CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
               "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
-              "paper", "diff", "differing_settings", "duplicate_seeds", "unmeasured_classes",
+              "paper", "diff", "not_paper_setup", "differing_settings", "duplicate_seeds",
+              "unmeasured_classes",
               *(f"{name.lower()}_map" for name in GROUP_NAMES), "measured_map")
 # config.json keys that do not change the maths of a run (where it runs, how it is logged, what
 # produced it, analyses that leave training unchanged), and the seed: runs that differ only in
@@ -237,7 +238,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
             "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
             "stopped_early": sum(bool(r.get("stopped_early")) for r in results),
             "paper": paper, "diff": None if paper is None else test_mean - paper,
-            "setup_differs": "" if paper is None else setup_difference(compared_with, settings),
+            "not_paper_setup": "" if paper is None else setup_difference(compared_with, settings),
             "settings": settings,
             "differing_settings": differing_settings(settings, siblings) if len(siblings) > 1 else "",
             "duplicate_seeds": ", ".join(f"{seed} ({seeds.count(seed)} runs)"
@@ -357,14 +358,15 @@ def unmeasured_classes(results: list[dict]) -> str:
 
 
 def check_cell(row: dict) -> str:
-    """What a reader must know before trusting the row: mixed settings, duplicate seeds, test
-    classes that cannot be measured."""
+    """What a reader must know before trusting the row: a backbone or image size other than the
+    paper's number was measured with, mixed settings, duplicate seeds, test classes that cannot be
+    measured."""
     checks = []
+    if row.get("not_paper_setup"):
+        checks.append(f"not the paper's setup: {row['not_paper_setup']}")
     if row.get("unmeasured_classes"):
         checks.append(f"test classes without a positive or a negative: "
                       f"{row['unmeasured_classes']}")
-    if row.get("setup_differs"):
-        checks.append(f"not the paper's setup: {row['setup_differs']}")
     if row["differing_settings"]:
         checks.append(f"settings differ: {row['differing_settings']}")
     if row["duplicate_seeds"]:
