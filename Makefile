@@ -1,5 +1,5 @@
 # `make demo` trains on the embedded digits dataset; `make test` runs the test suite.
-# Both create .venv from requirements.txt on first use.
+# Both create .venv from requirements.txt and the tensorboard extra on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -10,7 +10,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet -e ".[tensorboard]"  # the tests read --logger tensorboard's events
 	touch $@
 
 demo: venv

@@ -7,18 +7,22 @@ import dataclasses
 import os
 import sys
 import traceback
-from contextlib import nullcontext, redirect_stdout
+from contextlib import ExitStack, nullcontext, redirect_stdout
 from pathlib import Path
 
 from largeloss.engine.resume import resume_config
 from largeloss.engine.run_folder import RunFolder, read_checkpoint
+from largeloss.engine.sweep import fit_sweep
 from largeloss.engine.train import evaluate_checkpoint, fit
-from largeloss.experiment.config import Config, explicit_flags, parse_args
+from largeloss.experiment.config import Config, explicit_flags, parse_args, sweep_configs
 from largeloss.utils.distributed import destroy, world_from_environment
 from largeloss.utils.errors import InputError, TrainingDiverged
 
 
 def main(argv: list[str] | None = None) -> int:
+    configs = sweep_configs(argv)
+    if configs is not None:
+        return run_sweep(configs)
     config = parse_args(argv)
     given = explicit_flags(argv)
     world = world_from_environment()  # torchrun's processes; only rank 0 prints
@@ -67,6 +71,39 @@ def train(config: Config, given: set[str], folder: RunFolder) -> int:
         # connection: the error.txt the failing rank wrote during this run is kept.
         several = world_from_environment().size > 1
         folder.record_failure(traceback.format_exc(), keep_existing=several)
+        raise
+    return 0
+
+
+def run_sweep(configs: list[Config]) -> int:
+    """--sweep_delta_rel: every head's folder owned (refused if it holds a run, unless
+    --overwrite), the heads trained together; a failure is recorded in every head's folder."""
+    if world_from_environment().size > 1:
+        print("error: --sweep_delta_rel runs in one process (its heads share one device): run it "
+              "without torchrun", file=sys.stderr)
+        return 2
+    folders = [RunFolder(config.out_dir) for config in configs]
+    try:
+        with ExitStack() as owned:
+            for config, folder in zip(configs, folders):
+                owned.enter_context(folder.owned(overwrite=config.overwrite))
+            return train_sweep(configs, folders)
+    except (InputError, TrainingDiverged) as error:  # a folder that cannot be owned
+        print(f"error: {error}", file=sys.stderr)
+        return exit_code(error)
+
+
+def train_sweep(configs: list[Config], folders: list[RunFolder]) -> int:
+    try:
+        fit_sweep(configs)
+    except (InputError, TrainingDiverged) as error:
+        for folder in folders:
+            folder.record_failure(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return exit_code(error)
+    except BaseException:
+        for folder in folders:
+            folder.record_failure(traceback.format_exc())
         raise
     return 0
 

@@ -1,6 +1,9 @@
-"""Time the Δrel × LL-scheme sweep of linear training on COCO-sized cached features.
+"""Time the Δrel × LL-scheme sweep of linear training on COCO-sized cached features: the 15 runs
+one after another (separately) and as one stacked sweep (engine/sweep.py), beside the FLOP floor.
 
-    python scripts/benchmark_linear_sweep.py                        # 15 runs, prints the total
+    python scripts/benchmark_linear_sweep.py --threads 1            # both, full COCO size (~15 min)
+    python scripts/benchmark_linear_sweep.py --threads 1 --epochs 2 --train_size 16384   # reduced
+    python scripts/benchmark_linear_sweep.py --mode stacked         # the stacked sweep only
     python scripts/benchmark_linear_sweep.py --batch_size 8 --lr 1e-4 --epochs 25   # Cole's batch
     python scripts/benchmark_linear_sweep.py --write_npz data/synthetic_coco/features.npz --epochs 0
 
@@ -12,7 +15,15 @@ low-rank component and noise. They are generated in memory (seeded), not timed.
 
 Each run is what `main.py --dataset features --train_mode linear` does after loading the .npz
 (train.fit with the features in memory: run folder, --linear_epochs epochs with val mAP each, best-val head, test mAP),
-for Δrel ∈ {0.1, …, 0.5} × {LL-R, LL-Ct, LL-Cp}; the total is the sum of the 15 runs' wall times.
+for Δrel ∈ {0.1, …, 0.5} × {LL-R, LL-Ct, LL-Cp}; the separate total is the sum of the 15 runs'
+wall times. The stacked sweep is `main.py --sweep_delta_rel` (sweep.fit_sweep with the features
+in memory): the same 15 heads as one nn.Linear(D, 15·L), each step one pass over the batch.
+
+The FLOP floor is the multiply-adds the sweep cannot avoid (per head and epoch: the forward and
+the weight gradient of the training rows, 2·2·N·D·L, and the val forward, 2·N_val·D·L; the test
+forward once), divided by the GEMM rate this script measures first: float32 matmuls of a
+training batch by the stacked head, B×D · D×(K·L), on the threads the runs use (the best of
+several repetitions).
 The batch size and learning rate are this script's flags: the sweep's default batch (1024) is
 faster than Cole et al.'s 8 and is another protocol; `--batch_size 8 --lr 1e-4` times theirs.
 """
@@ -31,7 +42,7 @@ import torch
 
 from largeloss.data import formats
 from largeloss.data.splits import ExperimentData, Split
-from largeloss.engine import train
+from largeloss.engine import sweep, train
 from largeloss.engine.features import FeatureDataset
 from largeloss.experiment.config import parse_args
 
@@ -63,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_dir", help="where the 15 run folders go (default: a temporary folder, "
                                           "deleted afterwards)")
+    parser.add_argument("--mode", choices=("both", "separate", "stacked"), default="both",
+                        help="time the runs separately, stacked, or both in this one process "
+                             "(default: both)")
     parser.add_argument("--write_npz", metavar="FILE",
                         help="also save the synthetic set as a --dataset features .npz")
     return parser
@@ -115,6 +129,84 @@ def load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 
 
+def sweep_configs(args: argparse.Namespace, runs_dir: Path) -> list:
+    """The Config of each of the sweep's runs: what main.py --dataset features --train_mode linear
+    parses for each scheme and Δrel (scheme-major)."""
+    configs = []
+    for scheme in args.schemes:
+        for delta_rel in args.delta_rels:
+            configs.append(parse_args([
+                "--dataset", "features", "--train_mode", "linear", "--loss", "an",
+                "--mod_scheme", scheme, "--delta_rel", str(delta_rel),
+                "--linear_epochs", str(args.epochs), "--linear_batch_size", str(args.batch_size),
+                "--linear_lr", str(args.lr), "--seed", str(args.seed), "--device", args.device,
+                "--out_dir", str(runs_dir / f"{scheme}_d{delta_rel:g}")]))
+    return configs
+
+
+def measured_gemm_rate(args: argparse.Namespace, num_heads: int) -> tuple[float, float]:
+    """GFLOP/s of float32 B×D · D×(K·L) products on this process's threads (best of 5 timings of
+    enough products to take ≥ 0.2 s each), by wall time and by process CPU time (on a shared
+    machine the CPU-time rate is what one core does when it runs; compare CPU with CPU)."""
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.rand(args.batch_size, args.dim, generator=generator).to(args.device)
+    weight = torch.rand(args.dim, args.classes * num_heads, generator=generator).to(args.device)
+    flops = 2.0 * batch.shape[0] * batch.shape[1] * weight.shape[1]
+    repeats, best, best_cpu = 1, 0.0, 0.0
+    for _ in range(5):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(repeats):
+            torch.mm(batch, weight)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        cpu_seconds = max(time.process_time() - cpu_start, 1e-6)
+        best = max(best, flops * repeats / seconds / 1e9)
+        best_cpu = max(best_cpu, flops * repeats / cpu_seconds / 1e9)
+        repeats = max(repeats, int(repeats * 0.2 / max(seconds, 1e-6)) + 1)
+    return best, best_cpu
+
+
+def floor_flops(args: argparse.Namespace, data: ExperimentData, num_heads: int) -> float:
+    """The multiply-adds (×2 FLOP) of the whole sweep that no implementation avoids."""
+    per_head_epoch = (4.0 * len(data.train) + 2.0 * len(data.val)) * args.dim * args.classes
+    return num_heads * (args.epochs * per_head_epoch + 2.0 * len(data.test) * args.dim * args.classes)
+
+
+def time_separately(args: argparse.Namespace, data: ExperimentData, configs: list) -> tuple:
+    """Each run through train.fit, one after another: (wall seconds, process CPU seconds, results)."""
+    total = cpu_total = 0.0
+    all_results = []
+    for config in configs:
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+        run_start, cpu_start = time.perf_counter(), time.process_time()
+        with open(Path(config.out_dir) / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
+            results = train.fit(config, data)
+        seconds = time.perf_counter() - run_start
+        total += seconds
+        cpu_total += time.process_time() - cpu_start
+        all_results.append(results)
+        print(f"separate {config.method:<6} Δrel {config.delta_rel:<4g} best epoch "
+              f"{results['best_epoch']:>3}  val mAP {results['val_map']:6.2f}  test mAP "
+              f"{results['test_map']:6.2f}  {seconds:6.1f} s", flush=True)
+    return total, cpu_total, all_results
+
+
+def time_stacked(data: ExperimentData, configs: list) -> tuple:
+    """All runs as one stacked sweep: (wall seconds, process CPU seconds, results per head)."""
+    folder = Path(configs[0].out_dir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with open(folder / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
+        all_results = sweep.fit_sweep(configs, data)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    for config, results in zip(configs, all_results):
+        print(f"stacked  {config.method:<6} Δrel {config.delta_rel:<4g} best epoch "
+              f"{results['best_epoch']:>3}  val mAP {results['val_map']:6.2f}  test mAP "
+              f"{results['test_map']:6.2f}", flush=True)
+    return seconds, cpu_seconds, all_results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.threads:
@@ -126,40 +218,45 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.epochs == 0:
         return 0
+    num_heads = len(args.schemes) * len(args.delta_rels)
+    rate, cpu_rate = measured_gemm_rate(args, num_heads)
+    floor = floor_flops(args, data, num_heads) / (rate * 1e9)
+    cpu_floor = floor_flops(args, data, num_heads) / (cpu_rate * 1e9)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__} with {torch.get_num_threads()} threads, device {args.device}, "
-          f"load average {load_average()}", flush=True)
+          f"load average {load_average()}; GEMM {args.batch_size}×{args.dim}·{args.dim}×"
+          f"{args.classes * num_heads}: {rate:.1f} GFLOP/s (by CPU time {cpu_rate:.1f}); FLOP floor "
+          f"of the sweep {floor_flops(args, data, num_heads) / 1e12:.2f} TFLOP = {floor:.1f} s "
+          f"(CPU {cpu_floor:.1f} s)", flush=True)
+    timings = {}
     with tempfile.TemporaryDirectory() as scratch:
         runs_dir = Path(args.out_dir or scratch)
-        total = cpu_total = 0.0
-        rows = []  # (scheme, Δrel, best epoch, val mAP, test mAP, seconds)
-        for scheme in args.schemes:
-            for delta_rel in args.delta_rels:
-                out_dir = runs_dir / f"{scheme}_d{delta_rel:g}"
-                config = parse_args([
-                    "--dataset", "features", "--train_mode", "linear", "--loss", "an",
-                    "--mod_scheme", scheme, "--delta_rel", str(delta_rel),
-                    "--linear_epochs", str(args.epochs), "--linear_batch_size", str(args.batch_size),
-                    "--linear_lr", str(args.lr), "--seed", str(args.seed), "--device", args.device,
-                    "--out_dir", str(out_dir)])
-                out_dir.mkdir(parents=True, exist_ok=True)
-                run_start, cpu_start = time.perf_counter(), time.process_time()
-                with open(out_dir / "stdout.txt", "w") as log, contextlib.redirect_stdout(log):
-                    results = train.fit(config, data)
-                seconds = time.perf_counter() - run_start
-                cpu_seconds = time.process_time() - cpu_start
-                total += seconds
-                cpu_total += cpu_seconds
-                rows.append((scheme, delta_rel, results["best_epoch"], results["val_map"],
-                             results["test_map"], seconds))
-                print(f"{scheme:<6} Δrel {delta_rel:<4g} best epoch {results['best_epoch']:>3}  "
-                      f"val mAP {results['val_map']:6.2f}  test mAP {results['test_map']:6.2f}  "
-                      f"{seconds:6.1f} s (CPU {cpu_seconds:.1f} s)", flush=True)
-    print(f"total: {total:.1f} s (process CPU time {cpu_total:.1f} s) for {len(rows)} runs × "
-          f"{args.epochs} epochs (batch {args.batch_size}, lr {args.lr:g}, {len(data.train)} × "
-          f"{args.dim} train features, device {args.device}, {torch.get_num_threads()} threads; "
-          f"load average now {load_average()})", flush=True)
+        if args.mode in ("both", "separate"):
+            timings["separate"] = time_separately(args, data, sweep_configs(args, runs_dir / "separate"))
+        if args.mode in ("both", "stacked"):
+            timings["stacked"] = time_stacked(data, sweep_configs(args, runs_dir / "stacked"))
+    report(args, data, num_heads, (floor, cpu_floor), timings)
     return 0
+
+
+def report(args: argparse.Namespace, data: ExperimentData, num_heads: int,
+           floors: tuple[float, float], timings: dict) -> None:
+    """The totals beside the floor (and, with both, their ratio and the test mAPs' agreement)."""
+    print(f"{num_heads} runs × {args.epochs} epochs (batch {args.batch_size}, lr {args.lr:g}, "
+          f"{len(data.train)} × {args.dim} train features, device {args.device}, "
+          f"{torch.get_num_threads()} threads; load average now {load_average()})", flush=True)
+    floor, cpu_floor = floors
+    for mode, (seconds, cpu_seconds, _) in timings.items():
+        print(f"{mode:<9}: {seconds:7.1f} s = {seconds / floor:.2f}× the FLOP floor ({floor:.1f} s); "
+              f"process CPU {cpu_seconds:.1f} s = {cpu_seconds / cpu_floor:.2f}× the CPU-time "
+              f"floor ({cpu_floor:.1f} s)", flush=True)
+    if len(timings) == 2:
+        separate, stacked = timings["separate"], timings["stacked"]
+        gap = max(abs(one["test_map"] - other["test_map"])
+                  for one, other in zip(separate[2], stacked[2]))
+        print(f"stacked is {separate[0] / stacked[0]:.2f}× faster than separate (CPU time: "
+              f"{separate[1] / stacked[1]:.2f}×); the largest "
+              f"test mAP difference between a head and its separate run: {gap:.2g}", flush=True)
 
 
 if __name__ == "__main__":

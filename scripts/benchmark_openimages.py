@@ -1,8 +1,9 @@
 """OpenImages-scale label benchmark: memory and speed of the sparse label state, and the throughput
-of the V3 CSV preparation, on generated data.
+of the CSV preparation (V3, V6 or V7 layout: --release), on generated data.
 
     python scripts/benchmark_openimages.py                      # full scale, CPU: ~10 minutes
     python scripts/benchmark_openimages.py --num_images 100000 --csv_rows 200000   # a quick run
+    python scripts/benchmark_openimages.py --release v7         # V6/V7 scale: 9M images × 9,605
     python scripts/benchmark_openimages.py --num_images 370000 --entries_per_image 60
                                                    # V3's real density (~220M entries at 3.7M
                                                    # images), a tenth of the images, extrapolated
@@ -21,12 +22,12 @@ CSR arrays and the image ids grow with the images at a fixed density), and the r
    /proc/self/clear_refs where the kernel allows) and what stays.
 2. `rows` (a batch of B dense label rows) and `apply_relabel` are timed with no relabels, after
    LL-Cp-like steps (k relabels per batch), and with a large settled relabel set.
-3. The V3 preparation (`openimages.prepare_split`) runs on generated trees in the official layout
-   (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real file; 15 % of
-   them of classes that are not trainable; one empty .jpg per image), each in a fresh process.
-   rows/s of the larger run and the peak RAM growth are extrapolated linearly to the annotation
-   rows of V3 train at this density (3.7M × --entries_per_image / 0.85; the memory along the line
-   through the two runs).
+3. The preparation (`openimages.prepare_split`) runs on generated trees in the official layout
+   of --release (--csv_rows/4 and --csv_rows annotation rows, sorted by ImageID like the real
+   file; 15 % of them of classes that are not trainable; one empty .jpg per image), each in a
+   fresh process. rows/s of the larger run and the peak RAM growth are extrapolated linearly to
+   the annotation rows of the release's train split at this density (its images ×
+   --entries_per_image / 0.85; the memory along the line through the two runs).
 4. `openimages.read_image_ids` on a generated images.csv of --images_csv_rows rows (V3's train
    images.csv lists ~9M images, more than carry labels): seconds and peak RAM, extrapolated
    linearly to 9M rows.
@@ -54,15 +55,24 @@ from largeloss.methods.label_stores import SparseLabelStore
 
 V3_TRAIN_IMAGES = 3_700_000  # images of V3 train with human-verified labels
 V3_IMAGES_CSV_ROWS = 9_000_000  # rows of V3's train images.csv (every listed image)
-TRAINABLE_FRACTION = 0.85  # write_v3_tree: 15 % of the annotation rows name untrainable classes
+TRAINABLE_FRACTION = 0.85  # write_raw_tree: 15 % of the annotation rows name untrainable classes
+# Scale of each release's train split: (labelled images, trainable classes), the defaults of
+# --num_images / --full_scale_images and --num_classes. V6/V7: ~9M images, 9,605 classes; at 5.7
+# trainable entries per image their train rows come to ~60M, in line with the 61.4M human-verified
+# labels of the V7 page and its 2.74 GB train file (docs/openimages_releases.md).
+SCALE = {"v3": (V3_TRAIN_IMAGES, 5000), "v6": (9_000_000, 9605), "v7": (9_000_000, 9605)}
 GIB = 1 << 30
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_images", type=int, default=3_700_000, help="default: 3.7M")
-    parser.add_argument("--num_classes", type=int, default=5000, help="default: 5000")
+    parser.add_argument("--release", choices=sorted(SCALE), default="v3",
+                        help="the release whose scale and file layout are generated (default v3)")
+    parser.add_argument("--num_images", type=int,
+                        help="default: the release's train images (V3 3.7M, V6/V7 9M)")
+    parser.add_argument("--num_classes", type=int,
+                        help="default: the release's trainable classes (V3 5000, V6/V7 9605)")
     parser.add_argument("--entries_per_image", type=float, default=5.7,
                         help="mean labelled entries per image (default 5.7: ~21M for 3.7M images)")
     parser.add_argument("--positives_per_image", type=float, default=2.7, help="default: 2.7")
@@ -75,9 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv_rows", type=int, default=3_000_000,
                         help="annotation rows of the larger generated V3 tree (default 3M; 0 "
                              "skips the preparation benchmark)")
-    parser.add_argument("--full_scale_images", type=int, default=V3_TRAIN_IMAGES,
+    parser.add_argument("--full_scale_images", type=int,
                         help="images the label-state memory is extrapolated to when --num_images "
-                             "is smaller (default: 3.7M, V3 train)")
+                             "is smaller (default: the release's train images, V3 3.7M)")
     parser.add_argument("--images_csv_rows", type=int, default=1_000_000,
                         help="rows of the generated images.csv whose read is timed and "
                              "extrapolated to V3's 9M (default 1M; 0 skips it)")
@@ -153,25 +163,28 @@ def generate_labels(args: argparse.Namespace) -> SparseLabels:
                         np.array([f"/m/{number:05d}" for number in range(args.num_classes)]))
 
 
-def write_v3_tree(raw_dir: Path, num_rows: int, args: argparse.Namespace) -> int:
-    """classes-trainable.txt, class-descriptions.csv and train/{images,annotations-human}.csv with
-    about `num_rows` annotation rows, plus an empty .jpg per image. Returns the row count."""
+def write_raw_tree(raw_dir: Path, num_rows: int, args: argparse.Namespace) -> int:
+    """The trainable classes, the class descriptions and train's image list and annotations in
+    the layout of args.release (openimages.RELEASES) with about `num_rows` annotation rows, plus an
+    empty .jpg per image. Returns the row count."""
+    release = openimages.RELEASES[args.release]
     rng = np.random.default_rng(args.seed + num_rows)
     num_images = max(1, round(num_rows / args.entries_per_image))
     trainable = [f"/m/{number:05d}" for number in range(args.num_classes)]
     other = [f"/m/x{number:05d}" for number in range(2 * args.num_classes)]
-    (raw_dir / "train").mkdir(parents=True)
-    (raw_dir / "classes-trainable.txt").write_text("\n".join(trainable) + "\n")
-    (raw_dir / "class-descriptions.csv").write_text(
-        "".join(f'{mid},"Class {mid}, described"\n' for mid in trainable + other))
+    for path in (release.images["train"], release.annotations["train"]):
+        (raw_dir / path).parent.mkdir(parents=True, exist_ok=True)
+    (raw_dir / release.trainable).write_text("\n".join(trainable) + "\n")
+    (raw_dir / release.descriptions).write_text(
+        "LabelName,DisplayName\n" * release.descriptions_header + "".join(f'{mid},"Class {mid}, described"\n' for mid in trainable + other))
     image_ids = np.unique([f"{number:016x}" for number in rng.integers(0, 1 << 62, num_images)])
     lengths = 1 + rng.poisson(args.entries_per_image - 1, size=len(image_ids))
     probabilities = class_probabilities(args.num_classes, rng)
-    with open(raw_dir / "train" / "images.csv", "w") as handle:
+    with open(raw_dir / release.images["train"], "w") as handle:
         handle.write("ImageID,Subset,OriginalURL\n")
         handle.writelines(f"{image},train,https://example.org/{image}.jpg\n" for image in image_ids)
     num_rows = 0
-    with open(raw_dir / "train" / "annotations-human.csv", "w") as handle:
+    with open(raw_dir / release.annotations["train"], "w") as handle:
         handle.write("ImageID,Source,LabelName,Confidence\n")
         for start in range(0, len(image_ids), 100_000):
             block = slice(start, start + 100_000)
@@ -273,9 +286,11 @@ def measure_store(npz: Path, args: argparse.Namespace) -> dict:
 def measure_csv(raw_dir: Path, args: argparse.Namespace) -> dict:
     """openimages.prepare_split on the generated tree: seconds, rows/s, peak RSS growth."""
     meter = RssMeter()
-    class_mids = openimages.read_trainable_classes(raw_dir / "classes-trainable.txt")
+    release = openimages.RELEASES[args.release]
+    class_mids = openimages.read_trainable_classes(raw_dir / release.trainable)
     start = time.perf_counter()
-    labels, report = openimages.prepare_split(raw_dir, "train", raw_dir / "images", class_mids)
+    labels, report = openimages.prepare_split(raw_dir, "train", raw_dir / "images", class_mids,
+                                              release)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     save_sparse_labels(raw_dir / "train_labels.npz", labels)
@@ -354,16 +369,18 @@ def report_store(store: dict, args: argparse.Namespace, dense_gib: float) -> Non
 
 
 def report_preparation(work_dir: Path, args: argparse.Namespace) -> None:
-    """prepare_split on two generated V3 trees, extrapolated to V3 train's rows at this density."""
+    """prepare_split on two generated trees of --release, extrapolated to its train rows at this
+    density."""
     runs = []
     for num_rows in (args.csv_rows // 4, args.csv_rows):  # two sizes: fixed + per-row cost
         start = time.perf_counter()
         raw_dir = work_dir / f"raw_{num_rows}"
-        write_v3_tree(raw_dir, num_rows, args)
+        write_raw_tree(raw_dir, num_rows, args)
         generation_seconds = time.perf_counter() - start
         runs.append(run_child("csv", raw_dir, args))
         report = runs[-1]["report"]
-        print(f"prepare_split on a generated V3 tree ({generation_seconds:.0f} s to write): "
+        print(f"prepare_split on a generated {args.release.upper()} tree ({generation_seconds:.0f} s "
+              f"to write): "
               f"{report['rows_read']} rows, {report['images_listed']} images in "
               f"{runs[-1]['seconds']:.1f} s = {runs[-1]['rows_per_s']:,.0f} rows/s (save "
               f"{runs[-1]['save_seconds']:.1f} s); {report['images_kept']} images, "
@@ -373,11 +390,11 @@ def report_preparation(work_dir: Path, args: argparse.Namespace) -> None:
     (small, large) = runs
     rows_small, rows_large = (run["report"]["rows_read"] for run in runs)
     per_row = (large["peak_gib"] - small["peak_gib"]) / (rows_large - rows_small)
-    v3_rows = V3_TRAIN_IMAGES * args.entries_per_image / TRAINABLE_FRACTION
-    extrapolated = large["peak_gib"] + per_row * (v3_rows - rows_large)
-    print(f"extrapolated to {v3_rows / 1e6:.0f}M rows (V3 train at {args.entries_per_image:g} "
-          f"trainable entries per image; images in proportion): "
-          f"{v3_rows / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
+    train_rows = SCALE[args.release][0] * args.entries_per_image / TRAINABLE_FRACTION
+    extrapolated = large["peak_gib"] + per_row * (train_rows - rows_large)
+    print(f"extrapolated to {train_rows / 1e6:.0f}M rows ({args.release.upper()} train at "
+          f"{args.entries_per_image:g} trainable entries per image; images in proportion): "
+          f"{train_rows / large['rows_per_s'] / 60:.1f} min at the larger run's rate; peak "
           f"RSS growth ~{extrapolated:.2f} GiB (a line through the two runs: "
           f"{per_row * GIB:.0f} bytes per row)")
 
@@ -396,6 +413,10 @@ def report_images_csv(work_dir: Path, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    default_images, default_classes = SCALE[args.release]
+    args.num_images = args.num_images or default_images
+    args.num_classes = args.num_classes or default_classes
+    args.full_scale_images = args.full_scale_images or default_images
     torch.set_num_threads(args.threads)
     if args.child:
         measure = {"store": measure_store, "csv": measure_csv,

@@ -6,12 +6,13 @@ r"""Format an official dataset archive into a Cole folder (docs/protocol.md), or
     python scripts/prepare_data.py --dataset cub --obs_only --out_dir data/cub \
         --num_pos 1 --num_neg 1
     python scripts/prepare_data.py --dataset openimages --raw_dir RAW --out_dir data/openimages \
-        --image_dir RAW/images
+        --image_dir RAW/images                  # V3 (RAW = the unpacked 2017_11/), V6 or V7
 
 Writes formatted_{train,val}_{images,labels,labels_obs}.npy, class_names.txt and, where the source
-has boxes (pascal, coco), formatted_{train,val}_boxes.json. OpenImages V3 has real partial labels
-and too many classes for N×L files: it gets {train,validation,test}_labels.npz (sparse_labels.py),
-class_names.txt and metadata.json instead (openimages.py). data/README.md says where each archive
+has boxes (pascal, coco), formatted_{train,val}_boxes.json. OpenImages (V3, V6, V7) has real
+partial labels and too many classes for N×L files: it gets {train,validation,test}_labels.npz
+(sparse_labels.py), class_names.txt, classes.csv and metadata.json instead (openimages.py; the
+release is recognised from the files in RAW, or given with --release). data/README.md says where each archive
 comes from and what layout RAW must have.
 """
 from __future__ import annotations
@@ -60,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="openimages only: the folder holding {train,validation,test}/"
                              "<ImageID>.jpg (default: RAW/images); labelled images missing there "
                              "are dropped and counted")
+    parser.add_argument("--release", choices=sorted(openimages.RELEASES),
+                        help="openimages only: which release RAW holds (default: recognised "
+                             "from its files; docs/openimages_releases.md lists them)")
     return parser
 
 
@@ -89,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or Path("data") / args.dataset
     if args.dataset in SPARSE_DATASETS:
         return prepare_sparse(args, out_dir)
-    if args.image_dir is not None:
-        get_args_parser().error("--image_dir applies to --dataset openimages only")
+    for flag in ("image_dir", "release"):
+        if getattr(args, flag) is not None:
+            get_args_parser().error(f"--{flag} applies to --dataset openimages only")
     if args.obs_only:
         true_labels = {phase: formats.load_true_labels(out_dir, phase) for phase in formats.PHASES}
         observed = prepare.write_observed_labels(out_dir, true_labels, args.num_pos, args.num_neg,
@@ -121,13 +126,20 @@ def prepare_sparse(args: argparse.Namespace, out_dir: Path) -> int:
                                 f"labels are the real partial labels")
     if args.raw_dir is None:
         get_args_parser().error("--raw_dir is required")
-    report = openimages.prepare_openimages(args.raw_dir, out_dir, args.image_dir)
+    try:
+        release = openimages.resolve_release(args.raw_dir, args.release)
+    except (FileNotFoundError, ValueError) as error:
+        get_args_parser().error(str(error))
+    print(f"OpenImages {release.name} ({'given by --release' if args.release else 'recognised from'}"
+          f" {args.raw_dir / release.trainable})", flush=True)
+    report = openimages.prepare_openimages(args.raw_dir, out_dir, args.image_dir,
+                                           release=release.name.lower())
     for split in report["splits"]:
         load_sparse_labels(openimages.labels_file(out_dir, split))
     print(openimages.format_report(report))
     print(f"files in {out_dir}: "
           f"{', '.join(openimages.labels_file(out_dir, split).name for split in report['splits'])}"
-          f", {openimages.CLASS_NAMES_FILE}, {openimages.METADATA_FILE}")
+          f", {openimages.CLASS_NAMES_FILE}, {openimages.CLASSES_FILE}, {openimages.METADATA_FILE}")
     return 0
 
 

@@ -6,13 +6,20 @@ authors' Δrel sweep of the large-loss schemes.
     python scripts/reproduce.py --dataset cub --method an_ls --setting linear_init \
         --extra "--data_root /data/cub --device cuda"
     python scripts/reproduce.py --dataset coco --sweep_delta_rel --seeds 1     # 3 schemes x 5 Δrel
+    python scripts/reproduce.py --dataset coco --sweep_delta_rel --setting linear   # the same as 15
+                                                     # linear heads on cached features, one pass
     python scripts/reproduce.py --dataset coco --method gr --dry_run           # a later method
     python scripts/reproduce.py --dataset pascal --method peers --seeds 3      # all 8 later rows
+    python scripts/reproduce.py --dataset coco --method aevlp --dry_run        # pseudo-labels, then GPR
     python scripts/summarize.py runs/repro                                      # then the table
 
 The methods after the LL paper (PEER_METHODS: LL-R/Ct/Cp+BoostLU, em, APL, hill, splc, gr) run with
 their authors' published hyper-parameters per dataset (scripts/paper_numbers.py's peer_flags, from
-presets.PEER_PRESETS), end to end only, their paper's number beside each command.
+presets.PEER_PRESETS), end to end only, their paper's number beside each command. So do the vision-language rows (VLP_METHODS: aevlp =
+GPR on DAMP pseudo-labels, vlpl, crisp = CRISP-Eq7, our variant of CRISP's loss; docs/vlp_methods.md):
+aevlp and vlpl first print the offline command that makes their pseudo-label folder with CLIP
+(scripts/make_pseudo_labels.py, on a GPU, once per dataset; skipped when its meta.json exists) and
+pass it to every run with --pseudo_labels.
 
 Every command is printed in full (dataset, loss, mod_scheme, delta_rel, optimizer, lr, batch size,
 epochs, train_mode, seed, out_dir), with the paper's number for the cell beside it, then run one after
@@ -33,7 +40,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from largeloss.experiment.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
-                                                best_hparams, method_flags, paper_map, peer_flags, peer_note)
+                                                VLP_METHODS, best_hparams, method_flags, paper_map,
+                                                peer_flags, peer_note, pseudo_label_command,
+                                                pseudo_label_dir)
 from largeloss.experiment.presets import DATASET_DEFAULTS
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")
@@ -50,17 +59,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "paper (no paper number).",
         epilog="Example: python scripts/reproduce.py --dataset coco --method LL-Ct --dry_run")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--method", choices=METHODS + PEER_METHODS + ("all", "peers"),
+    parser.add_argument("--method", choices=METHODS + PEER_METHODS + VLP_METHODS + ("all", "peers", "vlp"),
                         help="a row of the table, 'all' for the LL paper's whole column (in the paper's "
-                             "order), or 'peers' for the rows of the later methods (end to end only)")
+                             "order), 'peers' for the rows of the later methods, or 'vlp' for the "
+                             "vision-language pseudo-label rows and CRISP (both end to end only)")
     parser.add_argument("--sweep_delta_rel", action="store_true",
                         help=f"instead of --method: every large-loss scheme ({', '.join(LL_SCHEMES)}) "
                              f"at every Δrel the authors searched ({', '.join(map(str, DELTA_REL_GRID))}), "
                              f"end to end, optimizer/lr/epochs left to the CLI's dataset defaults; runs "
-                             f"go to RUNS_DIR/<dataset>/sweep/<scheme>_d<Δrel>/seed<k>")
-    parser.add_argument("--setting", default="end_to_end", choices=SETTINGS,
+                             f"go to RUNS_DIR/<dataset>/sweep/<scheme>_d<Δrel>/seed<k>. With --setting "
+                             f"linear: one main.py --sweep_delta_rel per seed, the 15 linear heads "
+                             f"trained together on cached features in "
+                             f"RUNS_DIR/<dataset>/sweep_linear/seed<k>/<scheme>_d<Δrel>")
+    parser.add_argument("--setting", default="end_to_end", choices=SETTINGS + ("linear",),
                         help="end_to_end (E2E) or linear_init (LI: Cole's linear phase, then fine-tuning); "
-                             "passed to main.py as --train_mode")
+                             "passed to main.py as --train_mode; linear (the head on cached "
+                             "features) with --sweep_delta_rel only")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (report mean ± std over them)")
     parser.add_argument("--first_seed", type=int, default=0, help="seeds are first_seed … first_seed+seeds−1")
     parser.add_argument("--runs_dir",
@@ -83,8 +97,10 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
     loss, mod_scheme = method_flags(method)
     main_py = os.path.relpath(REPO_ROOT / "main.py")
     command = [python, main_py, "--dataset", dataset, "--loss", loss, "--mod_scheme", mod_scheme]
-    if method in PEER_METHODS:
-        return command + peer_flags(dataset, method) + [
+    if method in PEER_METHODS + VLP_METHODS:
+        folder = pseudo_label_dir(dataset, method)
+        pseudo_labels = [] if folder is None else ["--pseudo_labels", folder]
+        return command + peer_flags(dataset, method) + pseudo_labels + [
             "--train_mode", setting, "--seed", str(seed), "--out_dir", out_dir] + extra
     hparams = best_hparams(dataset, method)
     if method in LL_SCHEMES:  # Δrel means nothing to the other methods
@@ -97,7 +113,7 @@ def build_command(python: str, dataset: str, method: str, setting: str, seed: in
 
 
 def paper_note(dataset: str, method: str, setting: str) -> str:
-    if method in PEER_METHODS:
+    if method in PEER_METHODS + VLP_METHODS:
         return peer_note(dataset, method)
     value = paper_map(dataset, method, setting)
     column = {"end_to_end": "E2E", "linear_init": "LI"}[setting]
@@ -108,9 +124,14 @@ def paper_note(dataset: str, method: str, setting: str) -> str:
 
 def table_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
     """(what, out_dir, command) of each cell run: methods in the paper's order, then seeds."""
-    methods = {"all": METHODS, "peers": PEER_METHODS}.get(args.method, (args.method,))
+    methods = {"all": METHODS, "peers": PEER_METHODS, "vlp": VLP_METHODS}.get(args.method,
+                                                                             (args.method,))
     runs = []
     for method in methods:
+        producer = pseudo_label_command(args.python, args.dataset, method)
+        if producer is not None:
+            runs.append(("# pseudo-labels, once per dataset (a GPU and CLIP weights)",
+                         pseudo_label_dir(args.dataset, method), producer))
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             out_dir = os.path.join(args.runs_dir, args.dataset, args.setting, method, f"seed{seed}")
             command = build_command(args.python, args.dataset, method, args.setting, seed, out_dir,
@@ -136,11 +157,46 @@ def sweep_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, st
     return runs
 
 
+def linear_sweep_runs(args: argparse.Namespace, extra: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(what, out_dir, command) of the Δrel sweep as linear heads: one main.py --sweep_delta_rel
+    per seed, every scheme and Δrel a head of one stacked pass (engine/sweep.py)."""
+    main_py = os.path.relpath(REPO_ROOT / "main.py")
+    loss = method_flags(LL_SCHEMES[0])[0]
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        out_dir = os.path.join(args.runs_dir, args.dataset, "sweep_linear", f"seed{seed}")
+        command = [args.python, main_py, "--dataset", args.dataset, "--loss", loss,
+                   "--mod_scheme", ",".join(LL_SCHEMES),
+                   "--sweep_delta_rel", ",".join(map(str, DELTA_REL_GRID)), "--train_mode", "linear",
+                   "--seed", str(seed), "--out_dir", out_dir]
+        runs.append((f"# {len(LL_SCHEMES) * len(DELTA_REL_GRID)} linear heads in one pass", out_dir,
+                     command + extra))
+    return runs
+
+
+def sweep_heads(out_dir: str) -> list[str]:
+    """The head folders (holding config.json) of a --sweep_delta_rel folder."""
+    if not os.path.isdir(out_dir):
+        return []
+    return [path for path in (os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir)))
+            if os.path.isfile(os.path.join(path, "config.json"))]
+
+
+def finished(out_dir: str) -> bool:
+    """A run with results.json, a pseudo-label folder with meta.json, or a sweep folder whose every
+    head has results.json."""
+    if any(os.path.isfile(os.path.join(out_dir, name)) for name in ("results.json", "meta.json")):
+        return True
+    heads = sweep_heads(out_dir)
+    return bool(heads) and all(os.path.isfile(os.path.join(head, "results.json")) for head in heads)
+
+
 def folder_flags(out_dir: str, force: bool) -> list[str]:
     """What main.py needs to reuse a folder that already holds a run (it refuses otherwise):
-    --resume of an unfinished run's last.pt, else --overwrite."""
+    --resume of an unfinished run's last.pt, else --overwrite (a sweep's heads: always; linear
+    heads are trained again, their features are cached)."""
     if not os.path.isfile(os.path.join(out_dir, "config.json")):
-        return []
+        return ["--overwrite"] if sweep_heads(out_dir) else []
     last = os.path.join(out_dir, "last.pt")
     finished = os.path.isfile(os.path.join(out_dir, "results.json"))
     if os.path.isfile(last) and not (finished and force):
@@ -153,9 +209,9 @@ def run_all(runs: list[tuple[str, str, list[str]]], dry_run: bool, force: bool) 
     force; stop at the first failure with its exit code."""
     for index, (note, out_dir, command) in enumerate(runs, 1):
         line = shlex.join(command) + (f"  {note}" if note else "")
-        done = os.path.isfile(os.path.join(out_dir, "results.json"))
+        done = finished(out_dir)
         if done and not force:
-            print(f"# [{index}/{len(runs)}] done, skipped (results.json exists): {line}", flush=True)
+            print(f"# [{index}/{len(runs)}] done, skipped (results.json or meta.json exists): {line}", flush=True)
             continue
         command = command + folder_flags(out_dir, force)
         line = shlex.join(command) + (f"  {note}" if note else "")
@@ -180,12 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print("reproduce: --seeds must be at least 1", file=sys.stderr)
         return 2
-    if args.setting != "end_to_end" and (args.method in PEER_METHODS or args.method == "peers"):
+    if args.setting != "end_to_end" and (args.method in PEER_METHODS + VLP_METHODS
+                                         or args.method in ("peers", "vlp")):
         parser.error(f"--method {args.method}: the later methods' papers report end-to-end "
                      f"numbers only (use --setting end_to_end)")
+    if args.setting == "linear" and not args.sweep_delta_rel:
+        parser.error("--setting linear: the paper reports E2E and LI; linear heads run here as the "
+                     "Δrel sweep only (add --sweep_delta_rel)")
     args.runs_dir = args.runs_dir or ("runs/sweep" if args.sweep_delta_rel else "runs/repro")
     extra = shlex.split(args.extra)
-    runs = sweep_runs(args, extra) if args.sweep_delta_rel else table_runs(args, extra)
+    if args.sweep_delta_rel:
+        runs = (linear_sweep_runs if args.setting == "linear" else sweep_runs)(args, extra)
+    else:
+        runs = table_runs(args, extra)
     return run_all(runs, args.dry_run, args.force)
 
 

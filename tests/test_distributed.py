@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -171,12 +170,12 @@ def test_a_corrupt_image_on_one_rank_ends_every_rank(tmp_path, cole_folder):
     image_dir = data_root / "VOCdevkit/VOC2012/JPEGImages"
     bad_image = sorted(image_dir.glob("train_*.jpg"))[3]
     bad_image.write_bytes(b"not a jpeg at all")
-    start = time.monotonic()
+    # a rank left waiting would hang until the collective timeout (600 s): the 300 s limit of the
+    # launch (TimeoutExpired) catches that without timing a machine that may be busy
     done = torchrun(["--dataset", "pascal", "--data_root", data_root, "--device", "cpu",
                      "--num_workers", "0", "--batch_size", "4", "--image_size", "32", "--arch",
                      "small_cnn", "--weights", "none", "--epochs", "2",
-                     "--out_dir", tmp_path / "run"], timeout=120)
-    assert time.monotonic() - start < 30
+                     "--out_dir", tmp_path / "run"], timeout=300)
     assert done.returncode != 0
     assert f"error: cannot read image {bad_image}" in done.stderr
     # the failing rank's message, not the other rank's lost connection (issue 21)

@@ -656,6 +656,19 @@ def test_store_construction(kind):
     assert store.num_relabeled == 0
 
 
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_store_relabels_leave_the_source_labels_alone(kind):
+    """The store holds its own copy, even of int8 labels that as_tensor would share: two methods
+    built from one split (a sweep's heads, or runs one after another on the same data) do not see
+    each other's LL-Cp relabels, and the split keeps its observed labels."""
+    source = np.array(OBS_STORE, dtype=np.int8)
+    first = ObservedLabelStore(source if kind == "numpy" else torch.from_numpy(source))
+    second = ObservedLabelStore(source if kind == "numpy" else torch.from_numpy(source))
+    first.apply_relabel(torch.tensor([0]), mask((1, 4), [(0, 1)]))
+    assert first.num_relabeled == 1 and second.num_relabeled == 0
+    assert source.tolist() == OBS_STORE
+
+
 def test_store_relabels_persist_across_calls():
     """apply_relabel maps batch rows back through idx, and the +1s persist across later calls."""
     store = ObservedLabelStore(np.array(OBS_STORE, dtype=np.float32))

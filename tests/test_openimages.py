@@ -90,9 +90,12 @@ def test_prepare_writes_every_split_class_names_and_metadata(tmp_path):
     report = openimages.prepare_openimages(tmp_path / "raw", tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(path.name for path in out.iterdir()) == [
-        "class_names.txt", "metadata.json", "test_labels.npz", "train_labels.npz",
+        "class_names.txt", "classes.csv", "metadata.json", "test_labels.npz", "train_labels.npz",
         "validation_labels.npz"]  # no temporary file left behind
     assert (out / "class_names.txt").read_text().splitlines() == ["/m/cat", "Dog, domestic", "Car"]
+    assert (out / "classes.csv").read_text().splitlines() == [  # the MID beside each name
+        "index,mid,display_name", "0,/m/cat,/m/cat", '1,/m/dog,"Dog, domestic"', "2,/m/car,Car"]
+    assert report["release"] == "V3"
     assert report["classes_without_description"] == ["/m/cat"]
     assert report["image_dir"] == str((tmp_path / "raw" / "images").resolve())
     for split in ("validation", "test"):
@@ -103,6 +106,7 @@ def test_prepare_writes_every_split_class_names_and_metadata(tmp_path):
     assert metadata["label_files"]["train"] == "train_labels.npz"
     assert metadata["report"]["splits"]["train"]["images_kept"] == 2
     assert metadata["image_path"] == "<image_dir>/<split>/<image_id>.jpg"
+    assert metadata["release"] == "V3" and openimages.read_release(out) == "V3"
 
 
 def test_image_dir_elsewhere(tmp_path):
@@ -190,7 +194,8 @@ def test_script_prepares_openimages_and_reports(tmp_path, capsys):
     assert ("train: 2 images kept of 5 listed (2 without a trainable label, 1 missing on disk); "
             "10 rows: 2 not trainable, 1 of unlisted images, 2 repeated, 1 entries conflicting "
             "(dropped), 1 of missing images; 3 entries kept (2 +1, 1 -1)") in printed
-    assert "3 trainable classes (1 without a description" in printed
+    assert "OpenImages V3 (recognised from" in printed
+    assert "OpenImages V3: 3 trainable classes (1 without a description" in printed
     assert (tmp_path / "out" / "train_labels.npz").is_file()
 
 
@@ -217,7 +222,7 @@ def test_benchmark_generators_make_valid_labels_and_a_tree_prepare_split_reads(t
     labels = benchmark.generate_labels(args)
     check_sparse_labels(labels, "generated")
     assert labels.num_images == 50 and 0.8 * 5.7 * 50 < labels.num_labelled <= 5.7 * 50 * 1.3
-    num_rows = benchmark.write_v3_tree(tmp_path, 300, args)
+    num_rows = benchmark.write_raw_tree(tmp_path, 300, args)
     _, report = openimages.prepare_split(tmp_path, "train", tmp_path / "images",
                                          openimages.read_trainable_classes(
                                              tmp_path / "classes-trainable.txt"))

@@ -86,10 +86,14 @@ def test_training_writes_both_conventions_and_the_groups(prepared, tmp_path, cap
     assert len(results["test_ap"]) == 7
     printed = capsys.readouterr().out
     assert "over all 7 classes" in printed and "test_map is map_all_classes" in printed
+    assert results["data_release"] == "V3"
+    assert results["class_ids"] == CLASSES  # the MIDs beside the display names
     assert summarize.main([str(tmp_path)]) == 0  # the G1–G5 columns beside the paper's row
     row = [line for line in capsys.readouterr().out.splitlines()
-           if line.startswith("| openimages | end_to_end | LL-Ct | 10 | 1 | ")]
+           if line.startswith("| openimages V3 | end_to_end | LL-Ct | 10 | 1 | ")]
     assert len(row) == 2  # the main table and the group table
+    assert row[0].endswith("| not the paper's setup: arch=small_cnn, image_size=32 (paper: "
+                           "resnet101, 224 px) |")
     groups = [results["groups"][name]["map_all_classes"] for name in ("G1", "G2", "G3", "G4", "G5")]
     assert row[1].endswith(" | ".join(f"{value:.2f}" for value in groups)
                            + f" | {results['test_map']:.2f} | {results['map_measured']:.2f} | 82.6 | "

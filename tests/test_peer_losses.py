@@ -18,8 +18,8 @@ from largeloss.experiment import paper_numbers
 from largeloss.experiment.paper_numbers import PEER_PAPER_MAP
 from largeloss.experiment.presets import PEER_DATASETS, PEER_PRESETS
 from largeloss.methods import losses
-from largeloss.methods.peer_losses import (apl_num_per_pass, apl_pass, apl_pass_after_epoch,
-                                           apl_unobserved_counts, em_loss, em_per_entry, gr_loss,
+from largeloss.methods.peer_losses import (FOCAL_AUTHORS_REDUCTION, apl_num_per_pass, apl_pass,
+                                           apl_pass_after_epoch, apl_unobserved_counts, em_loss, em_per_entry, gr_loss,
                                            gr_per_entry, gr_schedule, hill_loss, hill_per_entry, splc_loss,
                                            splc_per_entry)
 from largeloss.nn.models import MultiLabelNet, boostlu, build_model
@@ -271,7 +271,7 @@ def test_hill_worked_examples(example, per_entry, reduced):
 
 
 def test_hill_sum_reduction_is_the_authors():
-    close(hill_loss(*tensors(EX_A), reduction="sum").loss, 0.361700)
+    close(hill_loss(*tensors(EX_A), reduction=FOCAL_AUTHORS_REDUCTION).loss, 0.361700)
 
 
 @pytest.mark.parametrize("example,epoch,per_entry,reduced", [

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from largeloss import cli as main
-from largeloss.experiment import config, presets
+from largeloss.experiment import config, paper_numbers, presets
 from largeloss.methods import losses, peer_losses
 from largeloss.methods import registry as methods
 
@@ -93,7 +93,7 @@ def test_the_registry_offers_the_peer_methods():
     assert [name for name, cls in methods.METHODS.items() if cls.composes_with_boostlu] == \
         ["an", *losses.LL_SCHEMES]
     assert {name for name, cls in methods.METHODS.items() if cls.schedule_spans_the_run} == \
-        {"APL", "gr"}
+        {"APL", "gr", "gpr"}  # gpr: GR's schedules (tests/test_vlp_methods.py)
     help_text = config.build_parser().format_help()
     for flags in ("--loss em --mod_scheme APL", "--loss hill", "--loss splc", "--loss gr",
                   "--boostlu_alpha 5"):
@@ -210,6 +210,25 @@ def test_boostlu_delta_rel_preset(argv, delta_rel, out_dir):
     assert resolved.delta_rel == delta_rel
     if out_dir is not None:
         assert os.path.dirname(resolved.out_dir) == out_dir
+
+
+@pytest.mark.parametrize("loss, preset", [("hill", "Hill"), ("splc", "SPLC")])
+def test_hill_and_splc_reduction_has_one_truth(loss, preset):
+    """Their code sums over B·L (docs/methods.md); the project's protocol is the mean, and the
+    preset table, the CLI default, the reproduce command, the method and the pure loss all take it
+    from peer_losses.FOCAL_REDUCTION."""
+    assert (peer_losses.FOCAL_REDUCTION, peer_losses.FOCAL_AUTHORS_REDUCTION) == ("mean", "sum")
+    assert {values["loss"]["reduction"] for values in presets.PEER_PRESETS[preset].values()} == \
+        {"mean"}
+    assert config.parse_args(["--loss", loss]).reduction == "mean"
+    command = paper_numbers.peer_flags("coco", loss)
+    assert command[command.index("--reduction") + 1] == "mean"
+    assert config.parse_args(["--dataset", "coco", "--loss", loss, *command]).reduction == "mean"
+    assert methods.METHODS[loss](torch.ones(2, 3)).arguments["reduction"] == "mean"
+    logits, observed = torch.tensor([[2.0, -1.0, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]])
+    loss_of = {"hill": lambda **kw: peer_losses.hill_loss(logits, observed, **kw),
+               "splc": lambda **kw: peer_losses.splc_loss(logits, observed, 2, **kw)}[loss]
+    torch.testing.assert_close(loss_of().loss * 3, loss_of(reduction="sum").loss)
 
 
 REFUSED = {

@@ -233,6 +233,12 @@ def test_eval_only_writes_the_splits_scores_and_results(run_copy, split, size, n
     # digits are generated: no data root is claimed (--data_root is refused, test_hostile_inputs)
     assert results["split"] == split and results["data_root"] is None
     assert len(results[f"{split}_ap"]) == 10 and results["scores"] == f"{name}.npy"
+    assert results[f"{split}_num_classes"] == 10 and len(results["class_names"]) == 10
+    assert results[f"{split}_num_measured"] <= 10 and f"{split}_map_measured" in results
+    # --help names exactly the files written (eval_<stem>.json for test, eval_<stem>_val.json)
+    help_text = " ".join(config.build_parser().format_help().split())
+    written = name.replace("best", "<stem>")
+    assert f"{written}.json" in help_text and f"{written}.npy" in help_text
 
 
 # --- 8. progress lines without a terminal; the optional TensorBoard logger --------------------
@@ -245,16 +251,40 @@ def test_a_progress_line_goes_to_stderr_every_log_every_steps(tmp_path, capsys):
     assert all("loss " in line and "img/s" in line and "eta " in line for line in lines)
 
 
-def test_tensorboard_logger_writes_scalars_or_says_how_to_install_it(tmp_path, capsys):
+def test_tensorboard_logger_writes_each_epochs_scalars(tmp_path):
+    """--logger tensorboard (the optional extra: pip install -e .[tensorboard], which make venv
+    runs): the event file in the run folder holds, per epoch, the row's train loss, val mAP and
+    modified fraction and the optimiser's lr, read back with TensorBoard's own reader."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="the tensorboard extra is not installed (pip install -e .[tensorboard])")
     out_dir = tmp_path / "run"
-    code = main.main([*TINY, "--epochs", "1", "--logger", "tensorboard", "--out_dir", str(out_dir)])
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        assert code == 2
-        assert "pip install tensorboard" in capsys.readouterr().err
-        return
-    assert code == 0 and list(out_dir.glob("events.out.tfevents.*"))
+    assert main.main([*TINY, "--epochs", "2", "--lr", "0.01", "--logger", "tensorboard",
+                      "--out_dir", str(out_dir)]) == 0
+    (event_file,) = out_dir.glob("events.out.tfevents.*")
+    events = event_accumulator.EventAccumulator(str(event_file))
+    events.Reload()
+    scalars = {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+               for tag in events.Tags()["scalars"]}
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for name in ("train_loss", "val_map", "modified_fraction"):
+        steps, values = zip(*scalars[f"end_to_end/{name}"])
+        assert steps == (1, 2)
+        assert values == pytest.approx([row[name] for row in rows], rel=1e-6, abs=1e-7)
+    assert [value for _, value in scalars["end_to_end/lr"]] == pytest.approx([0.01, 0.01])
+    assert set(scalars) == {f"end_to_end/{name}" for name in
+                            ("train_loss", "val_map", "modified_fraction", "lr")}
+
+
+def test_tensorboard_logger_without_tensorboard_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    out_dir = tmp_path / "run"
+    assert main.main([*TINY, "--epochs", "1", "--logger", "tensorboard",
+                      "--out_dir", str(out_dir)]) == 2
+    assert "--logger tensorboard needs the tensorboard package: pip install tensorboard" in \
+        capsys.readouterr().err
+    assert sorted(path.name for path in out_dir.iterdir()) == ["error.txt"]  # checked before training
 
 
 # --- 9. a run's config.json (or YAML) as --config; provenance recorded ----------------------

@@ -186,6 +186,30 @@ def test_summarize_splits_runs_whose_settings_differ_and_names_the_keys(tmp_path
             "epochs=2, train_size=1000", "epochs=2, train_size=64", "epochs=20, train_size=1000"]
 
 
+def test_summarize_flags_a_backbone_or_image_size_other_than_the_papers(tmp_path, capsys):
+    """A run beside the paper's number says when it did not train the paper's ResNet-50 at 448 px
+    (OpenImages: ResNet-101 at 224 px); digits has no paper number, so nothing to flag."""
+    runs = tmp_path / "runs"
+    for name, dataset, method, arch, image_size in (
+            ("paper", "coco", "an", "resnet50", 448), ("small", "coco", "LL-R", "resnet18", 224),
+            ("size", "pascal", "LL-Ct", "resnet50", 224), ("oi", "openimages", "LL-R", "resnet101", 224),
+            ("digits", "digits", "LL-R", "small_cnn", 48)):
+        make_run(runs / name, dataset=dataset, method=method, test_map=50.0,
+                 settings={"arch": arch, "image_size": image_size})
+    assert summarize.main([str(runs), "--csv", str(tmp_path / "table.csv")]) == 0
+    report = capsys.readouterr().out
+    check = {(line.split(" | ")[0][2:], line.split(" | ")[2]): line.rsplit(" | ", 1)[1][:-2]
+             for line in report.splitlines() if line.startswith("| ") and " | end_to_end | " in line}
+    assert check == {
+        ("coco", "an"): "—",
+        ("coco", "LL-R"): "not the paper's setup: arch=resnet18, image_size=224 (paper: resnet50, 448 px)",
+        ("pascal", "LL-Ct"): "not the paper's setup: image_size=224 (paper: resnet50, 448 px)",
+        ("openimages", "LL-R"): "—", ("digits", "LL-R"): "—"}
+    with open(tmp_path / "table.csv") as handle:
+        flagged = {row["dataset"]: row["not_paper_setup"] for row in csv.DictReader(handle)}
+    assert flagged["pascal"] == "image_size=224 (paper: resnet50, 448 px)" and flagged["digits"] == ""
+
+
 def test_summarize_ignores_engineering_keys_and_flags_duplicate_seeds(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed, device, workers in ((0, "cuda", 4), (1, "cpu", 0)):  # no maths differs

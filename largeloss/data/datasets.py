@@ -46,8 +46,9 @@ def load_cole_data(dataset: str, data_root: Path, image_dir: Path | None,
         rows = np.arange(len(labelled.observed)) if rows is None else rows
         true = labelled.true_labels[rows] if labelled.true_labels is not None else None
         observed = true.astype(np.int8) if clean_supervision else labelled.observed[rows]
-        return Split(ImageFileDataset(image_dir, [labelled.image_paths[r] for r in rows], image_size),
-                     observed, true, normalised_boxes(boxes, rows))
+        paths = [labelled.image_paths[r] for r in rows]
+        return Split(ImageFileDataset(image_dir, paths, image_size), observed, true,
+                     normalised_boxes(boxes, rows), image_ids=paths)
 
     return ExperimentData(
         train=split_of(official_train, train_rows, train_boxes, clean_supervision=False),
@@ -72,8 +73,9 @@ def load_custom_data(data_root: Path, image_dir: Path | None, image_size: int) -
 
     def split_of(labelled: LabelledSplit, rows: np.ndarray):
         true = labelled.true_labels[rows] if labelled.true_labels is not None else None
-        return Split(ImageFileDataset(image_dir, [labelled.image_paths[r] for r in rows], image_size),
-                     labelled.observed[rows], true)
+        paths = [labelled.image_paths[r] for r in rows]
+        return Split(ImageFileDataset(image_dir, paths, image_size), labelled.observed[rows], true,
+                     image_ids=paths)
 
     train = splits["train"]
     if "val" in splits:
@@ -108,9 +110,10 @@ def load_long_custom_data(data_root: Path, image_dir: Path, image_size: int) -> 
     positives, negatives = labels["train"].labelled_per_class()
 
     def split_of(split: str) -> Split:
-        images = ImageFileDataset(image_dir, labels[split].image_ids.tolist(), image_size)
-        return Split(images, None, None, sparse=labels[split],
-                     train_label_counts=positives + negatives)
+        paths = labels[split].image_ids.tolist()
+        return Split(ImageFileDataset(image_dir, paths, image_size), None, None,
+                     sparse=labels[split], train_label_counts=positives + negatives,
+                     image_ids=paths)
 
     return ExperimentData(train=split_of("train"), val=split_of("val"), test=split_of("test"),
                           class_names=class_names)
@@ -118,7 +121,8 @@ def load_long_custom_data(data_root: Path, image_dir: Path, image_size: int) -> 
 
 def load_openimages_data(data_root: Path, image_dir: Path | None,
                          image_size: int) -> ExperimentData:
-    """OpenImages V3 as `scripts/prepare_data.py --dataset openimages` writes it (openimages.py):
+    """OpenImages (V3, V6 or V7) as `scripts/prepare_data.py --dataset openimages` writes it
+    (openimages.py; the same files for every release, which metadata.json names):
     train = supervision, validation = model selection, test = test, every split with real partial
     labels (±1 verified, everything else unknown) held sparse in `Split.sparse` (no N×L matrix).
     Images are IMAGE_DIR/<split>/<ImageID>.jpg; IMAGE_DIR is --image_dir, else the one recorded in
@@ -141,10 +145,10 @@ def load_openimages_data(data_root: Path, image_dir: Path | None,
     positives, negatives = labels["train"].labelled_per_class()
 
     def split_of(split: str) -> Split:
-        images = ImageFileDataset(image_dir / split, [f"{image_id}.jpg" for image_id in
-                                                      labels[split].image_ids.tolist()], image_size)
-        return Split(images, None, None, sparse=labels[split],
-                     train_label_counts=positives + negatives)
+        paths = [f"{image_id}.jpg" for image_id in labels[split].image_ids.tolist()]
+        return Split(ImageFileDataset(image_dir / split, paths, image_size), None, None,
+                     sparse=labels[split], train_label_counts=positives + negatives,
+                     image_ids=paths)
 
     names_file = data_root / openimages.CLASS_NAMES_FILE
     class_names = (names_file.read_text(encoding="utf-8").splitlines() if names_file.is_file()
@@ -152,7 +156,9 @@ def load_openimages_data(data_root: Path, image_dir: Path | None,
     if len(class_names) != len(class_mids):
         raise InputError(f"{names_file} has {len(class_names)} lines for {len(class_mids)} classes")
     return ExperimentData(train=split_of("train"), val=split_of("validation"),
-                          test=split_of("test"), class_names=class_names)
+                          test=split_of("test"), class_names=class_names,
+                          class_ids=class_mids.tolist(),
+                          release=openimages.read_release(data_root))
 
 
 def openimages_image_dir(data_root: Path) -> Path:

@@ -75,7 +75,14 @@ def load_digits_data(train_size: int, image_size: int) -> ExperimentData:
     (train_images, train_labels, train_boxes), val, test = splits
     observed = formats.make_observed_labels(train_labels).astype(np.int8)
     return ExperimentData(
-        train=Split(train_images, observed, train_labels, train_boxes),
+        train=Split(train_images, observed, train_labels, train_boxes,
+                    image_ids=digits_image_ids("train", len(observed))),
         val=Split(val[0], val[1].astype(np.int8), val[1], val[2]),
         test=Split(test[0], test[1].astype(np.int8), test[1], test[2]),
         class_names=[str(digit) for digit in range(10)])
+
+
+def digits_image_ids(split: str, num_images: int) -> list[str]:
+    """Names for the generated canvases ("train/000000.png", ...): no file exists; pseudo-label
+    folders of the digits simulation are matched to the split by them."""
+    return [f"{split}/{index:06d}.png" for index in range(num_images)]

@@ -207,6 +207,8 @@ class DevicePreprocess:
     per image when training. The flips are drawn per sample (`epoch_draws`, `flip_draws`): each
     process passes the draws of its shard's sample ids as `draws`."""
 
+    FLIP_BELOW = 0.5  # an image is flipped when its draw is below this
+
     def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
@@ -222,7 +224,7 @@ class DevicePreprocess:
         images = images.float()
         if train:
             draws = torch.rand(images.shape[0], device=images.device) if draws is None else draws
-            flip = (draws < 0.5).view(-1, 1, 1, 1)
+            flip = (draws < self.FLIP_BELOW).view(-1, 1, 1, 1)
             images = torch.where(flip, images.flip(3), images)
         images = (images - self.mean) / self.std
         return images.contiguous(memory_format=self.memory_format)

@@ -27,6 +27,9 @@ class Split:
         N×L matrix (OpenImages V3); evaluated over each class's labelled entries only.
     train_label_counts: with `sparse`, the L labelled training entries per class (positives +
         negatives), by which the sparse evaluation groups the classes into G1–G5.
+    image_ids: N ids naming the images (relative paths as in the dataset's image list; digits:
+        generated names), kept when the images are cached in memory; pseudo-label folders are
+        matched to the split by them. None where the split has none (features).
     """
     images: Dataset
     observed: np.ndarray | None
@@ -34,6 +37,7 @@ class Split:
     boxes: list | None = None
     sparse: SparseLabels | None = None
     train_label_counts: np.ndarray | None = None
+    image_ids: list[str] | None = None
 
     def __len__(self) -> int:
         return self.sparse.num_images if self.observed is None else len(self.observed)
@@ -53,12 +57,17 @@ class Split:
 @dataclass(frozen=True)
 class ExperimentData:
     """The three splits; notes: what an evaluation split cannot measure well (evaluation_problems),
-    printed at the start of a run and kept in results.json."""
+    printed at the start of a run and kept in results.json. class_ids: stable class identifiers
+    beside the display names where the dataset has them (OpenImages: the MIDs; display names
+    repeat there); release: the dataset release the files came from (OpenImages: "V3", "V6",
+    "V7"); both None elsewhere and both kept in results.json."""
     train: Split
     val: Split
     test: Split
     class_names: list[str]
     notes: list[str] = field(default_factory=list)
+    class_ids: list[str] | None = None
+    release: str | None = None
 
     @property
     def num_classes(self) -> int:

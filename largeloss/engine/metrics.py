@@ -43,27 +43,32 @@ def ranked_average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.nda
         scores: N×L float scores (cast to float32, as the metric's protocol says).
         targets: N×L in {0, 1}.
     """
-    scores = np.asarray(scores, dtype=np.float32).T          # L×N: each class contiguous
-    targets = np.asarray(targets).T
+    scores = np.ascontiguousarray(np.asarray(scores, dtype=np.float32).T)  # L×N: each class
+    targets = np.ascontiguousarray(np.asarray(targets).T)                  # contiguous
     if scores.shape != targets.shape:
         raise ValueError(f"scores {scores.shape[::-1]} and targets {targets.shape[::-1]} differ "
                          f"in shape")
-    num_rows = scores.shape[1]
+    num_classes, num_rows = scores.shape
     order = np.argsort(-scores, axis=1)     # descending; the order within ties does not matter
     ranked_scores = np.take_along_axis(scores, order, axis=1)
-    hits = np.take_along_axis(targets, order, axis=1).astype(np.float64)
-    true_positives = np.cumsum(hits, axis=1)
-    # the last position of every run of tied scores is a threshold; each row takes the
-    # precision at the threshold that admits it
-    is_threshold = np.ones(scores.shape, dtype=bool)
-    is_threshold[:, :-1] = ranked_scores[:, :-1] != ranked_scores[:, 1:]
-    positions = np.broadcast_to(np.arange(num_rows), scores.shape)
-    threshold_of = np.minimum.accumulate(np.where(is_threshold, positions, num_rows)[:, ::-1],
-                                         axis=1)[:, ::-1]
-    precision = np.take_along_axis(true_positives, threshold_of, axis=1) / (threshold_of + 1)
-    num_positives = hits.sum(axis=1)
-    return np.where(num_positives > 0, (hits * precision).sum(axis=1) / np.maximum(num_positives, 1),
-                    0.0)
+    hits = np.take_along_axis(targets, order, axis=1) == 1
+    true_positives = np.cumsum(hits, axis=1, dtype=np.int64)
+    classes, ranks = np.nonzero(hits)       # every positive: its class and its rank
+    # each positive takes the precision at the threshold that admits it: the last position of
+    # its run of tied scores (its own position where no score is tied, the usual case)
+    tied = ranked_scores[:, :-1] == ranked_scores[:, 1:]
+    thresholds = ranks
+    if tied.any():
+        positions = np.broadcast_to(np.arange(num_rows), scores.shape)
+        is_threshold = np.ones(scores.shape, dtype=bool)
+        is_threshold[:, :-1] = ~tied
+        threshold_of = np.minimum.accumulate(np.where(is_threshold, positions, num_rows)[:, ::-1],
+                                             axis=1)[:, ::-1]
+        thresholds = threshold_of[classes, ranks]
+    precision = true_positives[classes, thresholds] / (thresholds + 1.0)
+    num_positives = np.bincount(classes, minlength=num_classes)
+    precision_sums = np.bincount(classes, weights=precision, minlength=num_classes)
+    return np.where(num_positives > 0, precision_sums / np.maximum(num_positives, 1), 0.0)
 
 
 # --- partially labelled evaluation (OpenImages): AP over the labelled entries of each class ------
@@ -224,6 +229,24 @@ def split_metrics(scores: np.ndarray, split: Split) -> dict:
            else average_precisions(scores, targets, known))
     return {"map": 100.0 * float(aps.mean()), "ap": (100.0 * aps).tolist(), "scores": scores,
             "coverage": masked_map_summary(aps, measurable_classes(targets, known))}
+
+
+def stacked_split_metrics(scores: np.ndarray, split: Split, num_heads: int) -> list[dict]:
+    """`split_metrics` of each of `num_heads` heads whose N×L scores are the column blocks of
+    `scores` (N×(K·L), head k in columns k·L … (k+1)·L − 1: a sweep's stacked head); with clean
+    labels the AP of all K·L columns comes from one vectorised call."""
+    num_classes = scores.shape[1] // num_heads
+    blocks = [scores[:, head * num_classes:(head + 1) * num_classes] for head in range(num_heads)]
+    if split.sparse is not None or num_heads == 1:
+        return [split_metrics(block, split) for block in blocks]
+    targets, known = split.eval_targets()
+    tiled_targets = np.tile(targets, (1, num_heads))
+    aps = (ranked_average_precisions(scores, tiled_targets) if known is None
+           else average_precisions(scores, tiled_targets, np.tile(known, (1, num_heads))))
+    measurable = measurable_classes(targets, known)
+    return [{"map": 100.0 * float(head_aps.mean()), "ap": (100.0 * head_aps).tolist(),
+             "scores": block, "coverage": masked_map_summary(head_aps, measurable)}
+            for head_aps, block in zip(aps.reshape(num_heads, num_classes), blocks)]
 
 
 def measurable_classes(targets: np.ndarray, known: np.ndarray | None) -> np.ndarray:

@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 from largeloss.data import datasets, loading, splits
 from largeloss.data.loading import DevicePreprocess
+from largeloss.data.pseudo_labels import PseudoLabels, load_pseudo_labels
 from largeloss.data.splits import ExperimentData, Split
 from largeloss.engine import analysis, features, metrics
-from largeloss.engine.metrics import format_masked_map, split_metrics
+from largeloss.engine.metrics import format_masked_map, stacked_split_metrics
 from largeloss.engine.resume import SavedTraining
 from largeloss.engine.run_folder import RunFolder, checkpoint_num_classes, read_checkpoint
 from largeloss.experiment.config import Config, config_from_dict
@@ -150,11 +151,12 @@ class Phase:
     best_file: str = "best.pt"
     save_last: bool = True
     tracker: analysis.TrainingTracker | None = None
+    tag: str = ""  # which head of a sweep (sweep.py), before the summary lines
 
     @property
     def label(self) -> str:
         """Prefix of the summary lines."""
-        return "linear " if self.name == "linear" else ""
+        return self.tag + ("linear " if self.name == "linear" else "")
 
 
 @dataclass
@@ -191,9 +193,9 @@ def train_one_epoch(phase: Phase, method: Method, epoch: int, device: torch.devi
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
     for step, (inputs, sample_ids) in enumerate(progress, start=1):
         global_size = loader.batch_sampler.global_batch_size(step - 1)
-        logits, sample_ids = forward_global_batch(phase, inputs, sample_ids, global_size, flips,
-                                                  device, world)
-        output = method.loss(logits, sample_ids, epoch)
+        logits, sample_ids, flipped = forward_global_batch(phase, inputs, sample_ids, global_size,
+                                                           flips, device, world)
+        output = method.loss_of_batch(logits, sample_ids, epoch, flipped)
         phase.optimizer.zero_grad(set_to_none=True)
         phase.scaler.scale(output.loss).backward()
         phase.scaler.step(phase.optimizer)
@@ -232,8 +234,9 @@ def report_progress(progress: tqdm, world: World, epoch: int, step: int, steps: 
 
 def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, global_size: int,
                          flips: Tensor | None, device: torch.device,
-                         world: World) -> tuple[Tensor, Tensor]:
-    """This process's shard through the model; the global batch's (m×L logits, m sample ids).
+                         world: World) -> tuple[Tensor, Tensor, Tensor | None]:
+    """This process's shard through the model; the global batch's (m×L logits, m sample ids,
+    m bool flips: True where the image was flipped, None on features, which are never flipped).
     flips: the epoch's N flip draws by sample id (None for features), so a sample's flip does not
     depend on the workers or the processes; padding rows (id −1) take row 0's, their outputs are
     dropped."""
@@ -242,7 +245,9 @@ def forward_global_batch(phase: Phase, inputs: Tensor, sample_ids: Tensor, globa
     inputs = phase.preprocess(inputs.to(device, non_blocking=True), train=True, draws=draws)
     with autocast(device, phase.amp):
         logits = phase.forward(inputs)
-    return gather_global_batch(logits, sample_ids, global_size, world)
+    logits, sample_ids = gather_global_batch(logits, sample_ids, global_size, world)
+    flipped = None if flips is None else flips[sample_ids] < DevicePreprocess.FLIP_BELOW
+    return logits, sample_ids, flipped
 
 
 def check_diverged(loss_sum: Tensor, logit_max: Tensor, epoch: int, step: int) -> float:
@@ -265,12 +270,17 @@ def evaluate(model: nn.Module, split: Split, loader, preprocess: Callable, devic
     """mAP (0–100) and per-class AP of `split`; the same function for val and test, images or
     features. With clean labels the vectorised AP (equal to scikit-learn's) is used; sparse labels
     go to `metrics.sparse_evaluation`."""
-    scores = predict(model, loader, preprocess, device, amp, world)
+    return evaluate_scores(predict(model, loader, preprocess, device, amp, world), split)[0]
+
+
+def evaluate_scores(scores: np.ndarray, split: Split, num_heads: int = 1) -> list[dict]:
+    """`evaluate`'s dict for each of the `num_heads` heads whose N×L scores are the column blocks
+    of `scores` (N×(K·L): head k in columns k·L … (k+1)·L − 1, a sweep's stacked head)."""
     if not np.isfinite(scores).all():
         raise TrainingDiverged(f"the model's evaluation scores are not finite "
                                f"({int((~np.isfinite(scores)).sum())} of {scores.size}): the "
                                f"weights diverged; lower --lr or try --amp off")
-    return split_metrics(scores, split)
+    return stacked_split_metrics(scores, split, num_heads)
 
 
 # --- epochs, checkpoints, the best model ------------------------------------------------------
@@ -442,8 +452,7 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
     loading.warn_if_too_many_workers(config.num_workers)
     if data is None:
         data = main_process_first(world, lambda: load_run_data(config, device))
-    if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:
-        config = dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
+    config = with_expected_num_pos(config, data)
     torch.manual_seed(config.seed)
     if config.train_mode == "linear":
         model = new_linear_head(features.features_of(data.train).shape[1],
@@ -458,11 +467,38 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
-    method = methods.build(config.method, data.train.labels,
-                           data.train.true_labels, device=device,
-                           hyper=config.method_hyper_parameters())
-    return Run(config, device, data, model, preprocess, loaders, method,
+    return Run(config, device, data, model, preprocess, loaders, build_method(config, data, device),
                RunFolder(config.out_dir, writes=world.is_main), world)
+
+
+def with_expected_num_pos(config: Config, data: ExperimentData) -> Config:
+    """`config` with --expected_num_pos filled in (the training labels' mean count) for the
+    methods that need it and were not given it."""
+    if config.expected_num_pos is None and methods.method_class(config.method).needs_expected_num_pos:
+        return dataclasses.replace(config, expected_num_pos=splits.mean_label_count(data))
+    return config
+
+
+def build_method(config: Config, data: ExperimentData, device: torch.device) -> Method:
+    """The method of `config` on the training split, with its own copy of the observed labels
+    (and its pseudo-labels, when the configuration names them)."""
+    return methods.build(config.method, data.train.labels, data.train.true_labels, device=device,
+                         hyper=config.method_hyper_parameters(),
+                         pseudo_labels=run_pseudo_labels(config, data, device))
+
+
+def run_pseudo_labels(config: Config, data: ExperimentData,
+                      device: torch.device) -> PseudoLabels | None:
+    """--pseudo_labels DIR read, checked against the training split's ids and class names, on
+    `device`; None without the flag."""
+    if config.pseudo_labels is None:
+        return None
+    if data.train.image_ids is None:
+        raise InputError(f"--pseudo_labels {config.pseudo_labels}: the training split of "
+                         f"--dataset {config.dataset} has no image ids to match its rows to "
+                         f"(cached feature vectors); train on the images instead")
+    return load_pseudo_labels(config.pseudo_labels, data.train.image_ids,
+                              data.class_names).to(device)
 
 
 def load_run_data(config: Config, device: torch.device) -> ExperimentData:
@@ -533,13 +569,14 @@ def train_eval_loader(data: ExperimentData, config: Config, device: torch.device
                                 config.num_workers, config.seed, device.type == "cuda", world)
 
 
-def write_run_header(run: Run) -> None:
-    """config.json and the first stdout line."""
+def write_run_header(run: Run, **extra) -> None:
+    """config.json (with `extra` keys) and the first stdout line."""
     config, data = run.config, run.data
     run.folder.create()
     run.folder.clear_failure()  # a stale error.txt of an earlier attempt
     run.folder.write_config(config.to_dict(), num_classes=data.num_classes,
-                            train_size=len(data.train), data_fingerprint=run.data_fingerprint)
+                            train_size=len(data.train), data_fingerprint=run.data_fingerprint,
+                            **extra)
     print(f"run folder {run.folder.path}  method {config.method}  dataset {config.dataset} "
           f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}, "
           f"{data.num_classes} classes)  device {run.device}", flush=True)
@@ -699,15 +736,21 @@ def linear_init_phase(run: Run, state: TrainState) -> None:
 
 def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     """Load the phase's best model, evaluate the test split, write results.json."""
-    config = run.config
     load_best(run, phase)
     test = evaluate(phase.model, run.data.test, phase.loaders["test"], phase.preprocess,
                     run.device, phase.amp, run.world)
+    return write_results(run, phase, state, test)
+
+
+def write_results(run: Run, phase: Phase, state: TrainState, test: dict) -> dict:
+    """results.json of the phase's best model, whose test evaluation is `test`; printed."""
+    config = run.config
     results = {"status": "finished", "dataset": config.dataset, "method": config.method,
                "loss": config.loss, "mod_scheme": config.mod_scheme, "delta_rel": config.delta_rel,
                "seed": config.seed, "train_mode": config.train_mode,
                "best_epoch": state.best_epoch, "val_map": state.best_val_map,
                "test_map": test["map"], "test_ap": test["ap"], "class_names": run.data.class_names,
+               **class_identity(run.data),
                "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "notes": run.data.notes}
     linear_rows = [row for row in state.history if row.get("phase") == "linear"]
@@ -728,6 +771,17 @@ def test_best_model(run: Run, phase: Phase, state: TrainState) -> dict:
     print(f"best {phase.label}epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
           f"test mAP {test['map']:.2f}  ({run.folder.path / 'results.json'})", flush=True)
     return results
+
+
+def class_identity(data: ExperimentData) -> dict:
+    """The dataset release and the class ids beside the names (OpenImages: "V6" and the MIDs, so
+    that a per-class AP is traceable where display names repeat); {} for datasets without them."""
+    identity = {}
+    if data.release is not None:
+        identity["data_release"] = data.release
+    if data.class_ids is not None:
+        identity["class_ids"] = list(data.class_ids)
+    return identity
 
 
 def coverage_results(test: dict) -> dict:
@@ -756,12 +810,29 @@ def masked_results(test: dict) -> dict:
     return test["masked"]
 
 
+def evaluation_fields(result: dict, split: str) -> dict:
+    """results.json's fields beyond the mAP and the APs, for `split`: a sparse split's masked
+    fields unprefixed as in results.json (both conventions, class counts, G1–G5; printed), a
+    dense split's class counts as <split>_num_classes, <split>_num_measured, <split>_map_measured."""
+    if "masked" in result:
+        print(f"{split} {format_masked_map(result['masked'])}; {split}_map is "
+              f"{metrics.MAP_CONVENTION}", flush=True)
+        return dict(result["masked"])
+    coverage = result.get("coverage")
+    if coverage is None:
+        return {}
+    return {f"{split}_num_classes": coverage["num_classes"],
+            f"{split}_num_measured": coverage["num_measured"],
+            f"{split}_map_measured": coverage["map_measured"]}
+
+
 def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int,
                         split: str = "test", data_paths: dict | None = None) -> dict:
     """--eval_only: mAP of a best.pt / last.pt on `split` with the configuration saved inside it
-    (data_paths: data_root / image_dir where given, the data moved). Writes
-    eval_<stem>[_val].json and the split's N×L float32 logits, rows in the split's order, as
-    eval_<stem>[_val].npy beside the checkpoint."""
+    (data_paths: data_root / image_dir where given, the data moved). Writes beside the checkpoint
+    eval_<stem>.json (test) or eval_<stem>_val.json (val), with the mAP, per-class AP, class names
+    (and ids, release) and `evaluation_fields`, and the split's N×L float32 logits, rows in the
+    split's order, as eval_<stem>.npy / eval_<stem>_val.npy."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path, "--eval_only")
     generated = checkpoint["config"].get("dataset") == "digits"  # no folder is read
@@ -783,8 +854,10 @@ def evaluate_checkpoint(checkpoint_path: str, device_name: str, num_workers: int
     name = f"eval_{path.stem}" + ("" if split == "test" else f"_{split}")
     results = {"checkpoint": str(path), "epoch": checkpoint["epoch"], "split": split,
                "data_root": None if generated else config.data_root,
-               "image_dir": None if generated else config.image_dir, f"{split}_map": result["map"], f"{split}_ap": result["ap"],
-               "scores": f"{name}.npy"}
+               "image_dir": None if generated else config.image_dir,
+               f"{split}_map": result["map"], f"{split}_ap": result["ap"],
+               "class_names": run.data.class_names, **class_identity(run.data),
+               **evaluation_fields(result, split), "scores": f"{name}.npy"}
     run.folder.write_npy(f"{name}.npy", result["scores"].astype(np.float32))
     run.folder.write_json(f"{name}.json", results)
     return results

@@ -6,6 +6,7 @@ dataset's paper default (docs/protocol.md §Training protocol) > built-in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from largeloss.experiment.presets import (BOOSTLU_DELTA_REL, DATASET_DEFAULTS, DEFAULT_SCHEME, EM_DEFAULTS,
-                                          LINEAR_DEFAULT, LINEAR_DEFAULTS, PAPER_DATASETS, PEER_DEFAULTS)
+                                          LINEAR_DEFAULT, LINEAR_DEFAULTS, METHOD_DATASET_DEFAULTS,
+                                          PAPER_DATASETS, PEER_DEFAULTS)
 from largeloss.methods import registry as methods
 
 DATASETS = ("digits", "pascal", "coco", "nuswide", "cub", "custom", "features", "openimages")
@@ -92,6 +94,26 @@ class Config:
     gr_observed_negatives: str = PEER_DEFAULTS["gr_observed_negatives"]
     llcp_relabel: str = PEER_DEFAULTS["llcp_relabel"]
     allow_split_overlap: bool = False
+    gpr_lambda: tuple = PEER_DEFAULTS["gpr_lambda"]
+    gpr_rho: float = PEER_DEFAULTS["gpr_rho"]
+    gpr_reg: float = PEER_DEFAULTS["gpr_reg"]
+    vlpl_beta_pos: float = PEER_DEFAULTS["vlpl_beta_pos"]
+    vlpl_rule: str = PEER_DEFAULTS["vlpl_rule"]
+    vlpl_temperature: float = PEER_DEFAULTS["vlpl_temperature"]
+    vlpl_threshold: float = PEER_DEFAULTS["vlpl_threshold"]
+    crisp_delta: float = PEER_DEFAULTS["crisp_delta"]
+    crisp_tau: float = PEER_DEFAULTS["crisp_tau"]
+    crisp_warmup_epochs: int = PEER_DEFAULTS["crisp_warmup_epochs"]
+    crisp_initial_prior: float = PEER_DEFAULTS["crisp_initial_prior"]
+    crisp_positive_scale: str = PEER_DEFAULTS["crisp_positive_scale"]
+    damp_temperature: float = PEER_DEFAULTS["damp_temperature"]
+    damp_eta: float = PEER_DEFAULTS["damp_eta"]
+    damp_threshold: float = PEER_DEFAULTS["damp_threshold"]
+    damp_top_k: int = PEER_DEFAULTS["damp_top_k"]
+    damp_negative_ratio: float = PEER_DEFAULTS["damp_negative_ratio"]
+    damp_negatives: int = PEER_DEFAULTS["damp_negatives"]
+    damp_view_flips: str = PEER_DEFAULTS["damp_view_flips"]
+    pseudo_labels: str | None = None  # a <name>.pl folder (docs/pseudo_labels.md) for the methods needing one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits is generated offline (no download); pascal/coco/nuswide/cub read "
                            "the Cole-format folder written by scripts/prepare_data.py; features reads "
                            "vectors from DATA_ROOT/features.npz (layout in features.py; needs "
-                           "--train_mode linear); openimages reads the sparse V3 folder of "
-                           "prepare_data.py (real partial labels) (default: digits)")
+                           "--train_mode linear); openimages reads the sparse V3/V6/V7 folder "
+                           "of prepare_data.py (real partial labels) (default: digits)")
     data.add_argument("--data_root", metavar="DIR",
                       help="dataset folder (default: data/<dataset>)")
     data.add_argument("--image_dir", metavar="DIR",
@@ -163,12 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "observed negatives (default: an)")
     method.add_argument("--mod_scheme", choices=("none",) + methods.schemes(),
                         help="large-loss scheme on top of --loss an: LL-R rejects, LL-Ct corrects, "
-                             "LL-Cp corrects permanently (default: LL-R for an, none otherwise)")
+                             "LL-Cp corrects permanently (default: LL-R for an, none otherwise); "
+                             "with --sweep_delta_rel a comma-separated list, e.g. LL-R,LL-Ct,LL-Cp")
+    method.add_argument("--sweep_delta_rel", metavar="D1,D2,...",
+                        help="train one linear head per Δrel (× per --mod_scheme of a list) together "
+                             "in one pass over cached features (--train_mode linear only), each "
+                             "head's run folder <out_dir>/<method>_d<Δrel> what its separate run "
+                             "would write; e.g. --mod_scheme LL-R,LL-Ct,LL-Cp --sweep_delta_rel "
+                             "0.1,0.2,0.3,0.4,0.5 (15 heads); --out_dir required")
     method.add_argument("--delta_rel", type=float,
                         help="Δrel in percent per epoch, 0 to 100: from epoch 2 on, LL-R/LL-Ct modify "
                              "(t−1)·Δrel %% of the batch's entries, LL-Cp Δrel %% (default: the "
                              "authors' best per dataset and scheme; BoostLU's with --boostlu_alpha "
                              "on pascal/coco/nuswide/cub)")
+    method.add_argument("--pseudo_labels", metavar="DIR",
+                        help="a pseudo-label folder <name>.pl (docs/pseudo_labels.md), made once "
+                             "per dataset by scripts/make_pseudo_labels.py (CLIP, or the digits "
+                             "simulation) and shared by every seed and method; for the methods "
+                             "that train on pseudo-labels, refused for the others. Its rows are "
+                             "matched to the training images by id (default: none)")
     method.add_argument("--llcp_relabel", choices=("above", "modified"),
                         help="LL-Cp: which modified entries become positives for good: those strictly "
                              "above the k-th largest loss (the LL paper; with k = 1 none) or every modified "
@@ -210,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hill and SPLC: mean = Σ/(B·L), the protocol of every method here; "
                              "sum = Σ, the authors' code (with Adam and no weight decay the two differ "
                              "only through Adam's ε; with SGD or weight decay sum scales the step by "
-                             "B·L) (default: mean)")
+                             f"B·L) (default: {PEER_DEFAULTS['reduction']})")
     method.add_argument("--gr_beta", type=float, nargs=4, metavar=("W0", "W_T", "B0", "B_T"),
                         help="GR: soft pseudo-label k̂ = σ(w·p + b), w and b moving linearly over "
                              "the --epochs (default: 0 2 -2 -2)")
@@ -228,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--gr_observed_negatives", choices=("bce", "ignore"),
                         help="GR on observed negatives (−1): bce = −log(1−p), our extension; ignore "
                              "= no loss, the authors' code (default: bce)")
+
+    add_vlp_flags(method)
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", help="resnet50 (paper), resnet101, small_cnn (digits; small_cnn_gn: "
@@ -304,15 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
                                   "apply; any other flag that differs from the saved one is refused")
     engineering.add_argument("--eval_only", metavar="CHECKPOINT",
                              help="evaluate a best.pt/last.pt on --split (with --data_root / "
-                                  "--image_dir if the data moved) and exit; writes "
-                                  "eval_<stem>_<split>.json and the N×L logits as "
-                                  "eval_<stem>_<split>.npy beside the checkpoint")
+                                  "--image_dir if the data moved) and exit; writes beside the "
+                                  "checkpoint eval_<stem>.json (--split test) or "
+                                  "eval_<stem>_val.json: mAP, AP per class and, for partial "
+                                  "labels, both mAP conventions, class counts and G1–G5 as "
+                                  "results.json; and the N×L logits as eval_<stem>.npy / "
+                                  "eval_<stem>_val.npy")
     engineering.add_argument("--split", choices=("val", "test"), default="test",
                              help="the split --eval_only evaluates (default: test)")
     engineering.add_argument("--logger", choices=("none", "tensorboard"), default="none",
                              help="tensorboard: train loss, lr, val mAP and modified fraction per "
                                   "epoch as TensorBoard scalars in the run folder (needs "
-                                  "pip install tensorboard) (default: none)")
+                                  "pip install -e .[tensorboard]) (default: none)")
     engineering.add_argument("--stop_after", type=int, metavar="EPOCH",
                              help="leave after this epoch (>= 1) as if interrupted (for time-limited jobs; "
                                   "continue with --resume RUN/last.pt)")
@@ -333,6 +373,76 @@ def build_parser() -> argparse.ArgumentParser:
                                "in the first N training images that have a false negative, written "
                                "to corrections.json (default: 8)")
     return parser
+
+
+def add_vlp_flags(method: argparse._ArgumentGroup) -> None:
+    """The flags of GPR, VLPL and CRISP-Eq7 (docs/vlp_methods.md)."""
+    method.add_argument("--gpr_lambda", type=float, nargs=2, metavar=("LAMBDA1", "LAMBDA2"),
+                        help="GPR (AEVLP): the pseudo-positives' weight 1 − v is kept within "
+                             "[LAMBDA2, LAMBDA1] (default per dataset: pascal 0.7 0.4, coco/nuswide "
+                             "0.7 0.5, cub 0.8 0.2; otherwise 0.7 0.4). GPR also takes --gr_beta, "
+                             "--gr_alpha, --gr_q2, --gr_q3 (defaults: AEVLP's per dataset)")
+    method.add_argument("--gpr_rho", type=float, metavar="RHO",
+                        help="GPR: soft target of a pseudo-positive, in [0, 1] (default: 0.9)")
+    method.add_argument("--gpr_reg", type=float, metavar="WEIGHT",
+                        help="GPR: weight of the regulariser ((1/B)·Σp − k)²/L², k = "
+                             "--expected_num_pos (default per dataset: pascal 0.05, coco/nuswide "
+                             "0.001, cub 0.01; otherwise 0.05)")
+    add_damp_flags(method)
+    method.add_argument("--vlpl_beta_pos", type=float, metavar="BETA",
+                        help="VLPL: weight of the pseudo-positives' soft BCE (target 0.9) "
+                             "(default: 0.7). VLPL's EM weight is --em_alpha")
+    method.add_argument("--vlpl_rule", choices=("labels", "scores"),
+                        help="VLPL: labels = the pseudo-label folder's labels; scores = VLPL's rule "
+                             "softmax(c/T) > threshold on its cosine scores, with the two flags "
+                             "below (default: labels)")
+    method.add_argument("--vlpl_temperature", type=float, metavar="T",
+                        help="VLPL with --vlpl_rule scores: softmax temperature (default: 0.01)")
+    method.add_argument("--vlpl_threshold", type=float, metavar="THR",
+                        help="VLPL with --vlpl_rule scores: a class is a pseudo-positive when its "
+                             "softmax score is > THR, so at most ⌊1/THR⌋ per image (default: 0.3)")
+    method.add_argument("--crisp_delta", type=float, metavar="DELTA",
+                        help="CRISP-Eq7: δ of the prior estimator's confidence term (default: 0.01)")
+    method.add_argument("--crisp_tau", type=float, metavar="TAU",
+                        help="CRISP-Eq7: τ of the prior estimator's confidence term (default: 0.01)")
+    method.add_argument("--crisp_warmup_epochs", type=int, metavar="EPOCHS",
+                        help="CRISP-Eq7: epochs trained with AN before the first prior estimate; "
+                             "the priors are re-estimated after every epoch from then on (default: "
+                             "1; the paper's is unknown)")
+    method.add_argument("--crisp_initial_prior", type=float, metavar="PI",
+                        help="CRISP-Eq7: prior of a class with no observed positive, in [0, 1] "
+                             "(default: 0)")
+    method.add_argument("--crisp_positive_scale", choices=("batch", "unbiased"),
+                        help="CRISP-Eq7: batch = mean of (1 − p) over the batch's positives of the "
+                             "class; unbiased = their sum × n/(B·n_j) (default: batch)")
+
+
+def add_damp_flags(method: argparse._ArgumentGroup) -> None:
+    """GPR's DAMP rule, applied at each step to the grid views of a --pseudo_labels folder of kind
+    damp (docs/pseudo_labels.md); defaults per dataset: AEVLP's configs (pascal's elsewhere)."""
+    method.add_argument("--damp_temperature", type=float, metavar="T",
+                        help="GPR/DAMP: per-view softmax temperature over classes (default: 0.01; "
+                             "cub 0.1)")
+    method.add_argument("--damp_eta", type=float, metavar="ETA",
+                        help="GPR/DAMP: cap of the gate η = min(s⁰ of the observed positive, ETA); "
+                             "a class takes its best tile above η, its worst below (default: pascal "
+                             "0, coco/nuswide 0.3, cub 0.005)")
+    method.add_argument("--damp_threshold", type=float, metavar="THR",
+                        help="GPR/DAMP: a top-k class is a pseudo-positive when its combined score "
+                             "is >= THR (default: 0.5; nuswide 0.6, cub 0.005)")
+    method.add_argument("--damp_top_k", type=int, metavar="K",
+                        help="GPR/DAMP: classes considered per image (default: 3; cub 32)")
+    method.add_argument("--damp_negative_ratio", type=float, metavar="RHO",
+                        help="GPR/DAMP: the int(RHO·L) classes with the lowest mean score are set "
+                             "to --damp_negatives (default: 0.2; coco 0.3)")
+    method.add_argument("--damp_negatives", type=int, choices=(0, -1),
+                        help="GPR/DAMP: 0 = the released code (those classes become unknown: no "
+                             "negative pseudo-label, GPR's negative branch never fires); -1 = our "
+                             "reading of the paper's figure (default: 0)")
+    method.add_argument("--damp_view_flips", choices=("per-view", "fixed"),
+                        help="GPR/DAMP: per-view = each view's flip variant drawn afresh at every "
+                             "step (the authors' distribution); fixed = unflipped views "
+                             "(default: per-view)")
 
 
 def method_lines() -> list[str]:
@@ -375,7 +485,7 @@ def origin(args: argparse.Namespace, name: str) -> str:
 # provenance), ignored when it is passed back as --config; with them the folder-specific flags, so
 # the new run gets its own folder.
 RECORDED_KEYS = frozenset({"method", "git_sha", "git_dirty", "command", "versions", "num_classes",
-                           "train_size", "data_fingerprint"})
+                           "train_size", "data_fingerprint", "sweep"})
 FOLDER_FLAGS = frozenset({"out_dir", "resume", "eval_only", "overwrite"})
 
 
@@ -504,6 +614,8 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"--track_images must be >= 0, got {args.track_images}")
     if args.resume and args.eval_only:
         parser.error("--resume and --eval_only exclude each other")
+    if args.sweep_delta_rel is not None:  # sweep_configs takes it off before parsing each head
+        parser.error("--sweep_delta_rel: parse the command with sweep_configs (main.py does)")
     check_finite(args, parser)
     check_resume_folder(args, parser)
 
@@ -591,7 +703,7 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config
         split=args.split, logger=args.logger,
         track_train=args.track_train, pointing_game=args.pointing_game,
         track_images=args.track_images, allow_split_overlap=args.allow_split_overlap,
-        **peer_values,
+        pseudo_labels=args.pseudo_labels, **peer_values,
     ))
 
 
@@ -620,6 +732,10 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
     """The values of the peer methods' flags (explicit > the authors' per dataset > theirs), after
     refusing what cannot run: a flag of another method, BoostLU where its paper does not put it."""
     cls = methods.method_class(method)
+    try:
+        methods.check_pseudo_labels_given(method, args.pseudo_labels is not None)
+    except ValueError as error:
+        parser.error(str(error))
     for name in PEER_DEFAULTS:
         if getattr(args, name) is not None and name not in cls.hyper_parameters:
             users = [user for user, other in methods.METHODS.items() if name in other.hyper_parameters]
@@ -640,13 +756,19 @@ def resolve_method_flags(args: argparse.Namespace, parser: argparse.ArgumentPars
                          "features has no class activation maps to boost")
         if args.boostlu_alpha <= 0:
             parser.error(f"--boostlu_alpha must be > 0, got {args.boostlu_alpha}")
+    try:
+        methods.check_pseudo_labels_given(method, args.pseudo_labels is not None)
+    except ValueError as error:
+        parser.error(str(error))
     if cls.schedule_spans_the_run and args.train_mode == "linear_init":
         parser.error(f"{method}'s schedule spans the run's epochs; --train_mode linear_init has two "
                      f"phases, each restarting the epoch count (use end_to_end or linear)")
-    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {})}
+    values = {**PEER_DEFAULTS, **EM_DEFAULTS.get(args.dataset, {}),
+              **METHOD_DATASET_DEFAULTS.get(method, {}).get(args.dataset, {})}
     values.update({name: getattr(args, name) for name in PEER_DEFAULTS
                    if getattr(args, name) is not None})
-    values["gr_beta"], values["gr_alpha"] = tuple(values["gr_beta"]), tuple(values["gr_alpha"])
+    for name in ("gr_beta", "gr_alpha", "gpr_lambda"):
+        values[name] = tuple(values[name])
     return {**values, "boostlu_alpha": args.boostlu_alpha}
 
 
@@ -657,3 +779,39 @@ def config_from_dict(values: dict) -> Config:
     added_since = {"sync_bn": False, "overwrite": False, "split": "test", "logger": "none"}
     return Config(**{**added_since,
                      **{name: value for name, value in values.items() if name in names}})
+
+
+def sweep_configs(argv: list[str] | None) -> list[Config] | None:
+    """With --sweep_delta_rel D1,D2,… (and --mod_scheme S1,S2,… or one scheme): the Config of each
+    head, scheme-major, each exactly what its separate run's flags give (the other flags, then
+    --mod_scheme S --delta_rel D --out_dir <out_dir>/<method>_d<D>); None without the flag."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--sweep_delta_rel", "--mod_scheme", "--delta_rel", "--out_dir", "--resume",
+                 "--eval_only"):
+        pre.add_argument(flag)
+    known, rest = pre.parse_known_args(argv)
+    if known.sweep_delta_rel is None:
+        return None
+    parser = build_parser()
+    for flag in ("delta_rel", "resume", "eval_only"):
+        if getattr(known, flag) is not None:
+            parser.error(f"--sweep_delta_rel trains new heads at the Δrel values it lists: "
+                         f"not with --{flag}")
+    if known.out_dir is None:
+        parser.error("--sweep_delta_rel writes one run folder per head, "
+                     "<out_dir>/<method>_d<Δrel>: give --out_dir")
+    try:
+        delta_rels = [float(value) for value in known.sweep_delta_rel.split(",")]
+    except ValueError:
+        parser.error(f"--sweep_delta_rel: expected comma-separated numbers (percent per epoch), "
+                     f"got {known.sweep_delta_rel!r}")
+    schemes = known.mod_scheme.split(",") if known.mod_scheme else [None]
+    configs = []
+    for scheme in schemes:
+        for delta_rel in delta_rels:
+            head_argv = [*rest, *(["--mod_scheme", scheme] if scheme else []),
+                         "--delta_rel", str(delta_rel), "--out_dir", known.out_dir]
+            config = parse_args(head_argv)
+            configs.append(dataclasses.replace(
+                config, out_dir=str(Path(known.out_dir) / f"{config.method}_d{delta_rel:g}")))
+    return configs

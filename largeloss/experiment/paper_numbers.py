@@ -12,10 +12,13 @@ that every place reads the same table.
     {'optimizer': 'sgd', 'lr': 0.005, 'epochs': 10, 'delta_rel': 0.1}
     >>> paper_map("coco", "gr", "end_to_end")
     73.17
+    >>> paper_map("coco", "aevlp", "end_to_end")
+    73.54
 """
 from __future__ import annotations
 
-from largeloss.experiment.presets import DATASET_DEFAULTS, PAPER_DATASETS, PEER_DATASETS, PEER_PRESETS
+from largeloss.experiment.presets import (DATASET_DEFAULTS, PAPER_DATASETS, PEER_DATASETS, PEER_PRESETS,
+                                          VLP_DATASETS, VLP_PRESETS)
 from largeloss.methods import registry as methods
 
 # The large-loss schemes: the registered schemes that take Δrel.
@@ -57,6 +60,16 @@ PAPER_MAP: dict[str, dict[str, dict[str, float]]] = {
 
 # OpenImages V3 (ResNet-101, 224 px, real partial labels), all groups; docs/openimages.md, not reproduced here.
 OPENIMAGES_MAP = {"an": 82.0, "LL-R": 82.5, "LL-Ct": 82.6, "LL-Cp": 82.5}
+OPENIMAGES_PAPER_RELEASE = "V3"  # the release of the LL paper's table; V6/V7 runs have no paper row
+
+# The network and input size behind the paper's numbers (docs/reproducing.md): (arch, image_size in pixels).
+PAPER_SETUP = {"openimages": ("resnet101", 224)}
+DEFAULT_PAPER_SETUP = ("resnet50", 448)
+
+
+def paper_setup(dataset: str) -> tuple[str, int]:
+    """(arch, image_size) of the paper's runs for `dataset`."""
+    return PAPER_SETUP.get(dataset, DEFAULT_PAPER_SETUP)
 
 # docs/protocol.md: the authors' best end-to-end hyper-parameters, from the CLI's own table (config.py), so
 # the scripts and the CLI cannot drift apart. `delta_rel` is in percent per epoch. The baselines have
@@ -73,8 +86,9 @@ DELTA_REL_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def method_flags(method: str) -> tuple[str, str]:
-    """The CLI's (--loss, --mod_scheme) for a registered method name (or a BoostLU row's)."""
-    name = method.removesuffix(BOOSTLU)
+    """The CLI's (--loss, --mod_scheme) for a registered method name (or a BoostLU row's, or a
+    vision-language row's: aevlp is --loss gpr)."""
+    name = VLP_ROW_METHOD.get(method, method.removesuffix(BOOSTLU))
     base_loss = methods.method_class(name).base_loss  # ValueError for an unknown name
     return (base_loss, name) if base_loss is not None else (name, "none")
 
@@ -85,6 +99,9 @@ def paper_map(dataset: str, method: str, train_mode: str) -> float | None:
         return OPENIMAGES_MAP.get(method) if train_mode == "end_to_end" else None
     if method in PEER_METHODS:  # their papers report end-to-end numbers only
         return (PEER_PAPER_MAP.get(dataset, {}).get(PEER_NAMES[method])
+                if train_mode == "end_to_end" else None)
+    if method in VLP_METHODS:
+        return (VLP_PAPER_MAP.get(dataset, {}).get(VLP_NAMES[method])
                 if train_mode == "end_to_end" else None)
     return PAPER_MAP.get(train_mode, {}).get(dataset, {}).get(method)
 
@@ -132,9 +149,19 @@ PEER_METHODS = tuple(PEER_NAMES)
 assert all(name.removesuffix(BOOSTLU) in methods.METHODS for name in PEER_METHODS)
 assert set(PEER_NAMES.values()) == set(PEER_PRESETS)
 
+# The vision-language pseudo-label rows and CRISP (docs/vlp_methods.md), handled by the same peer_* functions.
+# aevlp is GPR on DAMP pseudo-labels; crisp is CRISP-Eq7, our reading of CRISP's loss, whose row
+# carries the paper's number for its own (Eq. 8) loss, which the tool does not run.
+VLP_NAMES = {"aevlp": "AEVLP", "vlpl": "VLPL", "crisp": "CRISP"}
+VLP_ROW_METHOD = {"aevlp": "gpr"}  # rows named after the paper, not the registered loss
+VLP_METHODS = tuple(VLP_NAMES)
+assert set(VLP_NAMES.values()) == set(VLP_PRESETS)
+_ROW_NAMES = {**PEER_NAMES, **VLP_NAMES}
+_ROW_PRESETS = {**PEER_PRESETS, **VLP_PRESETS}
+
 # peer_losses' keyword names → the CLI's flags, per row (keys left out: fixed here, see above).
 _BOOSTLU_FLAGS = {"boost_alpha": "--boostlu_alpha", "delta_rel": "--delta_rel"}
-_FOCAL_FLAGS = {"margin": "--focal_margin", "gamma": "--focal_gamma"}
+_FOCAL_FLAGS = {"margin": "--focal_margin", "gamma": "--focal_gamma", "reduction": "--reduction"}
 _PEER_FLAGS = {
     **{f"{scheme}{BOOSTLU}": _BOOSTLU_FLAGS for scheme in LL_SCHEMES},
     "EM": {"alpha": "--em_alpha"},
@@ -143,6 +170,13 @@ _PEER_FLAGS = {
     "Hill": {"lam": "--hill_lambda", **_FOCAL_FLAGS},
     "SPLC": {"tau": "--splc_tau", **_FOCAL_FLAGS},
     "GR": {"beta": "--gr_beta", "alpha": "--gr_alpha", "q2": "--gr_q2", "q3": "--gr_q3"},
+    "AEVLP": {"beta": "--gr_beta", "alpha": "--gr_alpha", "q2": "--gr_q2", "q3": "--gr_q3",
+              "lam": "--gpr_lambda", "rho": "--gpr_rho", "reg": "--gpr_reg",
+              **{f"damp_{key}": f"--damp_{key}"
+                 for key in ("temperature", "eta", "threshold", "top_k", "negative_ratio")}},
+    "VLPL": {"alpha": "--em_alpha", "beta_pos": "--vlpl_beta_pos"},
+    "CRISP": {"delta": "--crisp_delta", "tau": "--crisp_tau",
+                  "warmup_epochs": "--crisp_warmup_epochs"},
 }
 # The authors' code behaviour that differs from this project's default and shaped their numbers
 # (on their datasets): BoostLU's LL-Cp relabels every modified entry (docs/methods.md §Paper or code).
@@ -163,7 +197,7 @@ def _flag_values(flags: dict, values: dict) -> list[str]:
 def peer_recipe(dataset: str, method: str) -> dict:
     """The training recipe of a peer row: optimizer, lr, head_lr_mult, weight_decay, batch_size,
     num_epochs, and early_stop ("patience0", points, or absent)."""
-    preset = PEER_PRESETS[PEER_NAMES[method]].get(dataset)
+    preset = _ROW_PRESETS[_ROW_NAMES[method]].get(dataset)
     if preset is not None and preset["train"]:
         return dict(preset["train"])
     defaults = DATASET_DEFAULTS[dataset]  # digits, and Hill / SPLC: the dataset's LL recipe
@@ -173,16 +207,18 @@ def peer_recipe(dataset: str, method: str) -> dict:
 
 def peer_flags(dataset: str, method: str) -> list[str]:
     """Every hyper-parameter flag of a peer row on a dataset (after --loss / --mod_scheme)."""
-    name = PEER_NAMES[method]
-    preset = PEER_PRESETS[name].get(dataset) or PEER_PRESETS[name]["pascal"]
-    values = {**preset["model"], **preset["loss"], **preset.get("apl", {})}
-    if dataset not in PEER_PRESETS[name] and takes_delta_rel(method):
+    name = _ROW_NAMES[method]
+    presets = _ROW_PRESETS[name]
+    preset = presets.get(dataset) or presets["pascal"]
+    values = {**preset["model"], **preset["loss"], **preset.get("apl", {}),
+              **{f"damp_{key}": value for key, value in preset.get("damp", {}).items()}}
+    if dataset not in presets and takes_delta_rel(method):
         values["delta_rel"] = DATASET_DEFAULTS[dataset].delta_rel[method.removesuffix(BOOSTLU)]
     recipe = peer_recipe(dataset, method)
     words = _flag_values(_TRAIN_FLAGS, recipe)
     if isinstance(recipe.get("early_stop"), float):
         words += ["--early_stop_drop", str(recipe["early_stop"])]
-    if dataset in PEER_PRESETS[name]:
+    if dataset in presets:
         words += _CODE_VARIANTS.get(method, [])
     return words + _flag_values(_PEER_FLAGS[name], values)
 
@@ -190,13 +226,40 @@ def peer_flags(dataset: str, method: str) -> list[str]:
 def peer_note(dataset: str, method: str) -> str:
     """The comment beside a peer row's command: the paper's number, or why there is none."""
     value = paper_map(dataset, method, "end_to_end")
-    name = PEER_NAMES[method]
+    name = _ROW_NAMES[method]
     if value is None:
         reason = (f"{dataset} is not in the paper" if dataset not in PAPER_DATASETS
                   else f"{name}'s paper has no number on the Cole protocol")
         return f"# paper: none ({reason})"
-    std = PEER_PAPER_STD.get(dataset, {}).get(name)
-    return f"# paper E2E {dataset} {name}: {value:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    std = (PEER_PAPER_STD if method in PEER_METHODS else VLP_PAPER_STD).get(dataset, {}).get(name)
+    note = f"# paper E2E {dataset} {name}: {value:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    return note + VLP_CAVEATS.get(method, "")
+
+
+# What a vision-language row's number is not (docs/vlp_methods.md).
+VLP_CAVEATS = {"crisp": " (CRISP's own loss, Eq. 8, not run here: this run is CRISP-Eq7, our "
+                        "variant; see docs/vlp_methods.md)",
+               "aevlp": " (the authors add a random, unseeded GCN perturbation to CLIP's text "
+                        "features; off here, docs/vlp_methods.md)"}
+# The pseudo-label folder of a row (docs/pseudo_labels.md), made by the other helper's offline script.
+PSEUDO_LABEL_KINDS = {"aevlp": "damp", "vlpl": "vlpl"}
+
+
+def pseudo_label_dir(dataset: str, method: str, data_root: str | None = None) -> str | None:
+    """Where a row's pseudo-label folder goes (data/<dataset>/<dataset>_<kind>.pl), or None for a
+    row that needs none."""
+    kind = PSEUDO_LABEL_KINDS.get(method)
+    return None if kind is None else f"{data_root or f'data/{dataset}'}/{dataset}_{kind}.pl"
+
+
+def pseudo_label_command(python: str, dataset: str, method: str) -> list[str] | None:
+    """The offline command that makes a row's pseudo-labels with CLIP (a GPU and the CLIP weights;
+    docs/vlp_methods.md), or None for a row that needs none."""
+    folder = pseudo_label_dir(dataset, method)
+    if folder is None:
+        return None
+    return [python, "scripts/make_pseudo_labels.py", "--dataset", dataset, "--kind",
+            PSEUDO_LABEL_KINDS[method], "--out", folder]
 
 
 # Published test mAP (0-100), ResNet-50, end to end. PEER_PAPER_MAP[dataset][method].
@@ -237,3 +300,14 @@ _RERUN_COLUMNS = {
 PEER_RERUN_MAP = {paper: {dataset: {method: row[column] for method, row in rows.items()}
                           for column, dataset in enumerate(PEER_DATASETS)}
                   for paper, rows in _RERUN_COLUMNS.items()}
+
+
+# docs/vlp_methods.md: test mAP (0-100), ResNet-50 at 448 px, end to end. AEVLP: its results
+# image; VLPL: its README; CRISP: Table 1, mean ± std of 5 runs, official NUS image set. CRISP's
+# numbers are for its paper's loss (Eq. 8), which this tool does NOT run: CRISP-Eq7 is ours.
+_VLP_COLUMNS = {"AEVLP": (90.46, 73.54, 50.70, 24.89), "VLPL": (89.10, 71.45, 49.55, 24.02),
+                "CRISP": (89.82, 74.64, 50.00, 21.65)}
+VLP_PAPER_MAP = {dataset: {method: row[column] for method, row in _VLP_COLUMNS.items()}
+                 for column, dataset in enumerate(VLP_DATASETS)}
+VLP_PAPER_STD = {dataset: {"CRISP": std}
+                 for dataset, std in zip(VLP_DATASETS, (0.19, 0.22, 0.32, 0.18))}

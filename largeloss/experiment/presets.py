@@ -8,7 +8,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from largeloss.methods import peer_losses
+from largeloss.methods import peer_losses, vlp_losses
+from largeloss.methods.pseudo_label_rules import DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD
 from largeloss.methods.peer_losses import (APL_NUM_EPOCHS, APL_PROPORTION, BOOSTLU_ALPHA, GR_ALPHA, GR_BETA,
                                            GR_LINEAR_INIT, GR_NUM_EPOCHS, GR_Q2, GR_Q3, HILL_GAMMA,
                                            HILL_LAMBDA, HILL_MARGIN, SPLC_GAMMA, SPLC_MARGIN,
@@ -68,9 +69,19 @@ PEER_DEFAULTS = {
     "apl_warmup_epochs": peer_losses.APL_WARMUP_EPOCHS,
     "apl_proportion": peer_losses.APL_PROPORTION, "hill_lambda": peer_losses.HILL_LAMBDA,
     "focal_margin": peer_losses.HILL_MARGIN, "focal_gamma": peer_losses.HILL_GAMMA,
-    "splc_tau": peer_losses.SPLC_TAU, "reduction": "mean", "gr_beta": peer_losses.GR_BETA,
+    "splc_tau": peer_losses.SPLC_TAU, "reduction": peer_losses.FOCAL_REDUCTION, "gr_beta": peer_losses.GR_BETA,
     "gr_alpha": peer_losses.GR_ALPHA, "gr_q2": peer_losses.GR_Q2, "gr_q3": peer_losses.GR_Q3,
     "gr_schedule": "reference", "gr_observed_negatives": "bce", "llcp_relabel": "above",
+    # docs/vlp_methods.md: GPR (AEVLP), VLPL, CRISP-Eq7
+    "gpr_lambda": vlp_losses.GPR_LAMBDA, "gpr_rho": vlp_losses.GPR_RHO,
+    "gpr_reg": vlp_losses.GPR_REG, "vlpl_beta_pos": vlp_losses.VLPL_BETA_POS,
+    "vlpl_rule": "labels", "vlpl_temperature": VLPL_TEMPERATURE,
+    "vlpl_threshold": VLPL_THRESHOLD, "crisp_delta": vlp_losses.CRISP_DELTA,
+    "crisp_tau": vlp_losses.CRISP_TAU, "crisp_warmup_epochs": vlp_losses.CRISP_WARMUP_EPOCHS,
+    "crisp_initial_prior": 0.0, "crisp_positive_scale": "batch",
+    **{f"damp_{key}": getattr(DAMP_PRESETS["pascal"], key)
+       for key in ("temperature", "eta", "threshold", "top_k", "negative_ratio")},
+    "damp_negatives": 0, "damp_view_flips": "per-view",
 }
 
 
@@ -126,14 +137,16 @@ def _em_preset(dataset: str, with_apl: bool) -> dict:
 
 # Hill / SPLC: the loss hyper-parameters only, the same for every dataset. Their recipe (batch 128,
 # Adam 1e-4, OneCycle, weight decay, EMA, RandAugment, selection on the test set) is not the Cole
-# protocol (docs/methods.md), so no training values are carried. SPLC's τ = 0.65 is for COCO with
+# protocol (docs/methods.md), so no training values are carried, and the reduction is the
+# protocol's mean, not their sum (peer_losses.FOCAL_REDUCTION). SPLC's τ = 0.65 is for COCO with
 # 75 % of the labels kept, not the single-positive setting.
 _HILL = {"model": {}, "loss": {"lam": HILL_LAMBDA, "margin": HILL_MARGIN, "gamma": HILL_GAMMA,
-                               "reduction": "sum"}, "train": {}}
+                               "reduction": peer_losses.FOCAL_REDUCTION}, "train": {}}
 
 
 _SPLC = {"model": {}, "loss": {"tau": SPLC_TAU, "margin": SPLC_MARGIN, "gamma": SPLC_GAMMA,
-                               "start_epoch": SPLC_START_EPOCH, "reduction": "sum"}, "train": {}}
+                               "start_epoch": SPLC_START_EPOCH,
+                               "reduction": peer_losses.FOCAL_REDUCTION}, "train": {}}
 
 
 # GR: the repository's defaults for every dataset (its only runnable values, docs/methods.md).
@@ -156,3 +169,67 @@ PEER_PRESETS: dict[str, dict[str, dict]] = {
 EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset["loss"]["beta"],
                          "apl_warmup_epochs": preset["apl"]["warmup_epochs"]}
                for dataset, preset in PEER_PRESETS["EM+APL"].items()}
+
+
+# --- GPR (AEVLP), VLPL and CRISP-Eq7 (docs/vlp_methods.md): the authors' hyper-parameters ----------------
+#
+# VLP_PRESETS[method][dataset] = {"loss": kwargs of vlp_losses' loss, "damp": GPR's DAMP rule
+# (pseudo_label_rules.DampSettings, applied at each step), "pseudo_labels": what the pseudo-label
+# folder must hold, "train": the recipe} (PEER_PRESETS' keys). Sources:
+# docs/pseudo_labels.md (AEVLP: configs/*.json), §3.3 (VLPL: main_clip.py, README), §4.2 (CRISP:
+# the paper gives 10 epochs and ResNet-50 only; the rest is ours, marked so).
+
+VLP_DATASETS = ("pascal", "coco", "nuswide", "cub")
+# GPR per dataset: β, (q₂, q₃), (λ₁, λ₂), reg, batch, epochs. α, ρ and lr are common.
+_GPR_TABLE = {
+    "pascal": ((0.0, 2.0, -2.0, -2.0), (0.01, 1.0), (0.7, 0.4), 0.05, 8, 8),
+    "coco": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.0), (0.7, 0.5), 0.001, 16, 8),
+    "nuswide": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.0), (0.7, 0.5), 0.001, 16, 10),
+    "cub": ((0.0, 10.0, -2.0, -8.0), (0.01, 1.5), (0.8, 0.2), 0.01, 8, 10),
+}
+_VLPL_TABLE = {"pascal": (0.2, 1e-5), "coco": (0.1, 1e-5), "nuswide": (0.1, 1e-5),
+               "cub": (0.01, 1e-4)}  # α (EM), lr
+
+
+def _gpr_preset(dataset: str) -> dict:
+    beta, (q2, q3), lam, reg, batch_size, num_epochs = _GPR_TABLE[dataset]
+    return {"model": {},
+            "loss": {"beta": beta, "alpha": GR_ALPHA, "q2": q2, "q3": q3, "lam": lam,
+                     "rho": vlp_losses.GPR_RHO, "reg": reg},
+            "damp": {key: getattr(DAMP_PRESETS[dataset], key)
+                     for key in ("temperature", "eta", "threshold", "top_k", "negative_ratio")},
+            "pseudo_labels": {"kind": "damp", "grid": DAMP_PRESETS[dataset].grid},
+            "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
+                      "batch_size": batch_size, "num_epochs": num_epochs, "early_stop": 2.0}}
+
+
+def _vlpl_preset(dataset: str) -> dict:
+    alpha, lr = _VLPL_TABLE[dataset]
+    return {"model": {}, "loss": {"alpha": alpha, "beta_pos": vlp_losses.VLPL_BETA_POS},
+            "pseudo_labels": {"kind": "vlpl", "temperature": VLPL_TEMPERATURE,
+                              "threshold": VLPL_THRESHOLD, "flip": "match-train"},
+            "train": {"optimizer": "adam", "lr": lr, "head_lr_mult": 1, "weight_decay": 0.0,
+                      "batch_size": 8, "num_epochs": 10, "early_stop": 0.0}}
+
+
+# CRISP: the paper gives ResNet-50, 10 epochs and δ = τ = 0.01; batch (8 or 16), lr, λ and the AN
+# warm-up are unknown [U]: ours are the LL paper's Adam recipe (lr 1e-5, batch 16) and 1 AN epoch.
+_CRISP = {"model": {}, "loss": {"delta": vlp_losses.CRISP_DELTA, "tau": vlp_losses.CRISP_TAU,
+                                "warmup_epochs": vlp_losses.CRISP_WARMUP_EPOCHS},
+          "train": {"optimizer": "adam", "lr": 1e-5, "head_lr_mult": 10, "weight_decay": 0.0,
+                    "batch_size": 16, "num_epochs": 10}}
+
+VLP_PRESETS: dict[str, dict[str, dict]] = {
+    "AEVLP": {dataset: _gpr_preset(dataset) for dataset in VLP_DATASETS},
+    "VLPL": {dataset: _vlpl_preset(dataset) for dataset in VLP_DATASETS},
+    "CRISP": {dataset: copy.deepcopy(_CRISP) for dataset in VLP_DATASETS},
+}
+
+# GPR's per-dataset values (AEVLP's configs, docs/vlp_methods.md) for the flags it shares with GR and its
+# own; they apply to --loss gpr only (GR keeps its repository's defaults). VLPL's α per dataset is
+# EM's (EM_DEFAULTS' em_alpha: the same values, docs/vlp_methods.md).
+GPR_DEFAULTS = {dataset: {"gr_beta": preset["loss"]["beta"], "gr_q3": preset["loss"]["q3"],
+                          "gpr_lambda": preset["loss"]["lam"], "gpr_reg": preset["loss"]["reg"],
+                          **{f"damp_{key}": value for key, value in preset["damp"].items()}}
+                for dataset, preset in VLP_PRESETS["AEVLP"].items()}
+METHOD_DATASET_DEFAULTS = {"gpr": GPR_DEFAULTS}  # registered method: its flag defaults per dataset

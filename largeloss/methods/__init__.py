@@ -1,2 +1,4 @@
 """The methods: pure loss maths (losses.py for the two papers, peer_losses.py for the later
-methods), the method objects that own their state (registry.py), and their public entry points."""
+methods, vlp_losses.py for the vision-language pseudo-label methods and CRISP), the method objects
+that own their state (registry.py, and vlp.py whose classes the package's top level registers),
+and their public entry points."""

@@ -256,7 +256,8 @@ class ObservedLabelStore:
     holds_every_entry = True
 
     def __init__(self, observed, device: torch.device | str = "cpu"):
-        self.observed = torch.as_tensor(observed).to(device=device, dtype=torch.int8)
+        # a copy: LL-Cp's relabels must not write into the split's labels (or another method's)
+        self.observed = torch.as_tensor(observed).to(device=device, dtype=torch.int8, copy=True)
         self._initial_positives = (self.observed == 1).sum()
         self.num_unobserved = int((self.observed == 0).sum())  # before any relabel
 

@@ -54,6 +54,11 @@ SPLC_TAU = 0.6
 SPLC_MARGIN = 1.0
 SPLC_GAMMA = 2.0
 SPLC_START_EPOCH = 2  # 1-based; the code's 0-based e ≥ e_c = 1
+# Hill and SPLC's reduction. Their code sums over the B·L entries (docs/methods.md); this
+# project runs R, the mean of every other method, as the default, the CLI's and the preset's
+# (`--reduction sum` is theirs). The one place both are written.
+FOCAL_REDUCTION = "mean"
+FOCAL_AUTHORS_REDUCTION = "sum"
 GR_BETA = (0.0, 2.0, -2.0, -2.0)  # (w₀, w_T, b₀, b_T)
 GR_ALPHA = (0.5, 2.0, 0.8, 0.5)  # (μ₀, σ₀, μ_T, σ_T)
 GR_Q2 = 0.01
@@ -212,7 +217,7 @@ def hill_per_entry(logits: Tensor, observed: Tensor, *, lam: float = HILL_LAMBDA
 
 def hill_loss(logits: Tensor, observed: Tensor, *, lam: float = HILL_LAMBDA,
               margin: float = HILL_MARGIN, gamma: float = HILL_GAMMA,
-              reduction: str = "mean") -> LossOutput:
+              reduction: str = FOCAL_REDUCTION) -> LossOutput:
     """Hill. reduction "mean" is R, the project's protocol; "sum" is the authors' code (Σ over B·L).
     With Adam and no weight decay the two differ only through Adam's ε (docs/methods.md §SPLC)."""
     per_entry = hill_per_entry(logits, observed, lam=lam, margin=margin, gamma=gamma)
@@ -247,7 +252,7 @@ def splc_per_entry(logits: Tensor, observed: Tensor, epoch: int, *, tau: float =
 
 def splc_loss(logits: Tensor, observed: Tensor, epoch: int, *, tau: float = SPLC_TAU,
               margin: float = SPLC_MARGIN, gamma: float = SPLC_GAMMA,
-              start_epoch: int = SPLC_START_EPOCH, reduction: str = "mean") -> LossOutput:
+              start_epoch: int = SPLC_START_EPOCH, reduction: str = FOCAL_REDUCTION) -> LossOutput:
     """SPLC; modified = this batch's flips. reduction as in `hill_loss` ("sum": authors' code)."""
     per_entry, flipped = splc_per_entry(logits, observed, epoch, tau=tau, margin=margin,
                                         gamma=gamma, start_epoch=start_epoch)

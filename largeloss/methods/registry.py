@@ -6,19 +6,26 @@ peer_losses.py), and keeps what
 outlives a batch: the observed labels with LL-Cp's permanent relabels, ROLE's label estimator.
 The trainer never asks which method it runs; it calls
 
-    output = method.loss(logits, sample_ids, epoch)    # LossOutput: loss, modified, relabel
+    output = method.loss_of_batch(logits, sample_ids, epoch, flipped)
+                                                       # LossOutput: loss, modified, relabel;
+                                                       # loss() gets `flipped` if needs_flips
     method.after_step(sample_ids, output)              # LL-Cp writes its relabels here
     method.end_epoch(epoch, training_set_logits)       # methods that relabel from a pass over
                                                        # the training set call the function
     method.parameter_groups()                          # ROLE's θ and its learning-rate multiplier
     method.state_dict() / method.load_state_dict()     # saved in every checkpoint
 
+A method that declares needs_pseudo_labels gets the run's pseudo_labels.PseudoLabels
+(--pseudo_labels DIR, docs/pseudo_labels.md) as the keyword `pseudo_labels` of its __init__.
+
 Adding a method: one subclass of `Method`, decorated with `@register`, its tests and a README row.
 `--loss` offers every registered method without `base_loss`; `--mod_scheme` offers those that
 modify a base loss (the large-loss schemes modify `an`, APL modifies `em`).
 
 The methods after the LL paper (BoostLU's head is a model option, --boostlu_alpha; EM, EM+APL, Hill,
-SPLC, GR) wrap the pure maths of peer_losses.py (docs/methods.md).
+SPLC, GR) wrap the pure maths of peer_losses.py (docs/methods.md); the vision-language pseudo-label
+methods and CRISP (GPR, VLPL, CRISP-Eq7) are in vlp.py (docs/vlp_methods.md), registered by the
+package's top level.
 
     import torch, methods
     observed = torch.tensor([[1, 0, 0], [0, 1, 0]])              # N×L in {-1, 0, +1}
@@ -37,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from largeloss.data.pseudo_labels import PseudoLabels
 from largeloss.methods import losses, peer_losses
 from largeloss.methods.label_stores import LabelEstimator, LabelStore, build_label_store
 from largeloss.methods.losses import LLCP_RELABEL, LossOutput, ll_num_modified, to_observed
@@ -95,7 +103,8 @@ def chosen_hyper_parameters(name: str, hyper: dict | None = None, **named) -> di
 
 
 def build(name: str, observed, true_labels=None, *, device: torch.device | str = "cpu",
-          hyper: dict | None = None, unknown: float = 0, **named) -> Method:
+          hyper: dict | None = None, unknown: float = 0,
+          pseudo_labels: PseudoLabels | None = None, **named) -> Method:
     """The method `name` for a training split.
 
     Args:
@@ -108,15 +117,36 @@ def build(name: str, observed, true_labels=None, *, device: torch.device | str =
         unknown: the value marking unknown entries of a dense `observed`: 0 (labels in
             {-1, 0, +1}), NaN (labels in {0, 1, NaN}, as mlcpl) or an ignore index such as -100
             (labels in {0, 1, -100}, as torchmetrics); converted here by losses.to_observed.
+        pseudo_labels: the run's pseudo_labels.PseudoLabels (--pseudo_labels), on `device`; given
+            to a method that declares needs_pseudo_labels (as the keyword `pseudo_labels` of its
+            __init__), refused with the reason (InputError) when missing for one or given to
+            another.
         named: hyper-parameters by keyword (delta_rel=20.0), over `hyper`.
     Each method takes the ones it declares in `hyper_parameters`; those not offered take the
     method's defaults (the authors'). A value the method cannot run with is a ValueError.
     """
     cls = method_class(name)
+    check_pseudo_labels_given(name, pseudo_labels is not None)
     chosen = chosen_hyper_parameters(name, hyper, **named)
     if unknown != 0:
         observed = to_observed(observed, unknown)
+    if cls.needs_pseudo_labels:
+        chosen["pseudo_labels"] = pseudo_labels
     return cls(observed, true_labels if cls.needs_true_labels else None, device=device, **chosen)
+
+
+def check_pseudo_labels_given(name: str, given: bool) -> None:
+    """InputError when method `name` needs pseudo-labels and none are given, or is given some it
+    would not use (a run folder must not claim a configuration it did not run)."""
+    cls = method_class(name)
+    if cls.needs_pseudo_labels and not given:
+        raise InputError(f"method {name} trains on vision-language pseudo-labels: pass "
+                         f"--pseudo_labels DIR, a <name>.pl folder made once by "
+                         f"scripts/make_pseudo_labels.py (docs/pseudo_labels.md)")
+    if given and not cls.needs_pseudo_labels:
+        users = [other for other, user in METHODS.items() if user.needs_pseudo_labels]
+        raise InputError(f"--pseudo_labels: method {name} does not use pseudo-labels (those that "
+                         f"do: {', '.join(users) or 'none registered'})")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -163,6 +193,11 @@ class Method:
         schedule_spans_the_run: its schedule needs the run's epoch count T (hyper-parameter
             num_epochs), so it cannot follow LinearInit, whose two phases each restart the count,
             and a --resume cannot extend it with --epochs (its first epochs ran another schedule).
+        needs_pseudo_labels: trains on a pseudo-label folder (--pseudo_labels DIR); its __init__
+            takes the keyword `pseudo_labels` (a pseudo_labels.PseudoLabels on its device).
+        needs_flips: its loss() takes the keyword `flipped` (B bool: True where the row's training
+            image was horizontally flipped this step; None when no flip was drawn, e.g. a head on
+            cached features), to match pseudo-labels to the flipped image (docs/pseudo_labels.md).
         uses_training_set_pass: its end_epoch asks for the N×L logits of the training set (the
             trainer refuses at start a run whose N×L float32 scores would not fit in memory).
     """
@@ -176,6 +211,8 @@ class Method:
     dense_bytes_per_entry: ClassVar[int] = 0
     composes_with_boostlu: ClassVar[bool] = False
     schedule_spans_the_run: ClassVar[bool] = False
+    needs_pseudo_labels: ClassVar[bool] = False
+    needs_flips: ClassVar[bool] = False
     uses_training_set_pass: ClassVar[bool] = False
 
     def __init__(self, observed, true_labels=None, *, device: torch.device | str = "cpu"):
@@ -205,6 +242,14 @@ class Method:
         device; epoch: 1-based, counted within the training phase. No host sync. Each method
         calls its own pure loss function (losses.py, peer_losses.py)."""
         raise NotImplementedError
+
+    def loss_of_batch(self, logits: Tensor, sample_ids: Tensor, epoch: int,
+                      flipped: Tensor | None = None) -> LossOutput:
+        """What the engine calls each step: loss(), given `flipped` (B bool or None) when the
+        method declares needs_flips."""
+        if self.needs_flips:
+            return self.loss(logits, sample_ids, epoch, flipped=flipped)
+        return self.loss(logits, sample_ids, epoch)
 
     def _true_rows(self, sample_ids: Tensor) -> Tensor | None:
         return None if self.true_labels is None else self.true_labels[sample_ids]
@@ -521,7 +566,7 @@ class AsymmetricPseudoLabelling(EntropyMaximisation):
 
 
 def _check_reduction(hyper: dict) -> None:
-    _require(hyper.get("reduction", "mean") in ("mean", "sum"),
+    _require(hyper.get("reduction", peer_losses.FOCAL_REDUCTION) in ("mean", "sum"),
              f"--reduction must be mean or sum, got {hyper.get('reduction')!r}")
 
 
@@ -541,7 +586,8 @@ class Hill(Method):
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  hill_lambda: float = peer_losses.HILL_LAMBDA,
                  focal_margin: float = peer_losses.HILL_MARGIN,
-                 focal_gamma: float = peer_losses.HILL_GAMMA, reduction: str = "mean"):
+                 focal_gamma: float = peer_losses.HILL_GAMMA,
+                 reduction: str = peer_losses.FOCAL_REDUCTION):
         super().__init__(observed, true_labels, device=device)
         self.arguments = {"lam": hill_lambda, "margin": focal_margin, "gamma": focal_gamma,
                           "reduction": reduction}
@@ -569,7 +615,8 @@ class SelfPacedLossCorrection(Method):
     def __init__(self, observed, true_labels=None, *, device="cpu",
                  splc_tau: float = peer_losses.SPLC_TAU,
                  focal_margin: float = peer_losses.SPLC_MARGIN,
-                 focal_gamma: float = peer_losses.SPLC_GAMMA, reduction: str = "mean"):
+                 focal_gamma: float = peer_losses.SPLC_GAMMA,
+                 reduction: str = peer_losses.FOCAL_REDUCTION):
         super().__init__(observed, true_labels, device=device)
         self.arguments = {"tau": splc_tau, "margin": focal_margin, "gamma": focal_gamma,
                           "reduction": reduction}

@@ -9,7 +9,10 @@ their whole resolved configuration (config.json) except the seed and the keys th
 sample std (ddof=1; "—" for a single seed), the seeds, mean best-val epoch, the paper's number
 (docs/reproducing.md: E2E for end_to_end, LI for linear_init) and ours − paper. Rows that share dataset, setting,
 method and Δrel but differ elsewhere name the differing settings in the "check" column, which also
-flags a seed that occurs twice in a group (a copied or rerun folder). Where one method has several
+flags a seed that occurs twice in a group (a copied or rerun folder) and a network or image size
+other than the paper's (paper_numbers.PAPER_SETUP). OpenImages rows name their release
+(results.json "data_release": "openimages V7"), so releases never share a row and only the paper's
+release (V3) stands beside the paper's number. Where one method has several
 Δrel, an extra line gives the Δrel with the best mean *val* mAP ("chosen Δrel") among rows of
 otherwise equal settings: that is the protocol's choice, never the best test mAP.
 
@@ -27,15 +30,18 @@ import statistics
 import sys
 from pathlib import Path
 
-from largeloss.experiment.paper_numbers import (METHODS, PAPER_DATASETS, PEER_METHODS, method_label,
-                                                paper_map, takes_delta_rel)
+from largeloss.experiment.paper_numbers import (METHODS, OPENIMAGES_PAPER_RELEASE, PAPER_DATASETS,
+                                                PEER_METHODS, method_label, paper_map, paper_setup,
+                                                takes_delta_rel)
 
-DATASET_ORDER = PAPER_DATASETS + ("openimages", "digits")
+DATASET_ORDER = PAPER_DATASETS + ("openimages", "openimages V3", "openimages V6", "openimages V7",
+                                  "digits")
 GROUP_NAMES = ("G1", "G2", "G3", "G4", "G5")  # OpenImages class groups (results.json "groups")
 TRAIN_MODE_ORDER = ("end_to_end", "linear_init", "linear")
 CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel", "n", "seeds",
               "test_map_mean", "test_map_std", "val_map_mean", "best_epoch_mean", "stopped_early",
-              "paper", "diff", "differing_settings", "duplicate_seeds", "unmeasured_classes",
+              "paper", "diff", "not_paper_setup", "differing_settings", "duplicate_seeds",
+              "unmeasured_classes",
               *(f"{name.lower()}_map" for name in GROUP_NAMES), "measured_map")
 # config.json keys that do not change the maths of a run (where it runs, how it is logged, what
 # produced it, analyses that leave training unchanged), and the seed: runs that differ only in
@@ -44,7 +50,7 @@ CSV_FIELDS = ("dataset", "train_mode", "method", "delta_rel", "chosen_delta_rel"
 NOT_MATHS_KEYS = frozenset({
     "seed", "out_dir", "resume", "eval_only", "stop_after", "log_every", "device", "num_workers",
     "cache_images", "feature_cache", "channels_last", "compile", "git_sha", "versions", "config",
-    "command", "git_dirty", "overwrite", "split", "logger",
+    "command", "git_dirty", "overwrite", "split", "logger", "sweep",
     "track_train", "pointing_game", "track_images"})
 # Shown in their own columns; delta_rel there only for the LL schemes (elsewhere it means nothing).
 ROW_KEYS = ("dataset", "train_mode", "method", "delta_rel")
@@ -133,11 +139,37 @@ def load_run(run_dir: str) -> dict:
 
     method = method_of(config) or (run["results"] or {}).get("method")
     delta_rel = value("delta_rel") if takes_delta_rel(method or "") else None  # means nothing elsewhere
-    run["key"] = (value("dataset"), value("train_mode"), method,
-                  None if delta_rel is None else float(delta_rel))
+    run["key"] = (dataset_label(value("dataset"), (run["results"] or {}).get("data_release")),
+                  value("train_mode"), method, None if delta_rel is None else float(delta_rel))
     run["settings"] = settings_of(config)
     run["seed"] = value("seed")
     return run
+
+
+def dataset_label(dataset: str | None, release: str | None) -> str | None:
+    """The dataset column: with the release where results.json records one ("openimages V6"),
+    so that runs of different releases never share a row."""
+    return f"{dataset} {release}" if dataset and release else dataset
+
+
+def paper_dataset(label: str | None) -> str | None:
+    """The dataset whose paper numbers a row's label compares with: OpenImages of the paper's
+    release (or of an unnamed one, from before V6/V7 were read); None for other releases."""
+    dataset, _, release = (label or "").partition(" ")
+    if release and not (dataset == "openimages" and release == OPENIMAGES_PAPER_RELEASE):
+        return None
+    return dataset or None
+
+
+def setup_difference(dataset: str | None, settings: tuple) -> str:
+    """'arch=small_cnn, image_size=32 (paper: resnet50, 448 px)' where the run's network or input
+    size differs from the paper's; '' where they match or the config does not say."""
+    paper_arch, paper_size = paper_setup(dataset or "")
+    mine = {key: json.loads(value) for key, value in settings}
+    differing = [f"{key}={mine[key]}" for key, paper in (("arch", paper_arch),
+                                                         ("image_size", paper_size))
+                 if key in mine and mine[key] != paper]
+    return f"{', '.join(differing)} (paper: {paper_arch}, {paper_size} px)" if differing else ""
 
 
 def settings_of(config: dict) -> tuple:
@@ -193,7 +225,8 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
         test_maps = [float(r["test_map"]) for r in results]
         val_maps = [float(r["val_map"]) for r in results if r.get("val_map") is not None]
         best_epochs = [float(r["best_epoch"]) for r in results if r.get("best_epoch") is not None]
-        paper = paper_map(dataset, method, train_mode)
+        compared_with = paper_dataset(dataset)
+        paper = None if compared_with is None else paper_map(compared_with, method, train_mode)
         test_mean = statistics.fmean(test_maps)
         rows.append({
             "dataset": dataset, "train_mode": train_mode, "method": method, "delta_rel": delta_rel,
@@ -205,6 +238,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
             "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
             "stopped_early": sum(bool(r.get("stopped_early")) for r in results),
             "paper": paper, "diff": None if paper is None else test_mean - paper,
+            "not_paper_setup": "" if paper is None else setup_difference(compared_with, settings),
             "settings": settings,
             "differing_settings": differing_settings(settings, siblings) if len(siblings) > 1 else "",
             "duplicate_seeds": ", ".join(f"{seed} ({seeds.count(seed)} runs)"
@@ -238,11 +272,12 @@ def format_group_table(rows: list[dict]) -> list[str]:
     rows = [row for row in rows if row.get("g1_map") is not None]
     if not rows:
         return []
-    lines = ["", "## Partial labels (OpenImages V3): test mAP per class group", "",
+    lines = ["", "## Partial labels (OpenImages): test mAP per class group", "",
              "mean over seeds; mAP over each class's labelled entries; G1–G5: classes sorted by "
              "labelled training entries, ascending, five groups; G1–G5 and all count unmeasurable "
              "classes as AP 0 (map_all_classes: IMCL, the LL table), measured leaves them out "
-             "(CSL); paper: the LL table's all-classes column (ResNet-101, 224 px).", "",
+             "(CSL); paper: the LL table's all-classes column (V3, ResNet-101, 224 px); the "
+             "dataset column names the release.", "",
              "| dataset | setting | method | Δrel | n | G1 | G2 | G3 | G4 | G5 | all | measured "
              "| paper | ours − paper |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -323,9 +358,12 @@ def unmeasured_classes(results: list[dict]) -> str:
 
 
 def check_cell(row: dict) -> str:
-    """What a reader must know before trusting the row: mixed settings, duplicate seeds, test
-    classes that cannot be measured."""
+    """What a reader must know before trusting the row: a backbone or image size other than the
+    paper's number was measured with, mixed settings, duplicate seeds, test classes that cannot be
+    measured."""
     checks = []
+    if row.get("not_paper_setup"):
+        checks.append(f"not the paper's setup: {row['not_paper_setup']}")
     if row.get("unmeasured_classes"):
         checks.append(f"test classes without a positive or a negative: "
                       f"{row['unmeasured_classes']}")
