@@ -14,6 +14,7 @@ engine → reporting; `largeloss.cli` is the command line (`python main.py`, `py
 from largeloss.engine.metrics import average_precisions
 from largeloss.methods.losses import LossOutput, compute_loss
 from largeloss.methods.registry import METHODS, Method, build, register
+
 # The vision-language pseudo-label methods and CRISP (gpr, vlpl, crisp) register on import; Python
 # runs this file before any largeloss module, so every entry point sees them.
 from largeloss.methods import vlp  # noqa: E402,F401  isort: skip

@@ -47,15 +47,14 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
+import benchmark  # scripts/benchmark.py, beside this file (a script's folder is importable)
 import torch
 import torch.distributed as dist
 
-import benchmark  # scripts/benchmark.py, beside this file (a script's folder is importable)
 from largeloss import cli
-from largeloss.methods.label_stores import SparseLabelStore
 from largeloss.engine import train
 from largeloss.experiment.config import parse_args
+from largeloss.methods.label_stores import SparseLabelStore
 from largeloss.utils import distributed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

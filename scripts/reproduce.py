@@ -41,8 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from largeloss.experiment.paper_numbers import (DELTA_REL_GRID, LL_SCHEMES, METHODS, PEER_METHODS, SETTINGS,
                                                 VLP_METHODS, best_hparams, method_flags, paper_map,
-                                                peer_flags, peer_note, pseudo_label_command,
-                                                pseudo_label_dir)
+                                                peer_flags, peer_note, pseudo_label_command, pseudo_label_dir)
 from largeloss.experiment.presets import DATASET_DEFAULTS
 
 DATASETS = ("pascal", "coco", "nuswide", "cub", "digits")

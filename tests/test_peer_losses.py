@@ -19,9 +19,9 @@ from largeloss.experiment.paper_numbers import PEER_PAPER_MAP
 from largeloss.experiment.presets import PEER_DATASETS, PEER_PRESETS
 from largeloss.methods import losses
 from largeloss.methods.peer_losses import (FOCAL_AUTHORS_REDUCTION, apl_num_per_pass, apl_pass,
-                                           apl_pass_after_epoch, apl_unobserved_counts, em_loss, em_per_entry, gr_loss,
-                                           gr_per_entry, gr_schedule, hill_loss, hill_per_entry, splc_loss,
-                                           splc_per_entry)
+                                           apl_pass_after_epoch, apl_unobserved_counts, em_loss, em_per_entry,
+                                           gr_loss, gr_per_entry, gr_schedule, hill_loss, hill_per_entry,
+                                           splc_loss, splc_per_entry)
 from largeloss.nn.models import MultiLabelNet, boostlu, build_model
 
 TOL = 2e-6  # docs/methods.md prints 6 decimals

@@ -18,9 +18,10 @@ from largeloss import cli as main
 from largeloss.data import datasets
 from largeloss.data.pseudo_labels import save_pseudo_labels
 from largeloss.experiment import config, paper_numbers, presets
-from largeloss.methods import peer_losses, vlp_losses
-from largeloss.methods.pseudo_label_rules import vlpl_pseudo_labels
+from largeloss.methods import peer_losses
 from largeloss.methods import registry as methods
+from largeloss.methods import vlp_losses
+from largeloss.methods.pseudo_label_rules import vlpl_pseudo_labels
 from largeloss.utils.errors import InputError
 
 TINY_DIGITS = ["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",

@@ -35,11 +35,10 @@ from largeloss.data import splits
 from largeloss.data.splits import ExperimentData
 from largeloss.engine import analysis, features
 from largeloss.engine.run_folder import RunFolder
-from largeloss.engine.train import (Phase, Run, TrainState, build_method, build_optimizer,
-                                    check_train_mode, evaluate_scores, load_best, record_epoch,
-                                    start_run, summary_writer_class, train_one_epoch,
-                                    training_set_logits, with_expected_num_pos, write_results,
-                                    write_run_header)
+from largeloss.engine.train import (Phase, Run, TrainState, build_method, build_optimizer, check_train_mode,
+                                    evaluate_scores, load_best, record_epoch, start_run, summary_writer_class,
+                                    train_one_epoch, training_set_logits, with_expected_num_pos,
+                                    write_results, write_run_header)
 from largeloss.experiment.config import Config
 from largeloss.methods.registry import declared_hyper_parameters
 from largeloss.methods.stacked import MethodStack

@@ -9,11 +9,11 @@ import copy
 from dataclasses import dataclass
 
 from largeloss.methods import peer_losses, vlp_losses
-from largeloss.methods.pseudo_label_rules import DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD
 from largeloss.methods.peer_losses import (APL_NUM_EPOCHS, APL_PROPORTION, BOOSTLU_ALPHA, GR_ALPHA, GR_BETA,
                                            GR_LINEAR_INIT, GR_NUM_EPOCHS, GR_Q2, GR_Q3, HILL_GAMMA,
                                            HILL_LAMBDA, HILL_MARGIN, SPLC_GAMMA, SPLC_MARGIN,
                                            SPLC_START_EPOCH, SPLC_TAU)
+from largeloss.methods.pseudo_label_rules import DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD
 
 PAPER_DATASETS = ("pascal", "coco", "nuswide", "cub")
 

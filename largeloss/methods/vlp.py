@@ -32,8 +32,7 @@ from largeloss.data.pseudo_labels import random_view_flips
 from largeloss.methods import peer_losses, vlp_losses
 from largeloss.methods.losses import LossOutput, an_loss
 from largeloss.methods.pseudo_label_rules import (DAMP_PRESETS, VLPL_TEMPERATURE, VLPL_THRESHOLD,
-                                                  DampSettings, damp_pseudo_labels,
-                                                  vlpl_pseudo_labels)
+                                                  DampSettings, damp_pseudo_labels, vlpl_pseudo_labels)
 
 DAMP_DEFAULT = DAMP_PRESETS["pascal"]  # GPR's defaults are VOC's (vlp_losses), its DAMP's too
 from largeloss.methods.registry import GeneralizedRobustLoss, Method, _require, register
