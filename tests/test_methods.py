@@ -43,10 +43,12 @@ def test_method_loss_equals_compute_loss_on_its_rows(name):
 
 
 PEER_METHODS = {"em", "APL", "hill", "splc", "gr"}  # docs/methods.md, tests/test_peer_methods.py
+VLP_METHODS = {"gpr", "vlpl", "crisp"}  # docs/vlp_methods.md, tests/test_vlp_methods.py
 
 
 def test_the_registry_is_the_cli_choice_list():
-    assert set(methods.base_losses()) | set(methods.schemes()) == set(tuple(losses.LOSSES)) | PEER_METHODS
+    assert set(methods.base_losses()) | set(methods.schemes()) == \
+        set(losses.LOSSES) | PEER_METHODS | VLP_METHODS
     assert methods.schemes() == losses.LL_SCHEMES + ("APL",)
     assert all(methods.METHODS[name].base_loss == "an" for name in losses.LL_SCHEMES)
     assert config.build_parser().get_default("loss") == "an"
