@@ -124,7 +124,7 @@ class Run:
     folder: RunFolder
     world: World = SINGLE_PROCESS
     logger: object = None  # a SummaryWriter with --logger tensorboard (on the main process)
-    data_fingerprint: dict | None = None  # splits.data_fingerprint, recorded by a training run
+    data_fingerprint: dict | None = None  # splits.data_fingerprint of a training run (start_run)
 
 
 @dataclass
@@ -468,7 +468,8 @@ def start_run(config: Config, data: ExperimentData | None = None, training: bool
         preprocess = DevicePreprocess(model.mean, model.std, device, config.channels_last)
         loaders = image_loaders(data, config, device, world)
     return Run(config, device, data, model, preprocess, loaders, build_method(config, data, device),
-               RunFolder(config.out_dir, writes=world.is_main), world)
+               RunFolder(config.out_dir, writes=world.is_main), world,
+               data_fingerprint=splits.data_fingerprint(data) if training else None)
 
 
 def with_expected_num_pos(config: Config, data: ExperimentData) -> Config:
@@ -634,7 +635,6 @@ def fit(config: Config, data: ExperimentData | None = None, saved: dict | None =
     check_train_mode(config)
     logger_class = summary_writer_class(config.logger)
     run = start_run(config, data)
-    run.data_fingerprint = splits.data_fingerprint(run.data)
     if config.resume:  # checked against the data before anything is written
         saved = saved if saved is not None else read_checkpoint(config.resume, "--resume")
         check_checkpoint_fits(saved, f"--resume {config.resume}", config, run.data)
