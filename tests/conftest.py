@@ -5,6 +5,7 @@ Every builder writes into pytest's tmp_path, with images of a few pixels, so a t
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,14 +16,38 @@ import pytest
 import torch
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from largeloss.data import formats
 
-from largeloss.data import formats  # noqa: E402  (needs the path above)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMING_KEYS = {"seconds", "images_per_s"}  # the metrics rows' wall-clock fields
 
 # One intra-op thread: the tiny tensors here gain nothing from more, and on a shared 2-core
 # machine a second thread makes each run several times slower (measured: 0.7 s vs 2-6 s for a
 # 2-epoch digits run). Subprocesses get the same through OMP_NUM_THREADS.
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key not in TIMING_KEYS} for row in rows]
+
+
+def assert_same_finished_run(resumed: Path, whole: Path) -> None:
+    """Two run folders of one configuration hold the same run: results.json, the metrics rows
+    (wall-clock fields aside) and last.pt's weights and method state, exactly. results.json alone
+    cannot tell when the best epoch came before an interruption: the final weights, labels and
+    estimators must agree too."""
+    assert json.loads((resumed / "results.json").read_text()) == \
+        json.loads((whole / "results.json").read_text())
+    assert without_timing(read_jsonl(resumed / "metrics.jsonl")) == \
+        without_timing(read_jsonl(whole / "metrics.jsonl"))
+    resumed_last, whole_last = (torch.load(folder / "last.pt", map_location="cpu", weights_only=True)
+                                for folder in (resumed, whole))
+    for part in ("model", "method"):
+        torch.testing.assert_close(resumed_last[part], whole_last[part], rtol=0, atol=0)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_finished_run, read_jsonl
 from largeloss import cli as main
 from largeloss.data import formats
 from largeloss.engine import train
@@ -22,7 +23,6 @@ from largeloss.methods import losses
 from largeloss.reporting import summarize
 
 RUN_KEYS = {"epoch", "train_loss", "val_map", "modified", "seconds", "images_per_s"}
-TIMING_KEYS = {"seconds", "images_per_s"}
 
 # Tiny, fast and deterministic: 32 training digits of 32 px, two batches per epoch, CPU, no
 # workers, no early stop (so every run has all its epochs).
@@ -35,10 +35,6 @@ TINY_FOLDER = [*TINY, "--arch", "small_cnn", "--weights", "none", "--batch_size"
 DIGITS_METHODS = [("bce", "none"), ("bce_ls", "none"), ("iun", "none"), ("an", "none"),
                   ("an_ls", "none"), ("wan", "none"), ("epr", "none"), ("role", "none"),
                   ("an", "LL-R"), ("an", "LL-Ct"), ("an", "LL-Cp")]
-
-
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def check_run_folder(out_dir, epochs: int, num_classes: int, loss: str,
@@ -136,22 +132,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, loss,
     assert main.main(["--resume", str(interrupted / "last.pt"), "--device", "cpu",
                       "--num_workers", "0"]) == 0
 
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    resumed = json.loads((interrupted / "results.json").read_text())
-    assert resumed == whole
-    # results.json alone cannot tell when the best epoch came before the interruption: the final
-    # weights, labels and estimator must agree too.
-    whole_last, resumed_last = (torch.load(folder / "last.pt", map_location="cpu",
-                                           weights_only=True)
-                                for folder in (tmp_path / "whole", interrupted))
-    for part in ("model", "method"):
-        torch.testing.assert_close(resumed_last[part], whole_last[part], rtol=0, atol=0)
-
-    def without_timing(rows):
-        return [{key: value for key, value in row.items() if key not in TIMING_KEYS}
-                for row in rows]
-    assert without_timing(read_jsonl(interrupted / "metrics.jsonl")) == \
-        without_timing(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    assert_same_finished_run(interrupted, tmp_path / "whole")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_jsonl
 from largeloss import cli as main
 from largeloss.data import digits, formats, loading
 from largeloss.engine import features, train
@@ -21,10 +22,6 @@ TINY = ["--dataset", "digits", "--digits_train_size", "64", "--image_size", "24"
         "--num_workers", "0", "--batch_size", "16", "--linear_batch_size", "16",
         "--early_stop_drop", "0"]
 CACHE_NAMES = [f"{split}_features_random_small_cnn_24px" for split in ("train", "val", "test")]
-
-
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture

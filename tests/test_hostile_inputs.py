@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import build_custom_folder
 from largeloss import cli as main
 from largeloss.data import datasets, loading, sparse_labels, splits
 from largeloss.engine.run_folder import RunFolder
 from largeloss.utils.errors import InputError
-from conftest import build_custom_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:no observed positive")
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import read_jsonl
 from largeloss import cli as main
 from largeloss.engine import sweep
 from largeloss.experiment import paper_numbers
@@ -32,10 +33,6 @@ SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 DELTA_RELS = ("10", "30")
 # What a head's config.json may differ in from its separate run's: where and how it was run.
 PROVENANCE = {"out_dir", "command", "sweep", "git_sha", "git_dirty", "versions"}
-
-
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def read_json(path) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_finished_run, read_jsonl
 from largeloss import cli as main
 from largeloss.data import datasets
 from largeloss.data.pseudo_labels import save_pseudo_labels
@@ -27,7 +28,6 @@ from largeloss.utils.errors import InputError
 TINY_DIGITS = ["--dataset", "digits", "--digits_train_size", "32", "--device", "cpu",
                "--num_workers", "0", "--batch_size", "16", "--image_size", "32",
                "--early_stop_drop", "0"]
-TIMING_KEYS = {"seconds", "images_per_s"}
 OBSERVED = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
 SAMPLE_IDS = torch.tensor([2, 0, 3])
 
@@ -56,11 +56,6 @@ def fake_pseudo_labels() -> FakePseudoLabels:
 
 def batch_logits(seed: int = 1) -> torch.Tensor:
     return torch.randn(3, 4, generator=torch.Generator().manual_seed(seed)) * 2
-
-
-def read_jsonl(path) -> list[dict]:
-    return [{key: value for key, value in json.loads(line).items() if key not in TIMING_KEYS}
-            for line in path.read_text().splitlines()]
 
 
 # --- each class is its vlp_losses function ----------------------------------------------------
@@ -238,15 +233,7 @@ def test_interrupted_and_resumed_crisp_run_equals_an_uninterrupted_one(tmp_path)
     assert checkpoint["method"]["estimated"].any()
     assert main.main(["--resume", str(interrupted / "last.pt"), "--device", "cpu",
                       "--num_workers", "0"]) == 0
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    assert json.loads((interrupted / "results.json").read_text()) == whole
-    whole_last, resumed_last = (torch.load(folder / "last.pt", map_location="cpu",
-                                           weights_only=True)
-                                for folder in (tmp_path / "whole", interrupted))
-    for part in ("model", "method"):
-        torch.testing.assert_close(resumed_last[part], whole_last[part], rtol=0, atol=0)
-    assert read_jsonl(interrupted / "metrics.jsonl") == read_jsonl(tmp_path / "whole" /
-                                                                    "metrics.jsonl")
+    assert_same_finished_run(interrupted, tmp_path / "whole")
 
 
 # --- flags, presets, numbers -----------------------------------------------------------------------
