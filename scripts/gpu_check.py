@@ -13,7 +13,7 @@ set) and the digits set, generated in memory. The sections, in the order they ru
                 batch, and the loss + backward alone)
   correctness   one short digits run (small_cnn, LL-Cp) on the device and the same run on the CPU:
                 modified and relabeled counts equal, per-epoch losses and test mAP close; the
-                device model's test mAP in bf16 vs fp32 within docs/speed.md's 0.1 point
+                device model's test mAP in bf16 vs fp32 within docs/speed.md's 0.25 point
   distributed   `torchrun --nproc_per_node 1` (NCCL on cuda, gloo on cpu) with --sync_bn, end to
                 end, against the one-process run; the global-batch gather's collective and its
                 gradient under torchrun
@@ -59,7 +59,7 @@ from largeloss.utils import distributed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"train_images_per_s": 900, "train_ratio": 2.0, "eval_images_per_s": 2500,
-         "ll_overhead_percent": 2.0, "bf16_map_points": 0.1, "label_state_gb": 2.0}
+         "ll_overhead_percent": 2.0, "bf16_map_points": 0.25, "label_state_gb": 2.0}
 LOSS_RTOL = 1e-2  # device vs CPU per-epoch loss: cuDNN convolutions may use TF32 (10-bit mantissa)
 MAP_POINTS = 0.5  # device vs CPU test mAP, points
 DENSITIES = (5.7, 60.0)  # labelled entries per OpenImages training image (the two ends)
@@ -406,7 +406,7 @@ def goal_rows(results: dict, on_gpu: bool) -> list[tuple[str, str, str]]:
         ("device run = CPU run (counts equal, losses ≤ 1 %)",
          shown(correct.get("device_vs_cpu", {}).get("max_loss_relative_difference"), "{:.2e}"),
          goal(correct.get("device_vs_cpu"), correct.get("device_vs_cpu", {}).get("pass"), True)),
-        ("bf16 vs fp32 test mAP < 0.1 point",
+        ("bf16 vs fp32 test mAP < 0.25 point",
          shown(correct.get("bf16_vs_fp32", {}).get("difference"), "{:.3f}"),
          goal(correct.get("bf16_vs_fp32"), correct.get("bf16_vs_fp32", {}).get("pass"), True)),
         ("torchrun = one process; gather exact",

@@ -122,7 +122,8 @@ def test_cached_images_are_the_decoded_images(jpegs):
 
 def test_bf16_autocast_does_not_move_the_map(tmp_path):
     """A small_cnn trained 3 epochs on digits; its test mAP under fp32 and under CPU bf16 autocast
-    differ by < 0.1 point (32 px and channels_last keep CPU bf16, which is emulated, fast enough)."""
+    differ by < 0.25 point (docs/speed.md: measured 0.01-0.10 across CPU instruction sets and
+    thread counts; 32 px and channels_last keep CPU bf16, which is emulated, fast enough)."""
     config = parse_args(["--dataset", "digits", "--digits_train_size", "600", "--image_size", "32",
                          "--epochs", "3", "--device", "cpu", "--num_workers", "0",
                          "--channels_last", "--out_dir", str(tmp_path)])
@@ -135,7 +136,7 @@ def test_bf16_autocast_does_not_move_the_map(tmp_path):
     assert fp32["scores"].dtype == bf16["scores"].dtype == np.float32
     assert not np.array_equal(fp32["scores"], bf16["scores"])  # bf16 did run
     assert fp32["map"] > 30  # a trained model, not chance
-    assert abs(fp32["map"] - bf16["map"]) < 0.1, (fp32["map"], bf16["map"])
+    assert abs(fp32["map"] - bf16["map"]) < 0.25, (fp32["map"], bf16["map"])
 
 
 def test_benchmark_runs_end_to_end(tmp_path):
