@@ -1,7 +1,7 @@
 """Vision-language pseudo-label methods and class priors as pure functions of tensors (docs/vlp_methods.md).
 
-GPR (the loss of AEVLP, ICCV 2025, §2), VLPL (CVPR 2024 workshop, §3) and CRISP (NeurIPS 2025, §4:
-its class-prior estimator and the clean-room loss "CRISP-Eq7", ours: the paper's Eq. 8 is not
+GPR (the loss of AEVLP, ICCV 2025, §2), VLPL (Xing et al., arXiv 2310.15985, §3) and CRISP
+(NeurIPS 2025, §4: its class-prior estimator and the clean-room loss "CRISP-Eq7", ours: the paper's Eq. 8 is not
 decoded). Written from docs/vlp_methods.md, which was written from the authors' repositories and the CRISP
 paper; nothing here is copied from them. Nothing here holds state: the method objects
 (methods/vlp.py) keep the priors and read the pseudo-labels.
