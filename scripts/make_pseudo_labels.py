@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "DATA_ROOT/<kind>_<model>.pl; digits: data/digits_sim_p<P>_r<R>.pl)")
     parser.add_argument("--kind", choices=("damp", "vlpl"), default="damp",
                         help="damp: scores of the global view and a g×g grid, AEVLP (docs/pseudo_labels.md); "
-                             "vlpl: scores of the training tensor and VLPL's labels (§3.1) "
+                             "vlpl: scores of the training tensor and VLPL's labels (docs/vlp_methods.md) "
                              "(default: damp)")
     parser.add_argument("--model", help="open_clip model name (default: ViT-B-16-quickgelu for damp, "
                                         "ViT-L-14-336-quickgelu for vlpl: OpenAI weights need the "

@@ -164,6 +164,25 @@ def test_the_architecture_page_names_every_module():
     assert named == present, {"named, missing": sorted(named - present), "present, unnamed": sorted(present - named)}
 
 
+def shipped_text_files() -> list[Path]:
+    """The repository's code and documentation: what a user who clones it reads."""
+    roots = [PACKAGE, REPO_ROOT / "scripts", REPO_ROOT / "tests", REPO_ROOT / "docs"]
+    files = [path for root in roots for path in root.rglob("*") if path.suffix in (".py", ".md", ".sh")]
+    return files + [REPO_ROOT / name for name in ("README.md", "main.py", "Makefile", "pyproject.toml")]
+
+
+def test_the_repository_stands_alone():
+    """A user clones the repository without the team's design notes: nothing may send them to a
+    SPEC file or to the folder beside the checkout (the offline weights of tests/test_models.py are
+    an optional skip, named by path only there)."""
+    private = re.compile(r"SPEC(_PEERS|_VLP)?\.md|SPEC_(PEERS|VLP)\b|STYLE\.md")
+    found = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in shipped_text_files()
+             if path != Path(__file__).resolve()
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if private.search(line)]
+    assert not found, found
+
+
 def test_generic_modules_first_on_the_path_change_nothing(tmp_path):
     """A researcher's own `config.py` and Hugging Face's `datasets` come first on the path: the
     package's modules are reached only as largeloss.*, so main.py and the scripts still run."""

@@ -1,5 +1,6 @@
-"""The pseudo-label rules (largeloss/methods/pseudo_label_rules.py) against docs/vlp_methods.md's worked
-examples (§1.6 DAMP, §3.4 VLPL; hand values typed from the spec) and their listed properties."""
+"""The pseudo-label rules (largeloss/methods/pseudo_label_rules.py) against their worked
+examples (DAMP: docs/pseudo_labels.md; VLPL: docs/vlp_methods.md; hand values typed in) and their
+listed properties."""
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,7 @@ def worked_example_view_probs() -> torch.Tensor:
     return torch.cat([global_probs[None], TILE_PROBS])[None]  # 1×5×3
 
 
-def test_damp_worked_example_of_the_spec():
+def test_damp_worked_example():
     view_probs = worked_example_view_probs()
     assert view_probs[0, 0].tolist() == pytest.approx([0.8756, 0.1185, 0.0059], abs=1e-4)
     combined, mean_combined = damp_aggregate(view_probs, OBSERVED, eta=0.3)
@@ -79,7 +80,7 @@ def test_damp_needs_tiles():
         damp_aggregate(torch.ones(1, 1, 3) / 3, OBSERVED, 0.3)
 
 
-def test_vlpl_worked_example_of_the_spec():
+def test_vlpl_worked_example():
     """docs/vlp_methods.md: cosines [0.27, 0.265, 0.22], T = 0.01 → s = [0.6199, 0.3760, 0.0042] →
     y′ = [1, 1, 0]."""
     cosines = torch.tensor([[0.27, 0.265, 0.22]])

@@ -40,7 +40,7 @@ def folder(tmp_path):
                               labels=labels, scores=scores)
 
 
-def test_saved_folder_holds_the_format_of_the_spec(folder):
+def test_saved_folder_holds_the_documented_format(folder):
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["format_version"] == 1 and meta["num_classes"] == 3
     assert meta["class_names_sha256"] == class_names_sha256(CLASS_NAMES)

@@ -1,7 +1,7 @@
 """The maths of GPR (AEVLP), VLPL and CRISP-Eq7 (methods/vlp_losses.py) against docs/vlp_methods.md's worked
-examples, typed by hand from the spec (4 decimals: atol 1e-4), and their properties: GPR's
+examples, hand values typed in (4 decimals: atol 1e-4), and their properties: GPR's
 pseudo-positive weight within [λ₂, λ₁], VLPL's at most ⌊1/thr⌋ pseudo-positives, CRISP's estimator
-on §4.1's example, and what is detached."""
+on its worked example, and what is detached."""
 from __future__ import annotations
 
 import math
@@ -156,7 +156,8 @@ POSITIVES = torch.tensor([1, 0, 1, 0, 0, 0])
 
 
 def objective(scores, positives, z, delta=0.01, tau=0.01):
-    """§4.1's objective at z, written out for the example (the test's own arithmetic)."""
+    """CRISP's objective at z (docs/vlp_methods.md), written out for the example (the test's own
+    arithmetic)."""
     n, n_p = len(scores), int(positives.sum())
     q = float((scores >= z).sum()) / n
     q_p = float(((scores >= z) & (positives == 1)).sum()) / n_p

@@ -138,7 +138,7 @@ def test_methods_that_do_not_use_pseudo_labels_refuse_them():
 
 class FakeDampViews(FakePseudoLabels):
     """A folder with the global view and a 2×2 grid: docs/pseudo_labels.md's example as cosines
-    (each tile's softmax at T = 0.01 is the spec's: c = 0.01·ln s)."""
+    (each tile's softmax at T = 0.01 is the example's: c = 0.01·ln s)."""
     num_views = 5
 
     def __init__(self):
@@ -156,7 +156,8 @@ class FakeDampViews(FakePseudoLabels):
 
 @pytest.mark.parametrize("view_flips", ["fixed", "per-view"])
 def test_gpr_applies_damp_to_the_views_at_each_step(view_flips):
-    """§1.6: observed positive class 0, COCO's T/η/thr, top-k 3, ρ_neg 0.34 → y′ = [1, 1, 0]."""
+    """docs/pseudo_labels.md's DAMP example: observed positive class 0, COCO's T/η/thr, top-k 3,
+    ρ_neg 0.34 → y′ = [1, 1, 0]."""
     reader = FakeDampViews()
     observed = torch.tensor([[1, 0, 0]])
     method = methods.build("gpr", observed, pseudo_labels=reader, expected_num_pos=1.5,

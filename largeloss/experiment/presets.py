@@ -176,7 +176,7 @@ EM_DEFAULTS = {dataset: {"em_alpha": preset["loss"]["alpha"], "apl_beta": preset
 # VLP_PRESETS[method][dataset] = {"loss": kwargs of vlp_losses' loss, "damp": GPR's DAMP rule
 # (pseudo_label_rules.DampSettings, applied at each step), "pseudo_labels": what the pseudo-label
 # folder must hold, "train": the recipe} (PEER_PRESETS' keys). Sources:
-# docs/pseudo_labels.md (AEVLP: configs/*.json), §3.3 (VLPL: main_clip.py, README), §4.2 (CRISP:
+# docs/pseudo_labels.md (AEVLP: configs/*.json), docs/vlp_methods.md (VLPL: main_clip.py, README; CRISP:
 # the paper gives 10 epochs and ResNet-50 only; the rest is ours, marked so).
 
 VLP_DATASETS = ("pascal", "coco", "nuswide", "cub")

@@ -1,7 +1,7 @@
 """The vision-language pseudo-label methods and CRISP as registered method objects (docs/vlp_methods.md).
 
     gpr    AEVLP's GPR loss (ICCV 2025) on DAMP pseudo-labels          needs a .pl folder
-    vlpl   VLPL (Xing et al., arXiv 2310.15985): EM plus CLIP
+    vlpl   VLPL (Xing et al., CVPR 2024 workshop LIMIT): EM plus CLIP
            pseudo-positives, flip-matched                              needs a .pl folder
     crisp  CRISP-Eq7: CRISP's class priors (NeurIPS 2025), re-estimated after every epoch, with OUR
            reading of its loss (the paper's Eq. 8 is not decoded; docs/vlp_methods.md)
@@ -145,7 +145,7 @@ class GeneralizedPseudoLabelRobustLoss(PseudoLabelMethod):
 
 @register
 class VisionLanguagePseudoLabels(PseudoLabelMethod):
-    """VLPL (Xing et al., arXiv 2310.15985): EM plus a β_pos-weighted soft positive on the classes
+    """VLPL (Xing et al., CVPR 2024 workshop LIMIT): EM plus a β_pos-weighted soft positive on the classes
     CLIP scores above a threshold, for the same flip as the training image (docs/vlp_methods.md)."""
     name = "vlpl"
     needs_flips = True  # its pseudo-labels are those of the flipped image when the image is

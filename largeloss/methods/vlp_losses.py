@@ -1,7 +1,7 @@
 """Vision-language pseudo-label methods and class priors as pure functions of tensors (docs/vlp_methods.md).
 
-GPR (the loss of AEVLP, ICCV 2025, §2), VLPL (Xing et al., arXiv 2310.15985, §3) and CRISP
-(NeurIPS 2025, §4: its class-prior estimator and the clean-room loss "CRISP-Eq7", ours: the paper's Eq. 8 is not
+GPR (the loss of AEVLP, ICCV 2025), VLPL (Xing et al., CVPR 2024 workshop) and CRISP
+(NeurIPS 2025: its class-prior estimator and the clean-room loss "CRISP-Eq7", ours: the paper's Eq. 8 is not
 decoded). Written from docs/vlp_methods.md, which was written from the authors' repositories and the CRISP
 paper; nothing here is copied from them. Nothing here holds state: the method objects
 (methods/vlp.py) keep the priors and read the pseudo-labels.
@@ -30,7 +30,7 @@ __all__ = ["gpr_pseudo_positive_weight", "gpr_per_entry", "gpr_regulariser", "gp
            "vlpl_per_entry", "vlpl_loss", "crisp_class_priors",
            "crisp_per_class", "crisp_loss"]
 
-# --- the authors' defaults (VOC's for GPR, docs/vlp_methods.md; VLPL §3.3; CRISP §4.1) ------------------
+# --- the authors' defaults (VOC's for GPR; VLPL's CLI defaults; CRISP's δ = τ; docs/vlp_methods.md) ----
 GPR_LAMBDA = (0.7, 0.4)   # (λ₁, λ₂): the pseudo-positive weight 1 − ṽ lies in [λ₂, λ₁]
 GPR_RHO = 0.9             # soft target of a pseudo-positive
 GPR_REG = 0.05            # weight of EPR's regulariser
@@ -56,7 +56,7 @@ def _final_labels(observed: Tensor, pseudo_labels: Tensor) -> Tensor:
 
 def gpr_pseudo_positive_weight(probs_const: Tensor, schedule: peer_losses.GRSchedule,
                                lam: tuple = GPR_LAMBDA) -> Tensor:
-    """1 − ṽ with ṽ = clip(v(p̄), 1 − λ₁, 1 − λ₂): the weight of L², within [λ₂, λ₁] (§2.1).
+    """1 − ṽ with ṽ = clip(v(p̄), 1 − λ₁, 1 − λ₂): the weight of L², within [λ₂, λ₁].
     probs_const: B×L detached probabilities; v = exp(−(p̄ − μ_t)²/(2σ_t²)) as GR's."""
     lam1, lam2 = lam
     weight = torch.exp(-(probs_const - schedule.mu).square() / (2 * schedule.sigma ** 2))
